@@ -1,0 +1,63 @@
+"""Seed the embedded enclave with a demo operator, reviewer and scholar in an approved project.
+
+Idempotent: what already exists is left alone, so `make up` can run any number of times. Every
+change goes through the registry's own functions, so the demo's history is in the audit log like
+anyone else's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.engine import Engine
+
+from enclave.registry import grants, people, projects
+from enclave.registry.clock import end_of_day, last_day, utcnow
+from enclave.registry.db import session_scope
+from enclave.registry.errors import NotFound
+from enclave.registry.models import ProjectStatus
+
+OPERATOR, REVIEWER, SCHOLAR = "operator", "reviewer", "scholar"
+PROJECT = "demo"
+DEMO_PEOPLE = (
+    (OPERATOR, "Olive Operator", ["operator"]),
+    (REVIEWER, "Rafael Reviewer", ["reviewer"]),
+    (SCHOLAR, "Sofia Scholar", ["scholar"]),
+)
+DEMO_GRANT = dict(tokens_total=500_000, tokens_per_day=100_000, requests_per_minute=120, max_tokens_per_request=512,
+                  epsilon=3.0, delta=1e-6, cpu=1.0, mem_bytes=2 * grants.GIB, session_hours=8.0,
+                  export_bytes=20 * grants.MIB)
+
+
+def seed_demo(engine: Engine, now: dt.datetime | None = None) -> list[str]:
+    """Create what is missing; return lines saying what was done."""
+    now = now or utcnow()
+    report: list[str] = []
+    with session_scope(engine) as s:
+        if not people.operators_exist(s):
+            people.add_person(s, OPERATOR, OPERATOR, "Olive Operator", "operator@enclave.example", roles=["operator"], bootstrap=True)
+            report.append(f"created operator {OPERATOR}")
+        actor = OPERATOR if people.find_person(s, OPERATOR) else next(
+            p.username for p in people.list_people(s) if p.has_role(people.Role.operator))
+        for username, name, roles in DEMO_PEOPLE:
+            if people.find_person(s, username) is None:
+                people.add_person(s, actor, username, name, f"{username}@enclave.example", "Demo University", roles)
+                report.append(f"created {roles[0]} {username}")
+        try:
+            project = projects.get_project(s, PROJECT)
+        except NotFound:
+            project = projects.create_project(s, actor, PROJECT, "Demo: what does the model remember?", SCHOLAR,
+                                              "Measure memorisation of synthetic records in the demo GPT-2.")
+            report.append(f"proposed project {PROJECT}")
+        if projects.status_of(project, now) is ProjectStatus.proposed:
+            projects.transition(s, actor, PROJECT, "approve", until=end_of_day((now + dt.timedelta(days=365)).date()))
+            report.append(f"approved project {PROJECT}")
+        try:
+            grants.get_grant(s, PROJECT)
+        except NotFound:
+            grants.set_grant(s, actor, PROJECT, **DEMO_GRANT)
+            report.append(f"set the grant of {PROJECT}")
+        status = projects.status_of(project, now).value
+        expires = last_day(project.expires_at) or "-"
+    report.append(f"project {PROJECT}: {status} until {expires}; members: {SCHOLAR} (PI); reviewer: {REVIEWER}; operator: {OPERATOR}")
+    return report

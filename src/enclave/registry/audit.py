@@ -1,0 +1,170 @@
+"""The hash-chained audit log.
+
+Each event's hash is SHA-256 over the canonical JSON of all its fields, `prev_hash` included, so
+changing, removing, inserting or reordering any event breaks every later link (the idea behind
+Certificate Transparency logs). Canonical JSON here means: an object of exactly the keys in
+`HASHED_FIELDS`, keys sorted, no whitespace (`,` and `:`), UTF-8, non-ASCII characters unescaped.
+Only strings and integers appear (`details` is itself stored as canonical JSON *text* and hashed
+as that string), so any language's JSON library reproduces the bytes; `scripts/verify_audit.py` is
+a dependency-free verifier for exported logs.
+
+A chain alone cannot stop someone with write access to the database from rewriting it from some
+point onwards and recomputing every later hash. Operators defeat that by publishing the head
+(`enclave audit head`) somewhere we do not control and later checking that the chain still passes
+through it (`enclave audit verify --anchor SEQ:HASH`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from enclave.registry.clock import iso, utcnow
+from enclave.registry.db import is_postgres
+from enclave.registry.errors import RegistryError
+from enclave.registry.models import AuditEvent
+
+GENESIS_HASH = "0" * 64
+HASHED_FIELDS = ("seq", "time", "actor", "action", "subject", "details", "prev_hash")
+# Any fixed 64-bit number: the key of PostgreSQL's transaction-scoped advisory lock for appends.
+_PG_CHAIN_LOCK_KEY = 0x656E636C61766501
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def compute_hash(fields: Mapping[str, Any]) -> str:
+    payload = {name: fields[name] for name in HASHED_FIELDS}
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def append(session: Session, actor: str, action: str, subject: str, details: Mapping[str, Any] | None = None) -> AuditEvent:
+    """Add one event to the chain inside the caller's transaction.
+
+    The event commits or rolls back with the change it records. Appends are serialised (advisory
+    lock on PostgreSQL, the write lock taken by BEGIN IMMEDIATE on SQLite), and the unique
+    constraints on `seq` and `prev_hash` make a fork impossible even if that ever failed.
+    """
+    if is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CHAIN_LOCK_KEY})
+    head = session.exec(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    fields = {
+        "seq": head.seq + 1 if head else 1,
+        "time": iso(utcnow()),
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "details": canonical_json(dict(details or {})),
+        "prev_hash": head.hash if head else GENESIS_HASH,
+    }
+    event = AuditEvent(**fields, hash=compute_hash(fields))
+    session.add(event)
+    session.flush()
+    return event
+
+
+def event_record(event: AuditEvent) -> dict[str, Any]:
+    """The exported form of an event: every hashed field plus the hash, nothing else."""
+    return {name: getattr(event, name) for name in (*HASHED_FIELDS, "hash")}
+
+
+@dataclasses.dataclass
+class Verification:
+    ok: bool
+    count: int
+    head_seq: int
+    head_hash: str
+    bad_seq: int | None = None
+    problem: str | None = None
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.count} events, head seq {self.head_seq} {self.head_hash}"
+        return f"audit chain broken at seq {self.bad_seq}: {self.problem}"
+
+
+def verify_records(records: Iterable[Mapping[str, Any]], anchors: Mapping[int, str] | None = None) -> Verification:
+    """Check a sequence of exported records, in the order given, from seq 1.
+
+    Pure: works the same on database rows and on an auditor's JSON-lines file. Stops at the first
+    broken link and names the sequence number where the chain stops being trustworthy.
+    """
+    anchors = dict(anchors or {})
+    expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
+    for record in records:
+        seq = record.get("seq")
+        missing = [f for f in (*HASHED_FIELDS, "hash") if f not in record]
+        if missing:
+            return _broken(count, expected_seq, prev_hash, f"record lacks {', '.join(missing)}")
+        if not isinstance(seq, int) or seq != expected_seq:
+            if isinstance(seq, int) and seq > expected_seq:
+                problem = f"events {expected_seq}..{seq - 1} are missing" if seq > expected_seq + 1 else f"event {expected_seq} is missing"
+            else:
+                problem = f"found seq {seq!r} where {expected_seq} belongs (inserted or reordered)"
+            return _broken(count, expected_seq, prev_hash, problem)
+        if record["prev_hash"] != prev_hash:
+            return _broken(count, seq, prev_hash, "prev_hash does not match the previous event's hash")
+        if compute_hash(record) != record["hash"]:
+            return _broken(count, seq, prev_hash, "hash does not match the event's contents (altered)")
+        if seq in anchors and anchors.pop(seq) != record["hash"]:
+            return _broken(count, seq, prev_hash, "hash differs from the published anchor (chain rewritten)")
+        prev_hash, expected_seq, count = record["hash"], seq + 1, count + 1
+    if anchors:
+        first = min(anchors)
+        return _broken(count, first, prev_hash, f"anchored event {first} is gone (chain truncated)")
+    return Verification(ok=True, count=count, head_seq=expected_seq - 1, head_hash=prev_hash)
+
+
+def _broken(count: int, seq: int, prev_hash: str, problem: str) -> Verification:
+    return Verification(ok=False, count=count, head_seq=seq - 1, head_hash=prev_hash, bad_seq=seq, problem=problem)
+
+
+def iter_events(session: Session, since: int = 1, batch: int = 1000) -> Iterator[AuditEvent]:
+    """Events in seq order, fetched in batches so a long log never sits in memory at once."""
+    last = since - 1
+    while True:
+        rows = session.exec(select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].seq
+
+
+def verify_database(session: Session, anchors: Mapping[int, str] | None = None) -> Verification:
+    return verify_records((event_record(e) for e in iter_events(session)), anchors)
+
+
+def head(session: Session) -> AuditEvent | None:
+    return session.exec(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).first()
+
+
+def tail(session: Session, n: int) -> list[AuditEvent]:
+    rows = session.exec(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(n)).all()
+    return list(reversed(rows))
+
+
+def read_jsonl(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"line {number} of the export is not JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise RegistryError(f"line {number} of the export is not a JSON object")
+        yield record
+
+
+def parse_anchor(text_value: str) -> tuple[int, str]:
+    seq_text, sep, hash_value = text_value.partition(":")
+    if not sep or not seq_text.isdigit() or len(hash_value) != 64 or any(c not in "0123456789abcdef" for c in hash_value):
+        raise RegistryError(f"bad anchor {text_value!r}: expected SEQ:HASH with a 64-hex-digit SHA-256")
+    return int(seq_text), hash_value

@@ -1,0 +1,169 @@
+"""Where the registry lives and how we talk to it.
+
+`ENCLAVE_DB_URL` picks the database; without it we use a SQLite file under `ENCLAVE_HOME`
+(default `./var`). PostgreSQL URLs may be given as `postgresql://...`; we use psycopg 3.
+
+Concurrency: the audit chain needs appends serialised. On PostgreSQL `audit.append` takes a
+transaction-scoped advisory lock. On SQLite every transaction starts with `BEGIN IMMEDIATE`, which
+takes the database's write lock up front; otherwise two deferred transactions could both read the
+same chain head and one would fail late with SQLITE_BUSY instead of waiting its turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, create_engine
+
+from enclave.registry.errors import DatabaseUnavailable
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def enclave_home() -> Path:
+    return Path(os.environ.get("ENCLAVE_HOME", "./var")).resolve()
+
+
+def database_url() -> str:
+    url = os.environ.get("ENCLAVE_DB_URL")
+    if url:
+        return normalise_url(url)
+    return f"sqlite:///{enclave_home() / 'enclave.db'}"
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URL spellings operators paste from elsewhere; use psycopg 3 for PostgreSQL."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a URL too broken to parse is shown as the user typed it, minus nothing
+        return url
+
+
+def make_engine(url: str | None = None) -> Engine:
+    url = normalise_url(url) if url else database_url()
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise DatabaseUnavailable(f"bad database URL {url!r}") from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, connect_args={"connect_timeout": 5}, pool_pre_ping=True)
+    raise DatabaseUnavailable(f"unsupported database {parsed.get_backend_name()!r}: use SQLite or PostgreSQL")
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:":
+        directory = Path(database).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot create {directory}: {exc.strerror}") from None
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see `_on_begin`).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_postgres(session_or_engine) -> bool:
+    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
+    return bind.dialect.name == "postgresql"
+
+
+def alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (idempotent)."""
+    from alembic import command
+
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database unreachable ({redacted(str(engine.url))}): {_first_line(exc)}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(None)  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse to work on a database that was never initialised or is behind our code."""
+    try:
+        current = current_revision(engine)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"database unreachable ({redacted(str(engine.url))}): {_first_line(exc)}") from None
+    if current is None:
+        if not inspect(engine).has_table("person"):
+            raise DatabaseUnavailable(
+                "the registry is not initialised: run `enclave init --operator USER` (or `enclave db upgrade`)"
+            )
+    head = head_revision()
+    if current != head:
+        raise DatabaseUnavailable(f"the registry schema is at {current}, this enclave needs {head}: run `enclave db upgrade`")
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error, so nothing is half-written."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        raise DatabaseUnavailable(f"database error ({redacted(str(engine.url))}): {_first_line(exc)}") from None
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

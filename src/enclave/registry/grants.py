@@ -1,0 +1,131 @@
+"""Grants: what a project may consume (model tokens, rate, privacy budget, compute, exports)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from sqlmodel import Session
+
+from enclave.registry import audit
+from enclave.registry.clock import iso, utcnow
+from enclave.registry.errors import Conflict, NotFound, RegistryError
+from enclave.registry.lifecycle import TERMINAL
+from enclave.registry.models import Grant
+from enclave.registry.people import require_role
+
+GIB = 1024**3
+MIB = 1024**2
+
+# What a project gets for any field the operator leaves unset when the grant is first made.
+DEFAULTS: dict[str, Any] = {
+    "tokens_total": 200_000,
+    "tokens_per_day": 50_000,
+    "requests_per_minute": 60,
+    "max_tokens_per_request": 512,
+    "epsilon": 1.0,
+    "delta": 1e-6,
+    "cpu": 1.0,
+    "mem_bytes": 2 * GIB,
+    "session_hours": 8.0,
+    "export_bytes": 10 * MIB,
+}
+
+# field -> (type, smallest allowed value, whether that smallest value itself is excluded)
+LIMITS: dict[str, tuple[type, float, bool]] = {
+    "tokens_total": (int, 0, False),
+    "tokens_per_day": (int, 0, False),
+    "requests_per_minute": (int, 1, False),
+    "max_tokens_per_request": (int, 1, False),
+    "epsilon": (float, 0, False),
+    "delta": (float, 0, False),
+    "cpu": (float, 0, True),
+    "mem_bytes": (int, 64 * MIB, False),
+    "session_hours": (float, 0, True),
+    "export_bytes": (int, 0, False),
+}
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Docker-style sizes: `4G`, `512m`, `1.5GiB`, or plain bytes. Units are binary (1G = 2^30)."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise RegistryError(f"bad size {text!r}: use a number with an optional unit, e.g. 4G or 512M")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1024, "m": MIB, "g": GIB, "t": 1024 * GIB}[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("T", 1024 * GIB), ("G", GIB), ("M", MIB), ("K", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def validate(field: str, value: Any) -> Any:
+    kind, smallest, exclusive = LIMITS[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise RegistryError(f"{field} must be a number")
+    if kind is int and float(value) != int(value):
+        raise RegistryError(f"{field} must be a whole number, not {value}")
+    value = kind(value)
+    if value < smallest or (exclusive and value == smallest):
+        bound = f"more than {smallest:g}" if exclusive else f"at least {smallest:g}"
+        raise RegistryError(f"{field} must be {bound}, not {value:g}")
+    if field == "delta" and value >= 1:
+        raise RegistryError(f"delta must be below 1, not {value:g}")
+    return value
+
+
+def set_grant(session: Session, actor: str, slug: str, **changes: Any) -> Grant:
+    """Create or change a project's grant; unset fields keep their value (or get DEFAULTS)."""
+    from enclave.registry.projects import get_project, status_of
+
+    require_role(session, actor)
+    project = get_project(session, slug)
+    status = status_of(project)
+    if status in TERMINAL:
+        raise Conflict(f"cannot change the grant of project {slug!r}: it is {status.value}")
+    unknown = set(changes) - set(LIMITS)
+    if unknown:
+        raise RegistryError(f"unknown grant field {sorted(unknown)[0]!r}")
+    changes = {field: validate(field, value) for field, value in changes.items() if value is not None}
+    grant = session.get(Grant, project.id)
+    created = grant is None
+    before = {} if created else grant_values(grant)
+    if created:
+        grant = Grant(project_id=project.id, updated_by=actor, **{**DEFAULTS, **changes})
+    else:
+        for field, value in changes.items():
+            setattr(grant, field, value)
+        grant.updated_by, grant.updated_at = actor, utcnow()
+    after = grant_values(grant)
+    if not created and after == before:
+        return grant
+    session.add(grant)
+    session.flush()
+    diff = {k: {"from": before.get(k), "to": v} for k, v in after.items() if before.get(k) != v}
+    audit.append(session, actor=actor, action="grant.set", subject=f"project:{slug}",
+                 details={"created": created, "changes": diff})
+    return grant
+
+
+def get_grant(session: Session, slug: str) -> Grant:
+    from enclave.registry.projects import get_project
+
+    grant = session.get(Grant, get_project(session, slug).id)
+    if grant is None:
+        raise NotFound(f"project {slug!r} has no grant yet: set one with `enclave grant set {slug}`")
+    return grant
+
+
+def grant_values(grant: Grant) -> dict[str, Any]:
+    return {field: getattr(grant, field) for field in LIMITS}
+
+
+def grant_json(grant: Grant) -> dict[str, Any]:
+    return {**grant_values(grant), "mem": format_size(grant.mem_bytes),
+            "updated_at": iso(grant.updated_at), "updated_by": grant.updated_by}
