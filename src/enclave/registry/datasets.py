@@ -35,6 +35,16 @@ def _csv_columns(path: Path) -> list[str] | None:
     return [c.strip() for c in header or []]
 
 
+def check_readable(path: str) -> Path:
+    """The absolute path, if it exists and this process can read it (and list it, for a folder)."""
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.exists():
+        raise RegistryError(f"dataset path {path!r} does not exist")
+    if not os.access(resolved, os.R_OK) or (resolved.is_dir() and not os.access(resolved, os.X_OK)):
+        raise RegistryError(f"dataset path {path!r} is not readable")
+    return resolved
+
+
 def register(
     session: Session, actor: str, name: str, path: str, quasi_identifiers: list[str],
     sensitivity: str = Sensitivity.confidential.value,
@@ -44,11 +54,7 @@ def register(
         raise RegistryError(f"bad dataset name {name!r}: use letters, digits, '-', '_' and '.'")
     if sensitivity not in {s.value for s in Sensitivity}:
         raise RegistryError(f"unknown sensitivity {sensitivity!r}: choose from {', '.join(s.value for s in Sensitivity)}")
-    resolved = Path(path).expanduser().resolve()
-    if not resolved.exists():
-        raise RegistryError(f"dataset path {path!r} does not exist")
-    if not os.access(resolved, os.R_OK) or (resolved.is_dir() and not os.access(resolved, os.X_OK)):
-        raise RegistryError(f"dataset path {path!r} is not readable")
+    resolved = check_readable(path)
     if session.exec(select(Dataset).where(Dataset.name == name)).first():
         raise Conflict(f"dataset {name!r} already exists")
     qids = [q.strip() for q in quasi_identifiers if q.strip()]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Debian packages the enclave and its tests need, when they are missing.
+# Only as root (a fresh CI machine); otherwise say what is missing and carry on.
+set -euo pipefail
+
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v python3.11 >/dev/null || missing+=(python3.11 python3.11-venv)
+
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing system packages: ${missing[*]} (run as root, or install them: apt-get install ${missing[*]})" >&2
+    exit 0
+fi
+echo "setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts a cluster on install; the enclave runs its own, so leave the system one stopped.
+if command -v pg_ctlcluster >/dev/null; then
+    for cluster in /etc/postgresql/*/main; do
+        [[ -d $cluster ]] && pg_ctlcluster "$(basename "$(dirname "$cluster")")" main stop 2>/dev/null || true
+    done
+fi

@@ -1,0 +1,42 @@
+"""Small helpers the registry tests share."""
+
+from __future__ import annotations
+
+import contextlib
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from enclave.registry import people, projects
+from enclave.registry.clock import end_of_day, utcnow
+from enclave.registry.db import session_scope
+
+import datetime as dt
+
+OPERATOR = "op"
+
+
+def add_scholar(engine: Engine, username: str) -> None:
+    with session_scope(engine) as s:
+        people.add_person(s, OPERATOR, username, username.title(), f"{username}@example.org", roles=["scholar"])
+
+
+def approved_project(engine: Engine, slug: str, pi: str, days: int = 30) -> None:
+    with session_scope(engine) as s:
+        if people.find_person(s, pi) is None:
+            people.add_person(s, OPERATOR, pi, pi.title(), f"{pi}@example.org", roles=["scholar"])
+        projects.create_project(s, OPERATOR, slug, f"Project {slug}", pi, "Study things.")
+        projects.transition(s, OPERATOR, slug, "approve", until=end_of_day((utcnow() + dt.timedelta(days=days)).date()))
+
+
+@contextlib.contextmanager
+def tamper(engine: Engine):
+    """A raw connection with the audit table's append-only triggers out of the way, as an
+    attacker with database access (a DBA, a stolen backup) would have."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only"))
+        else:
+            conn.execute(text("DROP TRIGGER IF EXISTS audit_event_no_update"))
+            conn.execute(text("DROP TRIGGER IF EXISTS audit_event_no_delete"))
+        yield conn
