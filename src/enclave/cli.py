@@ -54,6 +54,7 @@ if _IMPORT_ERROR is None:
         "--as", envvar="ENCLAVE_OPERATOR", show_envvar=True, metavar="USER",
         help="The operator on whose authority this runs (recorded in the audit log).")]
     AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+    Slug = Annotated[str, typer.Argument(metavar="SLUG", help="Project slug.")]
 
 
 @contextlib.contextmanager
@@ -115,7 +116,7 @@ if _IMPORT_ERROR is None:
             engine.dispose()
 
     @db_app.command("upgrade")
-    def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    def db_upgrade(revision: Annotated[str, typer.Argument(metavar="REVISION", help="Target revision.")] = "head") -> None:
         """Apply schema migrations up to REVISION (default: the newest)."""
         engine = make_engine()
         try:
@@ -208,7 +209,7 @@ if _IMPORT_ERROR is None:
 
     @project_app.command("create")
     def project_create(
-        slug: Annotated[str, typer.Argument(help="Short name, e.g. income-study.")],
+        slug: Annotated[str, typer.Argument(metavar="SLUG", help="Short name, e.g. income-study.")],
         title: Annotated[str, typer.Option("--title", help="Title.")],
         pi: Annotated[str, typer.Option("--pi", metavar="USER", help="Principal investigator (a scholar).")],
         purpose: Annotated[str, typer.Option("--purpose", help="The approved research purpose.")],
@@ -232,7 +233,7 @@ if _IMPORT_ERROR is None:
 
     @project_app.command("approve")
     def project_approve(
-        slug: Annotated[str, typer.Argument(help="Project.")],
+        slug: Slug,
         until: Annotated[str, typer.Option("--until", metavar="YYYY-MM-DD", help="Last day of access (UTC).")],
         as_: AsUser = None,
     ) -> None:
@@ -240,33 +241,33 @@ if _IMPORT_ERROR is None:
         _move(slug, "approve", as_, until=_until(until))
 
     @project_app.command("reject")
-    def project_reject(slug: Annotated[str, typer.Argument(help="Project.")], reason: Reason = "", as_: AsUser = None) -> None:
+    def project_reject(slug: Slug, reason: Reason = "", as_: AsUser = None) -> None:
         """Reject a proposed project (needs --reason)."""
         _move(slug, "reject", as_, reason)
 
     @project_app.command("suspend")
-    def project_suspend(slug: Annotated[str, typer.Argument(help="Project.")], reason: Reason = "", as_: AsUser = None) -> None:
+    def project_suspend(slug: Slug, reason: Reason = "", as_: AsUser = None) -> None:
         """Suspend an approved project: access stops until it is reinstated."""
         _move(slug, "suspend", as_, reason)
 
     @project_app.command("reinstate")
-    def project_reinstate(slug: Annotated[str, typer.Argument(help="Project.")], reason: Reason = "", as_: AsUser = None) -> None:
+    def project_reinstate(slug: Slug, reason: Reason = "", as_: AsUser = None) -> None:
         """Reinstate a suspended project."""
         _move(slug, "reinstate", as_, reason)
 
     @project_app.command("revoke")
-    def project_revoke(slug: Annotated[str, typer.Argument(help="Project.")], reason: Reason = "", as_: AsUser = None) -> None:
+    def project_revoke(slug: Slug, reason: Reason = "", as_: AsUser = None) -> None:
         """Revoke a project for good (needs --reason)."""
         _move(slug, "revoke", as_, reason)
 
     @project_app.command("close")
-    def project_close(slug: Annotated[str, typer.Argument(help="Project.")], reason: Reason = "", as_: AsUser = None) -> None:
+    def project_close(slug: Slug, reason: Reason = "", as_: AsUser = None) -> None:
         """Close a finished project."""
         _move(slug, "close", as_, reason)
 
     @project_app.command("extend")
     def project_extend(
-        slug: Annotated[str, typer.Argument(help="Project.")],
+        slug: Slug,
         until: Annotated[str, typer.Option("--until", metavar="YYYY-MM-DD", help="New last day of access (UTC).")],
         as_: AsUser = None,
     ) -> None:
@@ -283,7 +284,7 @@ if _IMPORT_ERROR is None:
         typer.echo(f"expired: {', '.join(expired)}" if expired else "no project was due to expire")
 
     @project_app.command("show")
-    def project_show(slug: Annotated[str, typer.Argument(help="Project.")], as_json: AsJson = False) -> None:
+    def project_show(slug: Slug, as_json: AsJson = False) -> None:
         """Show a project: status, expiry, members, datasets and grant."""
         with registry() as s:
             record = projects.project_json(s, projects.get_project(s, slug))
@@ -311,14 +312,14 @@ if _IMPORT_ERROR is None:
     # ----- members ------------------------------------------------------------------------------
 
     @member_app.command("add")
-    def member_add(slug: Annotated[str, typer.Argument(help="Project.")], username: Annotated[str, typer.Argument(metavar="USER", help="Scholar to add.")], as_: AsUser = None) -> None:
+    def member_add(slug: Slug, username: Annotated[str, typer.Argument(metavar="USER", help="Scholar to add.")], as_: AsUser = None) -> None:
         """Add a scholar to a project."""
         with registry() as s:
             projects.add_member(s, as_, slug, username)
             typer.echo(f"{username} added to {slug}")
 
     @member_app.command("remove")
-    def member_remove(slug: Annotated[str, typer.Argument(help="Project.")], username: Annotated[str, typer.Argument(metavar="USER", help="Member to remove.")], as_: AsUser = None) -> None:
+    def member_remove(slug: Slug, username: Annotated[str, typer.Argument(metavar="USER", help="Member to remove.")], as_: AsUser = None) -> None:
         """Remove a member from a project."""
         with registry() as s:
             projects.remove_member(s, as_, slug, username)
@@ -328,8 +329,8 @@ if _IMPORT_ERROR is None:
 
     @dataset_app.command("register")
     def dataset_register(
-        name: Annotated[str, typer.Argument(help="Dataset name.")],
-        path: Annotated[str, typer.Argument(help="File or directory inside the enclave.")],
+        name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name.")],
+        path: Annotated[str, typer.Argument(metavar="PATH", help="File or directory inside the enclave.")],
         quasi_identifiers: Annotated[str, typer.Option("--quasi-identifiers", metavar="COL,COL", help="Columns that together can single out a person.")] = "",
         sensitivity: Annotated[str, typer.Option(help="public, internal, confidential or restricted.")] = "confidential",
         as_: AsUser = None,
@@ -340,14 +341,14 @@ if _IMPORT_ERROR is None:
             typer.echo(f"registered dataset {dataset.name} ({dataset.path})")
 
     @dataset_app.command("allow")
-    def dataset_allow(name: Annotated[str, typer.Argument(help="Dataset.")], slug: Annotated[str, typer.Argument(help="Project.")], as_: AsUser = None) -> None:
+    def dataset_allow(name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset.")], slug: Slug, as_: AsUser = None) -> None:
         """Let a project use a dataset."""
         with registry() as s:
             datasets.allow(s, as_, name, slug)
             typer.echo(f"{slug} may use {name}")
 
     @dataset_app.command("disallow")
-    def dataset_disallow(name: Annotated[str, typer.Argument(help="Dataset.")], slug: Annotated[str, typer.Argument(help="Project.")], as_: AsUser = None) -> None:
+    def dataset_disallow(name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset.")], slug: Slug, as_: AsUser = None) -> None:
         """Take a dataset away from a project."""
         with registry() as s:
             datasets.disallow(s, as_, name, slug)
@@ -368,7 +369,7 @@ if _IMPORT_ERROR is None:
 
     @grant_app.command("set")
     def grant_set(
-        slug: Annotated[str, typer.Argument(help="Project.")],
+        slug: Slug,
         tokens: Annotated[Optional[int], typer.Option("--tokens", help="Model tokens in total.")] = None,
         tokens_per_day: Annotated[Optional[int], typer.Option("--tokens-per-day", help="Model tokens per UTC day.")] = None,
         rpm: Annotated[Optional[int], typer.Option("--rpm", help="Requests per minute.")] = None,
@@ -393,7 +394,7 @@ if _IMPORT_ERROR is None:
         typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "updated_at", "updated_by")))
 
     @grant_app.command("show")
-    def grant_show(slug: Annotated[str, typer.Argument(help="Project.")], as_json: AsJson = False) -> None:
+    def grant_show(slug: Slug, as_json: AsJson = False) -> None:
         """Show a project's grant."""
         with registry() as s:
             record = grants.grant_json(grants.get_grant(s, slug))

@@ -49,8 +49,13 @@ def resolve(session: Session, username: str, slug: str | None = None, now: dt.da
             raise AccessDenied(f"{username!r} is not a member of a project {slug!r}", "not_member")
     else:
         live = [p for p in projects if status_of(p, now) is ProjectStatus.approved]
+        if not projects:
+            raise AccessDenied(f"{username!r} is not a member of any project", "no_project")
+        if len(projects) == 1:
+            live = list(projects)  # one project: let its own state give the reason below
         if not live:
-            raise AccessDenied(f"{username!r} has no approved project", "no_project")
+            states = ", ".join(sorted(f"{p.slug}: {status_of(p, now).value}" for p in projects))
+            raise AccessDenied(f"{username!r} has no approved project ({states})", "no_project")
         if len(live) > 1:
             names = ", ".join(sorted(p.slug for p in live))
             raise AccessDenied(f"{username!r} is in several projects ({names}): say which one", "project_ambiguous")

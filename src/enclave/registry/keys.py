@@ -14,7 +14,7 @@ import secrets
 from sqlmodel import Session, select
 
 from enclave.registry import audit
-from enclave.registry.clock import iso, utcnow
+from enclave.registry.clock import iso, last_day, utcnow
 from enclave.registry.errors import AccessDenied, Conflict, NotFound, RegistryError
 from enclave.registry.lifecycle import TERMINAL
 from enclave.registry.models import ApiKey, Membership, Person, Project
@@ -49,9 +49,9 @@ def issue(
         if project.expires_at is not None:
             expires_at = min(expires_at, project.expires_at)
     if expires_at <= now:
-        raise RegistryError(f"the key's expiry {iso(expires_at)} is not in the future")
+        raise RegistryError(f"the key's last day {last_day(expires_at)} is not in the future")
     if project.expires_at is not None and expires_at > project.expires_at:
-        raise RegistryError(f"a key cannot outlive its project: {slug!r} ends {iso(project.expires_at)}")
+        raise RegistryError(f"a key cannot outlive its project: the last day of {slug!r} is {last_day(project.expires_at)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(id=key_id, person_id=person.id, project_id=project.id, secret_sha256=_digest(secret),

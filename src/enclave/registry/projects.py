@@ -84,7 +84,7 @@ def transition(
         if until is None:
             raise RegistryError("approval needs an end date (--until YYYY-MM-DD)")
         if until <= now:
-            raise RegistryError(f"the end date {until.date().isoformat()} is not in the future")
+            raise RegistryError(f"the end date {last_day(until)} is not in the future")
     return _apply(session, project, step, actor, reason.strip(), until, now)
 
 
@@ -114,7 +114,7 @@ def extend(session: Session, actor: str, slug: str, until: dt.datetime, now: dt.
     if status not in EXPIRABLE:
         raise Conflict(f"cannot extend project {slug!r}: it is {status.value}")
     if until <= now:
-        raise RegistryError(f"the end date {until.date().isoformat()} is not in the future")
+        raise RegistryError(f"the end date {last_day(until)} is not in the future")
     before = project.expires_at
     project.expires_at, project.updated_at = until, now
     session.add(project)
