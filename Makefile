@@ -13,6 +13,7 @@ test: setup
 	scripts/test.sh
 
 setup: system $(STAMP)
+	@scripts/fetch-gpt2-bpe.sh
 
 system:
 	@scripts/system-packages.sh
