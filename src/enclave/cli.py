@@ -380,6 +380,7 @@ if _IMPORT_ERROR is None:
         mem: Annotated[Optional[str], typer.Option("--mem", help="Memory per notebook, e.g. 4G.")] = None,
         session_hours: Annotated[Optional[float], typer.Option("--session-hours", help="Longest notebook session.")] = None,
         export_bytes: Annotated[Optional[int], typer.Option("--export-bytes", help="Bytes the project may export in total.")] = None,
+        logprob_calls_per_day: Annotated[Optional[int], typer.Option("--logprob-calls-per-day", help="Calls returning probabilities (score, next-token) per day.")] = None,
         as_: AsUser = None,
     ) -> None:
         """Create or change a project's grant; unset fields keep their values."""
@@ -388,7 +389,7 @@ if _IMPORT_ERROR is None:
                 s, as_, slug, tokens_total=tokens, tokens_per_day=tokens_per_day, requests_per_minute=rpm,
                 max_tokens_per_request=max_tokens_per_request, epsilon=epsilon, delta=delta, cpu=cpu,
                 mem_bytes=grants.parse_size(mem) if mem is not None else None, session_hours=session_hours,
-                export_bytes=export_bytes,
+                export_bytes=export_bytes, logprob_calls_per_day=logprob_calls_per_day,
             )
             record = grants.grant_json(grant)
         typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "updated_at", "updated_by")))

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "mem_bytes": 2 * GIB,
     "session_hours": 8.0,
     "export_bytes": 10 * MIB,
+    "logprob_calls_per_day": 2000,
 }
 
 # field -> (type, smallest allowed value, whether that smallest value itself is excluded)
@@ -44,6 +45,7 @@ LIMITS: dict[str, tuple[type, float, bool]] = {
     "mem_bytes": (int, 64 * MIB, False),
     "session_hours": (float, 0, True),
     "export_bytes": (int, 0, False),
+    "logprob_calls_per_day": (int, 0, False),
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)

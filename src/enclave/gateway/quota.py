@@ -1,0 +1,231 @@
+"""Metering: reserve a call's worst-case cost atomically, run it, settle what it really cost.
+
+Every check and every increment for one call happens in one transaction holding the project's
+account lock (a row lock on `usage_total` on PostgreSQL; SQLite's write lock, taken by BEGIN
+IMMEDIATE, on SQLite). Because reservations count against the grant until they settle, any number
+of concurrent calls together can never spend more than the grant allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import secrets
+
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from enclave.registry import audit
+from enclave.registry.access import Access
+from enclave.registry.clock import iso, utcnow
+from enclave.registry.db import is_postgres
+from enclave.registry.models import ModelCall, RateWindow, Reservation, UsageDay, UsageTotal
+
+LOGPROB_ENDPOINTS = frozenset({"score", "next-token"})
+# A reservation still open after this long belongs to a gateway that died mid-call.
+STALE_AFTER = dt.timedelta(minutes=15)
+
+
+class MeteringRefusal(Exception):
+    """A call the grant does not allow now; `status` is the HTTP status to answer with."""
+
+    status = 402
+    code = "quota_exhausted"
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class RateLimited(MeteringRefusal):
+    status = 429
+    code = "rate_limited"
+
+
+class QuotaExhausted(MeteringRefusal):
+    status = 402
+    code = "quota_exhausted"
+
+
+class RequestTooLarge(MeteringRefusal):
+    status = 400
+    code = "request_too_large"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ticket:
+    """A granted reservation, handed back to `settle`."""
+
+    id: str
+    project_id: int
+    person_id: int
+    endpoint: str
+    tokens_reserved: int
+
+
+def _day(now: dt.datetime) -> str:
+    return now.date().isoformat()
+
+
+def _seconds_to_midnight(now: dt.datetime) -> int:
+    tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=now.tzinfo)
+    return max(1, int((tomorrow - now).total_seconds()))
+
+
+def _get_or_create(session: Session, model, key: tuple, **defaults):
+    row = session.get(model, key)
+    if row is None:
+        names = [c.name for c in model.__table__.primary_key.columns]
+        row = model(**dict(zip(names, key)), **defaults)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _lock_account(session: Session, project_id: int) -> UsageTotal:
+    """The project's account row, locked until the transaction ends. Holding it also serialises
+    the creation of the day and minute rows below, so they never race."""
+    if is_postgres(session):
+        session.execute(text("INSERT INTO usage_total (project_id, tokens_used, tokens_reserved, calls) "
+                             "VALUES (:p, 0, 0, 0) ON CONFLICT DO NOTHING"), {"p": project_id})
+        return session.exec(select(UsageTotal).where(UsageTotal.project_id == project_id)
+                            .with_for_update().execution_options(populate_existing=True)).one()
+    # SQLite: BEGIN IMMEDIATE already gave this transaction the database's only write lock.
+    return _get_or_create(session, UsageTotal, (project_id,), tokens_used=0, tokens_reserved=0, calls=0)
+
+
+def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens: int, *,
+            completion_tokens: int = 0, now: dt.datetime | None = None) -> Ticket:
+    """Check the grant and hold `worst_case_tokens` for this call, or raise a MeteringRefusal.
+
+    `completion_tokens` is the most the call may generate, checked against the per-request cap.
+    """
+    now = now or utcnow()
+    grant, project = granted.grant, granted.project
+    if completion_tokens > grant.max_tokens_per_request:
+        raise RequestTooLarge(f"max_new_tokens x n = {completion_tokens} exceeds this grant's cap of "
+                              f"{grant.max_tokens_per_request} tokens per request")
+    account = _lock_account(session, project.id)
+    day = _get_or_create(session, UsageDay, (project.id, _day(now)), tokens_used=0, tokens_reserved=0, logprob_calls=0)
+    minute = int(now.timestamp() // 60)
+    window = _get_or_create(session, RateWindow, (project.id, minute), requests=0)
+    if window.requests >= grant.requests_per_minute:
+        raise RateLimited(f"rate limit: {grant.requests_per_minute} requests per minute for project {project.slug!r}",
+                          retry_after=max(1, 60 - int(now.timestamp()) % 60))
+    if endpoint in LOGPROB_ENDPOINTS and day.logprob_calls >= grant.logprob_calls_per_day:
+        raise QuotaExhausted(f"this grant allows {grant.logprob_calls_per_day} probability-bearing calls "
+                             f"(score, next-token) per day; they are used up", retry_after=_seconds_to_midnight(now))
+    committed = account.tokens_used + account.tokens_reserved
+    if committed + worst_case_tokens > grant.tokens_total:
+        raise QuotaExhausted(f"token quota exhausted: {account.tokens_used} of {grant.tokens_total} used, "
+                             f"{account.tokens_reserved} held by calls in flight; this call may need {worst_case_tokens}")
+    if day.tokens_used + day.tokens_reserved + worst_case_tokens > grant.tokens_per_day:
+        raise QuotaExhausted(f"daily token quota exhausted: {day.tokens_used} of {grant.tokens_per_day} used today; "
+                             f"this call may need {worst_case_tokens}", retry_after=_seconds_to_midnight(now))
+    window.requests += 1
+    account.tokens_reserved += worst_case_tokens
+    day.tokens_reserved += worst_case_tokens
+    if endpoint in LOGPROB_ENDPOINTS:
+        day.logprob_calls += 1
+    ticket = Ticket(id=secrets.token_hex(12), project_id=project.id, person_id=granted.person.id,
+                    endpoint=endpoint, tokens_reserved=worst_case_tokens)
+    session.add_all([window, account, day, Reservation(
+        id=ticket.id, project_id=project.id, person_id=granted.person.id, endpoint=endpoint, day=day.day,
+        tokens_reserved=worst_case_tokens, created_at=now)])
+    session.flush()
+    return ticket
+
+
+@dataclasses.dataclass
+class CallRecord:
+    """What happened in a call, for the audit log and the model-call record."""
+
+    status: str  # ok | error | cancelled
+    prompt: str
+    outputs: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRecord, *, actor: str,
+           project_slug: str, now: dt.datetime | None = None) -> bool:
+    """Replace the reservation by the actual charge and record the call. Idempotent: a ticket that
+    was settled already (or swept) changes nothing and returns False."""
+    now = now or utcnow()
+    account = _lock_account(session, ticket.project_id)
+    reservation = session.get(Reservation, ticket.id)
+    if reservation is None or reservation.state != "open":
+        return False
+    # Never charge more than was reserved: the reservation is the promise the grant checked.
+    charged = max(0, min(charged_tokens, reservation.tokens_reserved))
+    day = _get_or_create(session, UsageDay, (ticket.project_id, reservation.day),
+                         tokens_used=0, tokens_reserved=0, logprob_calls=0)
+    account.tokens_reserved -= reservation.tokens_reserved
+    account.tokens_used += charged
+    account.calls += 1
+    day.tokens_reserved -= reservation.tokens_reserved
+    day.tokens_used += charged
+    reservation.state, reservation.tokens_charged, reservation.settled_at = "settled", charged, now
+    outputs_json = json.dumps(record.outputs, ensure_ascii=False)
+    event = audit.append(session, actor=actor, action=f"model.{ticket.endpoint}", subject=f"project:{project_slug}", details={
+        "call": ticket.id, "status": record.status, "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens, "charged_tokens": charged, "latency_ms": record.latency_ms,
+        "prompt_sha256": _sha256(record.prompt), "outputs_sha256": _sha256(outputs_json),
+    })
+    session.add_all([account, day, reservation, ModelCall(
+        id=ticket.id, person_id=ticket.person_id, project_id=ticket.project_id, endpoint=ticket.endpoint,
+        status=record.status, prompt=record.prompt, outputs=outputs_json, prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens, latency_ms=record.latency_ms, audit_seq=event.seq, created_at=now)])
+    session.flush()
+    return True
+
+
+def sweep_stale(session: Session, now: dt.datetime | None = None, older_than: dt.timedelta = STALE_AFTER) -> int:
+    """Charge the worst case for reservations whose gateway died before settling them: the tokens
+    may have been spent, and a charge must never be dropped."""
+    now = now or utcnow()
+    stale = session.exec(select(Reservation).where(Reservation.state == "open",
+                                                   Reservation.created_at < now - older_than)).all()
+    for reservation in stale:
+        account = _lock_account(session, reservation.project_id)
+        day = _get_or_create(session, UsageDay, (reservation.project_id, reservation.day),
+                             tokens_used=0, tokens_reserved=0, logprob_calls=0)
+        account.tokens_reserved -= reservation.tokens_reserved
+        account.tokens_used += reservation.tokens_reserved
+        day.tokens_reserved -= reservation.tokens_reserved
+        day.tokens_used += reservation.tokens_reserved
+        reservation.state, reservation.tokens_charged, reservation.settled_at = "expired", reservation.tokens_reserved, now
+        session.add_all([account, day, reservation])
+        audit.append(session, actor="system", action="model.charge_abandoned", subject=f"reservation:{reservation.id}",
+                     details={"tokens": reservation.tokens_reserved, "opened_at": iso(reservation.created_at)})
+    session.flush()
+    return len(stale)
+
+
+def usage(session: Session, granted: Access, now: dt.datetime | None = None) -> dict:
+    """The caller's allowance and what is left of it."""
+    now = now or utcnow()
+    grant, project = granted.grant, granted.project
+    account = session.get(UsageTotal, project.id) or UsageTotal(project_id=project.id)
+    day = session.get(UsageDay, (project.id, _day(now))) or UsageDay(project_id=project.id, day=_day(now))
+    window = session.get(RateWindow, (project.id, int(now.timestamp() // 60)))
+    return {
+        "project": project.slug,
+        "expires_at": iso(project.expires_at),
+        "tokens": {"limit": grant.tokens_total, "used": account.tokens_used, "reserved": account.tokens_reserved,
+                   "remaining": max(0, grant.tokens_total - account.tokens_used - account.tokens_reserved)},
+        "tokens_today": {"limit": grant.tokens_per_day, "used": day.tokens_used, "reserved": day.tokens_reserved,
+                         "remaining": max(0, grant.tokens_per_day - day.tokens_used - day.tokens_reserved)},
+        "requests_this_minute": {"limit": grant.requests_per_minute, "used": window.requests if window else 0},
+        "logprob_calls_today": {"limit": grant.logprob_calls_per_day, "used": day.logprob_calls,
+                                "remaining": max(0, grant.logprob_calls_per_day - day.logprob_calls)},
+        "max_tokens_per_request": grant.max_tokens_per_request,
+    }

@@ -1,0 +1,90 @@
+"""Request and response bodies of the model API. Validation here is the first line against bad
+input; limits that depend on the model or the grant are checked in the app."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PROMPT_CHARS = 200_000
+MAX_N = 8
+MAX_NEXT_TOKEN_K = 5  # never more: more returned probabilities make logit reconstruction cheaper
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateRequest(Strict):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text to continue.")
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Most tokens to generate per sample.")
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_k: int = Field(default=0, ge=0, le=1000, description="Sample from the k most likely tokens; 0 = off.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Same seed and prompt, same output.")
+    stop: list[str] = Field(default_factory=list, max_length=4, description="Stop before any of these strings.")
+    n: int = Field(default=1, ge=1, le=MAX_N, description="Number of samples.")
+    ignore_eos: bool = Field(default=False, description="Keep going past the end-of-text token (benchmarks).")
+
+
+class Choice(BaseModel):
+    text: str
+    finish_reason: Literal["stop", "length"]
+    tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ScoreRequest(Strict):
+    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text whose own tokens to score.")
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    tokens: list[TokenLogprob]
+    total_logprob: float
+    perplexity: float
+    usage: Usage
+
+
+class NextTokenRequest(Strict):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    top_k: int = Field(default=5, ge=1, le=MAX_NEXT_TOKEN_K, description=f"At most {MAX_NEXT_TOKEN_K}.")
+
+
+class TokenProbability(BaseModel):
+    token: str
+    probability: float
+
+
+class NextTokenResponse(BaseModel):
+    id: str
+    top: list[TokenProbability]
+    usage: Usage
+
+
+class ModelInfo(BaseModel):
+    name: str
+    parameters: int
+    context_length: int
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str

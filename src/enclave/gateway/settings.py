@@ -1,0 +1,53 @@
+"""The gateway's configuration, from the environment (the hub passes it to managed services)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from enclave.registry.db import database_url
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _int(name: str, default: int, smallest: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < smallest:
+        raise SettingsError(f"{name} must be at least {smallest}, not {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings:
+    model_dir: str
+    db_url: str
+    hub_api_url: str | None = None
+    service_name: str = "gateway"
+    device: str = "auto"
+    max_batch: int = 32
+    max_queue: int = 256
+
+    @classmethod
+    def from_env(cls, **overrides) -> "GatewaySettings":
+        model_dir = overrides.pop("model_dir", None) or os.environ.get("ENCLAVE_MODEL_DIR")
+        if not model_dir:
+            raise SettingsError("set ENCLAVE_MODEL_DIR to a GPT-2 model directory (or pass --model)")
+        values = dict(
+            model_dir=model_dir,
+            db_url=database_url(),
+            hub_api_url=os.environ.get("JUPYTERHUB_API_URL") or None,
+            service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gateway",
+            device=os.environ.get("ENCLAVE_DEVICE", "auto"),
+            max_batch=_int("ENCLAVE_GATEWAY_MAX_BATCH", 32),
+            max_queue=_int("ENCLAVE_GATEWAY_MAX_QUEUE", 256),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
