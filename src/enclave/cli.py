@@ -46,8 +46,11 @@ if _IMPORT_ERROR is None:
     grant_app = typer.Typer(help="What a project may consume: tokens, rate, privacy budget, compute, exports.", no_args_is_help=True)
     key_app = typer.Typer(help="API keys for the model gateway.", no_args_is_help=True)
     audit_app = typer.Typer(help="The hash-chained audit log: verify, export, inspect.", no_args_is_help=True)
+    model_app = typer.Typer(help="Models: build the demo GPT-2.", no_args_is_help=True)
+    serve_app = typer.Typer(help="Run the enclave's services.", no_args_is_help=True)
     for _sub, _name in ((db_app, "db"), (person_app, "person"), (project_app, "project"), (member_app, "member"),
-                        (dataset_app, "dataset"), (grant_app, "grant"), (key_app, "key"), (audit_app, "audit")):
+                        (dataset_app, "dataset"), (grant_app, "grant"), (key_app, "key"), (audit_app, "audit"),
+                        (model_app, "model"), (serve_app, "serve")):
         app.add_typer(_sub, name=_name)
 
     AsUser = Annotated[Optional[str], typer.Option(
@@ -139,18 +142,86 @@ if _IMPORT_ERROR is None:
             engine.dispose()
 
     @app.command("up")
-    def up_cmd() -> None:
-        """Bring up the embedded enclave with demo people and a demo project (idempotent)."""
-        from enclave.demo.seed import seed_demo
+    def up_cmd(
+        serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the services after set-up (Ctrl-C stops them).")] = True,
+        host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Gateway port.")] = 8001,
+    ) -> None:
+        """Bring up the embedded enclave: registry, demo people and project, demo model and data, gateway."""
+        from enclave.demo.seed import seed_demo, seed_demo_dataset
 
         engine = make_engine()
         try:
             upgrade(engine)
-            report = seed_demo(engine)
+            for line in seed_demo(engine):
+                typer.echo(line)
+            demo = _build_demo(None, force=False)
+            for line in seed_demo_dataset(engine, demo.people_csv):
+                typer.echo(line)
         finally:
             engine.dispose()
-        for line in report:
-            typer.echo(line)
+        typer.echo(f"demo model: {demo.model_dir}")
+        if serve:
+            typer.echo(f"gateway: http://{host}:{port}/v1/  (API docs at /docs; issue a key with "
+                       f"`enclave key issue scholar --project demo --as operator`)")
+            _serve_gateway(str(demo.model_dir), host, port, device="auto")
+
+    # ----- models and services -----------------------------------------------------------------
+
+    def _build_demo(out: Path | None, force: bool):
+        from enclave.demo.model import build_demo
+        from enclave.registry.db import enclave_home
+
+        return build_demo(out or enclave_home() / "demo", progress=True, force=force)
+
+    @model_app.command("build-demo")
+    def model_build_demo(
+        out: Annotated[Optional[Path], typer.Option("--out", help="Where to write it (default: $ENCLAVE_HOME/demo).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching build is cached.")] = False,
+    ) -> None:
+        """Build the synthetic confidential dataset and a small GPT-2 trained on it (cached)."""
+        demo = _build_demo(out, force)
+        typer.echo(f"demo model: {demo.model_dir}")
+        typer.echo(f"demo data:  {demo.people_csv}")
+
+    def _serve_gateway(model_dir: str | None, host: str, port: int, device: str) -> None:
+        import uvicorn
+
+        from enclave.gateway.app import create_app
+        from enclave.gateway.engine import Engine
+        from enclave.gateway.model import ModelLoadError, load_model
+        from enclave.gateway.settings import GatewaySettings, SettingsError
+
+        try:
+            settings = GatewaySettings.from_env(model_dir=model_dir, device=device)
+        except SettingsError as exc:
+            raise RegistryError(str(exc)) from None
+        db = make_engine(settings.db_url)
+        try:
+            check_schema(db)  # refuse to start on a registry that is missing or behind
+        finally:
+            db.dispose()
+        try:
+            loaded = load_model(settings.model_dir, device=settings.device)
+        except ModelLoadError as exc:
+            raise RegistryError(str(exc)) from None
+        engine = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue)
+        engine.start()
+        try:
+            uvicorn.run(create_app(settings, engine=engine), host=host, port=port, log_level="warning",
+                        timeout_graceful_shutdown=5)
+        finally:
+            engine.close()
+
+    @serve_app.command("gateway")
+    def serve_gateway(
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+        model: Annotated[Optional[str], typer.Option("--model", help="GPT-2 model directory (default: $ENCLAVE_MODEL_DIR).")] = None,
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    ) -> None:
+        """Serve the model API (generate, score, next-token, usage) until interrupted."""
+        _serve_gateway(model, host, port, device)
 
     # ----- people -------------------------------------------------------------------------------
 

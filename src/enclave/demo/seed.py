@@ -61,3 +61,26 @@ def seed_demo(engine: Engine, now: dt.datetime | None = None) -> list[str]:
         expires = last_day(project.expires_at) or "-"
     report.append(f"project {PROJECT}: {status} until {expires}; members: {SCHOLAR} (PI); reviewer: {REVIEWER}; operator: {OPERATOR}")
     return report
+
+
+DEMO_DATASET = "demo-people"
+
+
+def seed_demo_dataset(engine: Engine, people_csv) -> list[str]:
+    """Register the demo's synthetic confidential dataset and let the demo project use it."""
+    from enclave.demo.data import QUASI_IDENTIFIERS
+    from enclave.registry import datasets
+
+    report: list[str] = []
+    with session_scope(engine) as s:
+        actor = next(p.username for p in people.list_people(s) if p.has_role(people.Role.operator))
+        try:
+            datasets.get_dataset(s, DEMO_DATASET)
+        except NotFound:
+            datasets.register(s, actor, DEMO_DATASET, str(people_csv), QUASI_IDENTIFIERS, "restricted")
+            report.append(f"registered dataset {DEMO_DATASET} ({people_csv}); quasi-identifiers: {', '.join(QUASI_IDENTIFIERS)}")
+        project = projects.get_project(s, PROJECT)
+        if DEMO_DATASET not in {d.name for d in datasets.datasets_for(s, project)}:
+            datasets.allow(s, actor, DEMO_DATASET, PROJECT)
+            report.append(f"project {PROJECT} may use {DEMO_DATASET}")
+    return report
