@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,11 +87,40 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
 
+    # Threads of one process queue on a Python lock rather than on SQLite's busy handler, which
+    # sleeps in growing steps (up to 100 ms) and so wastes most of the time under contention.
+    # Other processes still meet the busy timeout.
+    writer = _sqlite_writer_lock(database or ":memory:")
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise DatabaseUnavailable(f"the registry database is busy (waited {SQLITE_BUSY_TIMEOUT_S} s)")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release()
+            raise
+        conn.info["enclave_holds_writer"] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(conn):
+        # Only the connection that took the lock gives it back.
+        if conn.info.pop("enclave_holds_writer", False):
+            writer.release()
 
     return engine
+
+
+_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writer_lock(database: str) -> threading.Lock:
+    key = os.path.realpath(database) if database != ":memory:" else database
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(key, threading.Lock())
 
 
 def is_postgres(session_or_engine) -> bool:
