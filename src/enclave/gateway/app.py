@@ -178,8 +178,11 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
                        engine: Engine = Depends(get_engine)) -> GenerateResponse:
         ids = engine.tokenizer.encode(body.prompt)
         _check_context(len(ids), body.max_new_tokens, engine.context_length)
-        params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
-                                top_p=body.top_p, seed=body.seed, stop=list(body.stop), ignore_eos=body.ignore_eos)
+        try:
+            params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
+                                    top_p=body.top_p, seed=body.seed, stop=list(body.stop), ignore_eos=body.ignore_eos)
+        except ValueError as exc:  # the engine's own checks, in case they are stricter than the schema
+            raise ApiError(400, "invalid_request", str(exc)) from None
 
         async def run():
             completions = await engine.generate(ids, params, n=body.n)

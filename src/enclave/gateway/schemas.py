@@ -3,7 +3,7 @@ input; limits that depend on the model or the grant are checked in the app."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +23,8 @@ class GenerateRequest(Strict):
     top_k: int = Field(default=0, ge=0, le=1000, description="Sample from the k most likely tokens; 0 = off.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Same seed and prompt, same output.")
-    stop: list[str] = Field(default_factory=list, max_length=4, description="Stop before any of these strings.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=4, description="Stop before any of these strings (at most 4).")
     n: int = Field(default=1, ge=1, le=MAX_N, description="Number of samples.")
     ignore_eos: bool = Field(default=False, description="Keep going past the end-of-text token (benchmarks).")
 
