@@ -17,5 +17,5 @@ fi
 echo "setup: installing enclave and its extras" >&2
 "${pip[@]}" install -e '.[dev]'
 # A last check that the venv is whole (a half-finished earlier run leaves a venv behind).
-.venv/bin/python -c 'import torch, transformers, fastapi, enclave.cli, sqlmodel, alembic, psycopg, pytest' \
+.venv/bin/python -c 'import torch, transformers, fastapi, jupyterhub, enclave.cli, sqlmodel, alembic, psycopg, pytest' \
     || { echo "setup: the venv is incomplete; see pip's messages above" >&2; exit 1; }

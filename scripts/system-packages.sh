@@ -6,8 +6,21 @@ set -euo pipefail
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v python3.11 >/dev/null || missing+=(python3.11 python3.11-venv)
+command -v npm >/dev/null || missing+=(nodejs npm)
+
+install_proxy() {
+    # JupyterHub's proxy (npm); the enclave's hub and the hub-token tests need it.
+    command -v configurable-http-proxy >/dev/null && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: configurable-http-proxy is missing (npm install -g configurable-http-proxy)" >&2
+        return 0
+    fi
+    echo "setup: installing configurable-http-proxy (npm)" >&2
+    npm install -g --silent configurable-http-proxy >/dev/null
+}
 
 if ((${#missing[@]} == 0)); then
+    install_proxy
     exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then
@@ -24,3 +37,4 @@ if command -v pg_ctlcluster >/dev/null; then
         [[ -d $cluster ]] && pg_ctlcluster "$(basename "$(dirname "$cluster")")" main stop 2>/dev/null || true
     done
 fi
+install_proxy

@@ -69,7 +69,8 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_queue: int = 64):
+def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_queue: int = 64,
+          hub_api_url: str | None = None):
     import uvicorn
 
     from enclave.gateway.app import create_app
@@ -86,7 +87,8 @@ def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_q
         _, key = keys.issue(s, OPERATOR, SCHOLAR, PROJECT)
     engine = Engine(load_model(str(model_dir), device="cpu"), max_batch=max_batch, max_queue=max_queue)
     engine.start()
-    settings = GatewaySettings(model_dir=str(model_dir), db_url=str(db.url.render_as_string(hide_password=False)))
+    settings = GatewaySettings(model_dir=str(model_dir), db_url=str(db.url.render_as_string(hide_password=False)),
+                               hub_api_url=hub_api_url)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
                                            log_level="warning"))
