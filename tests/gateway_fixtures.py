@@ -105,3 +105,19 @@ def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_q
         server.should_exit = True
         thread.join(30)
         engine.close()
+
+
+@pytest.fixture(scope="session")
+def full_size_model_dir(tmp_path_factory):
+    """GPT-2 124M's architecture (GPT2Config's defaults) with random weights: a full-size
+    checkpoint directory as operators would point the gateway at."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from enclave.demo.tokenizer import gpt2_tokenizer
+
+    folder = tmp_path_factory.mktemp("gpt2-124m")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder

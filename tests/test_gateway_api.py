@@ -15,7 +15,9 @@ from sqlmodel import select
 from enclave.registry import audit, keys, projects
 from enclave.registry.models import ModelCall, Reservation
 
-from tests.gateway_fixtures import OPERATOR, PROJECT, long_model_dir, serve, tiny_model_dir  # noqa: F401  (fixtures)
+from tests.gateway_fixtures import (  # noqa: F401  (fixtures)
+    OPERATOR, PROJECT, full_size_model_dir, long_model_dir, serve, tiny_model_dir,
+)
 
 
 @pytest.fixture
@@ -227,3 +229,20 @@ def test_two_hundred_concurrent_requests_never_overspend(engine, tiny_model_dir)
             assert len(calls) == results.count(200)
             assert tokens["used"] == sum(c.prompt_tokens + c.completion_tokens for c in calls)
             assert audit.verify_database(s).ok
+
+
+def test_a_full_size_gpt2_directory_serves(tmp_path, full_size_model_dir):
+    from enclave.registry import people
+    from enclave.registry.db import make_engine, session_scope as scope, upgrade
+
+    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(db)
+    with scope(db) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    with serve(db, full_size_model_dir) as gw, gw.client() as c:
+        info = c.get("/v1/model").json()
+        assert (info["parameters"], info["context_length"]) == (124_439_808, 1024)
+        generated = c.post("/v1/generate", json={"prompt": "The enclave", "max_new_tokens": 8, "seed": 1})
+        assert generated.status_code == 200 and generated.json()["usage"]["completion_tokens"] >= 1
+        assert c.post("/v1/score", json={"text": "The enclave"}).status_code == 200
+        assert len(c.post("/v1/next-token", json={"prompt": "The", "top_k": 5}).json()["top"]) == 5
