@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from enclave.registry.access import Access
 from enclave.registry.db import check_schema, make_engine, session_scope
 from enclave.registry.errors import AccessDenied, DatabaseUnavailable, RegistryError
 
+log = logging.getLogger("enclave.gateway")
 PROBABILITY_DIGITS = 3  # significant digits of returned probabilities
 LOGPROB_DECIMALS = 3
 DISCONNECT_POLL_S = 0.2
@@ -312,7 +314,5 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(_request, exc: Exception):
         # Never a traceback to a scholar; the server log keeps it.
-        import logging
-
-        logging.getLogger("enclave.gateway").exception("internal error")
+        log.exception("internal error")
         return _error(500, "internal_error", "internal error")
