@@ -293,6 +293,8 @@ if _IMPORT_ERROR is None:
             typer.echo(f"project {project.slug} proposed (PI {pi})")
 
     def _move(slug: str, action: str, as_: str | None, reason: str = "", until: dt.datetime | None = None) -> None:
+        # Record due expiries in their own transaction first: a move refused because the project
+        # has expired rolls its transaction back, and the expiry must stay on record regardless.
         with registry() as s:
             projects.expire_due(s)
         with registry() as s:
