@@ -52,6 +52,12 @@ if _IMPORT_ERROR is None:
                         (dataset_app, "dataset"), (grant_app, "grant"), (key_app, "key"), (audit_app, "audit"),
                         (model_app, "model"), (serve_app, "serve")):
         app.add_typer(_sub, name=_name)
+    # Service-owned command groups live beside their services.
+    from enclave.hub.image_cli import image_app
+    from enclave.review.cli import release_app, review_app
+    app.add_typer(review_app, name="review")
+    app.add_typer(release_app, name="release")
+    app.add_typer(image_app, name="image")
 
     AsUser = Annotated[Optional[str], typer.Option(
         "--as", envvar="ENCLAVE_OPERATOR", show_envvar=True, metavar="USER",

@@ -159,6 +159,18 @@ class ApiKey(SQLModel, table=True):
     revoked_by: Optional[str] = None
 
 
+class Credential(SQLModel, table=True):
+    """A hub login password for the embedded setup (an upstream authenticator needs none).
+    Only a scrypt hash is kept; operators set or reset it from the CLI."""
+
+    __tablename__ = "credential"
+
+    person_id: int = Field(foreign_key="person.id", primary_key=True)
+    password_hash: str = Field(sa_column=Column(String(256), nullable=False))
+    set_at: dt.datetime = Field(default_factory=utcnow)
+    set_by: str
+
+
 class AuditEvent(SQLModel, table=True):
     """One link of the hash chain. `seq` is assigned by `audit.append` under a lock, never by the
     database, so that it is dense (1, 2, 3, ...) and a gap means a deleted event."""

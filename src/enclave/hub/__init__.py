@@ -1,0 +1,1 @@
+"""JupyterHub plug-ins: the enclave's authenticator, spawner and roles, and the notebook image."""
