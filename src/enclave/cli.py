@@ -11,6 +11,8 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,11 +152,13 @@ if _IMPORT_ERROR is None:
     @app.command("up")
     def up_cmd(
         serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the services after set-up (Ctrl-C stops them).")] = True,
-        host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Gateway port.")] = 8001,
+        unisolated: Annotated[bool, typer.Option("--unisolated", help="Developer mode without Docker: notebooks are local processes with NO isolation.")] = False,
+        public_url: Annotated[str, typer.Option(help="Where browsers reach the hub.")] = "http://127.0.0.1:8000",
     ) -> None:
-        """Bring up the embedded enclave: registry, demo people and project, demo model and data, gateway."""
-        from enclave.demo.seed import seed_demo, seed_demo_dataset
+        """Bring up the embedded enclave: registry, demo people, project and data, demo model,
+        notebook image, then JupyterHub with the gateway, review, warden and idle culler."""
+        from enclave.demo.seed import DEMO_PEOPLE, seed_demo, seed_demo_dataset
+        from enclave.registry.credentials import set_password
 
         engine = make_engine()
         try:
@@ -164,13 +168,77 @@ if _IMPORT_ERROR is None:
             demo = _build_demo(None, force=False)
             for line in seed_demo_dataset(engine, demo.people_csv):
                 typer.echo(line)
+            passwords = {}
+            if serve:
+                # Passwords are stored hashed only, so the demo's are reset and shown at every start.
+                with session_scope(engine) as s:
+                    actor = next(p.username for p in people.list_people(s) if p.has_role(people.Role.operator))
+                    for username, _, _ in DEMO_PEOPLE:
+                        passwords[username] = set_password(s, actor, username)
         finally:
             engine.dispose()
         typer.echo(f"demo model: {demo.model_dir}")
         if serve:
-            typer.echo(f"gateway: http://{host}:{port}/v1/  (API docs at /docs; issue a key with "
-                       f"`enclave key issue scholar --project demo --as operator`)")
-            _serve_gateway(str(demo.model_dir), host, port, device="auto")
+            _serve_hub(str(demo.model_dir), unisolated, public_url, passwords)
+
+    def _serve_hub(model_dir: str | None, unisolated: bool, public_url: str, passwords: dict[str, str]) -> None:
+        import signal
+
+        from enclave.hub.config import BANNER, EnclaveHubSettings
+        from enclave.hub.launch import DockerUnavailable, HubLaunchError, hub_environment, prepare_docker, start_hub
+        from enclave.hub.network import FirewallError
+        from enclave.registry.db import enclave_home
+
+        settings = EnclaveHubSettings(mode="unisolated" if unisolated else "docker", public_url=public_url,
+                                      model_dir=model_dir or os.environ.get("ENCLAVE_MODEL_DIR", ""))
+        settings.review_command = _review_command(settings)
+        image_id = None
+        if not unisolated:
+            try:
+                image_id = prepare_docker(settings, enclave_home() / "logs", progress=typer.echo)
+            except DockerUnavailable as exc:
+                raise RegistryError(f"{exc}. Without a Docker engine, `enclave up --unisolated` runs a developer "
+                                    "mode with no isolation (never for real data)") from None
+            except (HubLaunchError, FirewallError) as exc:
+                raise RegistryError(str(exc)) from None
+        else:
+            typer.echo(f"WARNING: {BANNER}", err=True)
+        env = hub_environment(settings, image_id)
+        try:
+            hub = start_hub(env, Path(settings.state_dir))
+        except HubLaunchError as exc:
+            raise RegistryError(str(exc)) from None
+        typer.echo(f"hub: {settings.public_url}  (model gateway for notebooks: http://{settings.service_ip}:{settings.gateway_port}/v1/)")
+        for username, password in passwords.items():
+            typer.echo(f"  log in as {username:<9} password {password}")
+        try:
+            code = hub.wait()
+        except KeyboardInterrupt:
+            hub.send_signal(signal.SIGINT)
+            try:
+                code = hub.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                hub.kill()
+                code = hub.wait()
+        if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+            raise RegistryError(f"the hub exited with status {code}; see its log above")
+
+    def _review_command(settings) -> str:
+        """`enclave serve review` for the hub to manage, when this build has a review service."""
+        if "review" not in {c.name for c in serve_app.registered_commands}:
+            return ""
+        return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "review", "--host", settings.service_ip,
+                           "--port", str(settings.review_port)])
+
+    @serve_app.command("hub")
+    def serve_hub(
+        unisolated: Annotated[bool, typer.Option("--unisolated", help="Developer mode without Docker: NO isolation.")] = False,
+        public_url: Annotated[str, typer.Option(help="Where browsers reach the hub.")] = "http://127.0.0.1:8000",
+        model: Annotated[Optional[str], typer.Option("--model", help="GPT-2 model directory for the gateway (default: $ENCLAVE_MODEL_DIR).")] = None,
+    ) -> None:
+        """Run JupyterHub with the enclave's authenticator and spawner, and the gateway, review,
+        warden and idle culler as its services (Ctrl-C stops everything)."""
+        _serve_hub(model, unisolated, public_url, {})
 
     # ----- models and services -----------------------------------------------------------------
 
@@ -244,6 +312,20 @@ if _IMPORT_ERROR is None:
         with registry() as s:
             person = people.add_person(s, as_, username, name, email, affiliation, role or ["scholar"])
             typer.echo(f"added {person.username} ({', '.join(sorted(person.role_set))})")
+
+    @person_app.command("password")
+    def person_password(
+        username: Annotated[str, typer.Argument(metavar="USER", help="User name.")],
+        stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the new password from standard input instead of generating one.")] = False,
+        as_: AsUser = None,
+    ) -> None:
+        """Set or reset a person's hub login password (stored hashed; a generated one is shown once)."""
+        from enclave.registry.credentials import set_password
+
+        given = sys.stdin.readline().rstrip("\n") if stdin else None
+        with registry() as s:
+            password = set_password(s, as_, username, given)
+        typer.echo(f"password for {username} set" + ("" if stdin else f": {password}"))
 
     @person_app.command("role")
     def person_role(

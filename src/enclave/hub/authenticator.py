@@ -1,0 +1,98 @@
+"""Who may log in to the hub: the registry decides, whatever proves the identity.
+
+`EnclaveAdmission` is a mixin for any JupyterHub authenticator: the upstream class (OAuth, LDAP,
+...) proves who someone is; the mixin admits only registry people with a login role, makes
+operators hub admins, and re-checks at every refresh so that a person removed from the registry
+loses the hub within `auth_refresh_age`. `EnclavePasswordAuthenticator` is the embedded setup's
+identity: passwords set by operators (`enclave person password`), stored as scrypt hashes.
+
+Plugging an upstream authenticator in, in jupyterhub_config.py:
+
+    from oauthenticator.generic import GenericOAuthenticator
+    from enclave.hub.authenticator import EnclaveAdmission
+    class EnclaveOAuthenticator(EnclaveAdmission, GenericOAuthenticator): pass
+    c.JupyterHub.authenticator_class = EnclaveOAuthenticator
+"""
+from __future__ import annotations
+
+from jupyterhub.auth import Authenticator
+from tornado import web
+from traitlets import Bool, Set, default
+
+from enclave.hub.admission import LOGIN_ROLES, login_decision
+from enclave.hub.registry_link import RegistryLink
+from enclave.registry.credentials import check_password
+
+
+class EnclaveAdmission(RegistryLink):
+    login_roles = Set(
+        default_value=set(LOGIN_ROLES),
+        help="Registry roles that may log in to the hub. A person holding none of them is refused.",
+    ).tag(config=True)
+
+    operators_are_admins = Bool(
+        True, help="Make registry operators JupyterHub admins (and everyone else not an admin)."
+    ).tag(config=True)
+
+    # The registry is the allow list: JupyterHub's own `allowed_users` would keep admitting a person
+    # the registry removed (allow_existing_users), so admission never consults it.
+    @default("allow_all")
+    def _default_allow_all(self):
+        return False
+
+    @default("auth_refresh_age")
+    def _default_auth_refresh_age(self):
+        return 60
+
+    @default("refresh_pre_spawn")
+    def _default_refresh_pre_spawn(self):
+        return True
+
+    async def _decide(self, username: str):
+        return await self.in_registry(lambda s: login_decision(s, username, frozenset(self.login_roles)))
+
+    async def check_allowed(self, username, authentication=None):
+        decision = await self._decide(username)
+        if not decision.allowed:
+            self.log.warning("enclave: refused login of %s: %s", username, decision.reason)
+            raise web.HTTPError(403, decision.reason)
+        return True
+
+    def is_admin(self, handler, authentication):
+        # Decided in `authenticate`/`refresh_user` from the registry; see `_admin_flag`.
+        return authentication.get("admin")
+
+    async def _admin_flag(self, username: str) -> bool | None:
+        if not self.operators_are_admins:
+            return None
+        return (await self._decide(username)).admin
+
+    async def refresh_user(self, user, handler=None):
+        decision = await self._decide(user.name)
+        if not decision.allowed:
+            self.log.warning("enclave: %s no longer admitted: %s", user.name, decision.reason)
+            return False  # forces a new login, which check_allowed then refuses
+        if self.operators_are_admins and bool(user.admin) != decision.admin:
+            return {"name": user.name, "admin": decision.admin}
+        return True
+
+    async def get_authenticated_user(self, handler, data):
+        authenticated = await super().get_authenticated_user(handler, data)
+        if authenticated is not None and self.operators_are_admins:
+            authenticated["admin"] = await self._admin_flag(authenticated["name"])
+        return authenticated
+
+
+class EnclavePasswordAuthenticator(EnclaveAdmission, Authenticator):
+    """Log in with a password an operator set in the registry."""
+
+    async def authenticate(self, handler, data):
+        username = self.normalize_username((data or {}).get("username", "") or "")
+        password = (data or {}).get("password", "") or ""
+        if not username or not password:
+            return None
+        ok = await self.in_registry(lambda s: check_password(s, username, password))
+        if not ok:
+            self.log.warning("enclave: failed login for %s", username)
+            return None
+        return {"name": username}

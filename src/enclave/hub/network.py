@@ -1,0 +1,117 @@
+"""The enclave's Docker network and the host firewall around it.
+
+Notebook containers sit on one internal bridge network (no route out, no inter-container
+traffic). The hub, gateway and review service run on the host and listen on the bridge's own
+address. iptables then allows exactly those ports from the bridge into the host and drops
+everything else the bridge sends: to the host's other ports (INPUT) and anywhere beyond,
+other containers included (FORWARD, through Docker's DOCKER-USER chain, which Docker evaluates
+before its own rules and never rewrites)."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import shutil
+import subprocess
+
+INPUT_CHAIN = "ENCLAVE-INPUT"
+FORWARD_CHAIN = "ENCLAVE-FORWARD"
+
+
+class FirewallError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class EnclaveNetwork:
+    name: str = "enclave-net"
+    bridge: str = "enclave0"
+    subnet: str = "172.30.0.0/24"
+
+    @property
+    def host_ip(self) -> str:
+        """The bridge's own address: where the hub and services listen for notebooks."""
+        return str(next(ipaddress.ip_network(self.subnet).hosts()))
+
+    @property
+    def dns_sink(self) -> str:
+        """An address in the subnet that no container gets and nothing answers on: notebooks'
+        DNS server, so that every name outside the enclave fails to resolve."""
+        return str(list(ipaddress.ip_network(self.subnet).hosts())[-1])
+
+
+def ensure_network(client, net: EnclaveNetwork):
+    """Create the internal network once; refuse one of the same name with other settings."""
+    import docker.errors
+
+    options = {"com.docker.network.bridge.name": net.bridge, "com.docker.network.bridge.enable_icc": "false"}
+    try:
+        existing = client.networks.get(net.name)
+    except docker.errors.NotFound:
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+            subnet=net.subnet, gateway=net.host_ip, iprange=_container_range(net))])
+        return client.networks.create(net.name, driver="bridge", internal=True, ipam=ipam, options=options,
+                                      labels={"enclave": "network"})
+    attrs = existing.attrs
+    subnets = [c.get("Subnet") for c in (attrs.get("IPAM") or {}).get("Config") or []]
+    if not attrs.get("Internal") or net.subnet not in subnets or attrs.get("Options", {}).get(
+            "com.docker.network.bridge.name") != net.bridge:
+        raise FirewallError(f"Docker network {net.name!r} exists but is not the enclave's internal network "
+                            f"(subnet {net.subnet}, bridge {net.bridge}); remove it or choose another name")
+    return existing
+
+
+def _container_range(net: EnclaveNetwork) -> str:
+    # Containers get the lower half, so the DNS sink at the top of the subnet is never assigned.
+    network = ipaddress.ip_network(net.subnet)
+    return str(list(network.subnets(prefixlen_diff=1))[0])
+
+
+def rules(net: EnclaveNetwork, allowed_ports: list[int]) -> dict[str, list[list[str]]]:
+    """The rule set, as iptables argument lists per chain (pure, so it can be tested and shown)."""
+    established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
+    input_rules = [established + ["-j", "ACCEPT"]]
+    for port in sorted(set(allowed_ports)):
+        input_rules.append(["-p", "tcp", "-d", net.host_ip, "--dport", str(port), "-j", "ACCEPT"])
+    input_rules.append(["-j", "DROP"])
+    forward_rules = [established + ["-j", "RETURN"], ["-j", "DROP"]]
+    return {INPUT_CHAIN: input_rules, FORWARD_CHAIN: forward_rules}
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    exe = shutil.which("iptables")
+    if exe is None:
+        raise FirewallError("iptables is missing (apt-get install iptables)")
+    done = subprocess.run([exe, "-w", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise FirewallError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
+    return done
+
+
+def install(net: EnclaveNetwork, allowed_ports: list[int]) -> None:
+    """Install (or refresh) the rules; idempotent. Needs root."""
+    for chain, chain_rules in rules(net, allowed_ports).items():
+        if _iptables("-n", "-L", chain, check=False).returncode != 0:
+            _iptables("-N", chain)
+        _iptables("-F", chain)
+        for rule in chain_rules:
+            _iptables("-A", chain, *rule)
+    jumps = [("INPUT", ["-i", net.bridge, "-j", INPUT_CHAIN]),
+             ("DOCKER-USER", ["-i", net.bridge, "-j", FORWARD_CHAIN]),
+             ("DOCKER-USER", ["-o", net.bridge, "-j", FORWARD_CHAIN])]
+    for chain, jump in jumps:
+        if chain == "DOCKER-USER" and _iptables("-n", "-L", "DOCKER-USER", check=False).returncode != 0:
+            _iptables("-N", "DOCKER-USER")
+        if _iptables("-C", chain, *jump, check=False).returncode != 0:
+            _iptables("-I", chain, "1", *jump)
+
+
+def uninstall(net: EnclaveNetwork) -> None:
+    for chain, jump in (("INPUT", ["-i", net.bridge, "-j", INPUT_CHAIN]),
+                        ("DOCKER-USER", ["-i", net.bridge, "-j", FORWARD_CHAIN]),
+                        ("DOCKER-USER", ["-o", net.bridge, "-j", FORWARD_CHAIN])):
+        while _iptables("-C", chain, *jump, check=False).returncode == 0:
+            _iptables("-D", chain, *jump)
+    for chain in (INPUT_CHAIN, FORWARD_CHAIN):
+        if _iptables("-n", "-L", chain, check=False).returncode == 0:
+            _iptables("-F", chain)
+            _iptables("-X", chain)
