@@ -1,0 +1,137 @@
+"""The enclave's own hub (our authenticator, spawner, warden and config) in a subprocess, started
+the way `enclave serve hub` starts it, plus a scholar's HTTP session against it: log in through
+the login form, spawn, talk to the single-user server and its kernels."""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from enclave.hub.config import EnclaveHubSettings
+from enclave.hub.launch import hub_environment, start_hub
+from tests.hub_fixtures import _free_port
+
+
+@dataclass
+class Stack:
+    settings: EnclaveHubSettings
+    public_url: str
+    operator_token: str
+    log_path: Path
+
+    @property
+    def api(self) -> str:
+        return f"{self.public_url}/hub/api"
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api, headers={"Authorization": f"token {self.operator_token}"}, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def user_model(self, name: str) -> dict:
+        with self.admin() as c:
+            reply = c.get(f"/users/{name}")
+            reply.raise_for_status()
+            return reply.json()
+
+    def wait_stopped(self, name: str, timeout: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            servers = self.user_model(name).get("servers") or {}
+            if not servers.get(""):
+                return time.monotonic() - start
+            time.sleep(0.5)
+        raise AssertionError(f"{name}'s server still running after {timeout} s")
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = None, model_dir: str | None = None,
+                  gateway: bool = False, warden_interval: int = 2, extra_env: dict | None = None):
+    port = _free_port()
+    settings = EnclaveHubSettings(
+        mode=mode, state_dir=str(workdir / "hub"), public_url=f"http://127.0.0.1:{port}",
+        hub_port=_free_port(), proxy_api_port=_free_port(), gateway_port=_free_port(), review_port=_free_port(),
+        model_dir=model_dir or "", gateway=gateway, warden_interval=warden_interval,
+        network_name=f"enclave-test-{uuid.uuid4().hex[:6]}" if mode == "docker" else "enclave-net",
+    )
+    operator_token = secrets.token_hex(24)
+    env = hub_environment(settings, image, {"ENCLAVE_DB_URL": db_url, "ENCLAVE_HUB_OPERATOR_TOKEN": operator_token,
+                                            **(extra_env or {})})
+    log_path = workdir / "hub.log"
+    hub = start_hub(env, Path(settings.state_dir), log_path)
+    stack = Stack(settings, settings.public_url, operator_token, log_path)
+    try:
+        deadline = time.time() + 90
+        while True:
+            if hub.poll() is not None:
+                raise RuntimeError(f"hub exited with {hub.returncode}:\n{stack.log()[-4000:]}")
+            try:
+                if httpx.get(f"{stack.api}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"hub did not start:\n{stack.log()[-4000:]}")
+            time.sleep(0.3)
+        yield stack
+    finally:
+        hub.terminate()
+        try:
+            hub.wait(timeout=30)
+        except Exception:
+            hub.kill()
+
+
+class Browser:
+    """A scholar's browser, as far as HTTP goes: cookies, the hub's XSRF token, redirects."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.client = httpx.Client(base_url=stack.public_url, follow_redirects=True, timeout=120)
+
+    def close(self):
+        self.client.close()
+
+    def _xsrf(self) -> str:
+        return self.client.cookies.get("_xsrf", path="/hub/") or self.client.cookies.get("_xsrf") or ""
+
+    def login(self, username: str, password: str) -> httpx.Response:
+        page = self.client.get("/hub/login")
+        token = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        data = {"username": username, "password": password, "_xsrf": token.group(1) if token else self._xsrf()}
+        return self.client.post("/hub/login?next=", data=data, follow_redirects=False)
+
+    def logged_in(self) -> bool:
+        reply = self.client.get("/hub/home", follow_redirects=False)
+        return reply.status_code == 200
+
+    def hub_api(self, method: str, path: str, **kw) -> httpx.Response:
+        headers = {"X-XSRFToken": self._xsrf(), **kw.pop("headers", {})}
+        return self.client.request(method, f"/hub/api{path}", headers=headers, **kw)
+
+
+def spawn(stack: Stack, name: str, timeout: float = 180, options: dict | None = None) -> dict:
+    """Start `name`'s server through the REST API (as the hub's spawn page does) and wait until it
+    is ready; returns the progress event that ended the wait."""
+    with stack.admin() as c:
+        reply = c.post(f"/users/{name}/server", json={"user_options": options} if options else None)
+        if reply.status_code >= 400:
+            return {"failed": True, "status": reply.status_code, "message": reply.text}
+        deadline = time.time() + timeout
+        with c.stream("GET", f"/users/{name}/server/progress", timeout=timeout) as events:
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if event.get("ready") or event.get("failed"):
+                        return event
+                if time.time() > deadline:
+                    break
+    raise AssertionError(f"spawn of {name} did not finish in {timeout} s")
