@@ -7,6 +7,12 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v python3.11 >/dev/null || missing+=(python3.11 python3.11-venv)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# The reading room: Docker engine, the image's debootstrap base, the host firewall.
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v iptables >/dev/null || missing+=(iptables)
+# The reviewer UI's browser tests drive Debian's Chromium (Playwright's own download cannot work).
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 
 install_proxy() {
     # JupyterHub's proxy (npm); the enclave's hub and the hub-token tests need it.

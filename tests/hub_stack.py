@@ -8,7 +8,6 @@ import json
 import re
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +53,13 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = None, model_dir: str | None = None,
-                  gateway: bool = False, warden_interval: int = 2, extra_env: dict | None = None):
+                  gateway: bool = False, warden_interval: int = 2, extra_env: dict | None = None, **overrides):
     port = _free_port()
     settings = EnclaveHubSettings(
         mode=mode, state_dir=str(workdir / "hub"), public_url=f"http://127.0.0.1:{port}",
         hub_port=_free_port(), proxy_api_port=_free_port(), gateway_port=_free_port(), review_port=_free_port(),
         model_dir=model_dir or "", gateway=gateway, warden_interval=warden_interval,
-        network_name=f"enclave-test-{uuid.uuid4().hex[:6]}" if mode == "docker" else "enclave-net",
+        **overrides,
     )
     operator_token = secrets.token_hex(24)
     env = hub_environment(settings, image, {"ENCLAVE_DB_URL": db_url, "ENCLAVE_HUB_OPERATOR_TOKEN": operator_token,
@@ -120,18 +119,23 @@ class Browser:
 
 def spawn(stack: Stack, name: str, timeout: float = 180, options: dict | None = None) -> dict:
     """Start `name`'s server through the REST API (as the hub's spawn page does) and wait until it
-    is ready; returns the progress event that ended the wait."""
+    is ready or failed; returns the progress event that ended the wait."""
     with stack.admin() as c:
         reply = c.post(f"/users/{name}/server", json={"user_options": options} if options else None)
         if reply.status_code >= 400:
             return {"failed": True, "status": reply.status_code, "message": reply.text}
-        deadline = time.time() + timeout
-        with c.stream("GET", f"/users/{name}/server/progress", timeout=timeout) as events:
-            for line in events.iter_lines():
-                if line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if event.get("ready") or event.get("failed"):
-                        return event
-                if time.time() > deadline:
-                    break
+    return progress(stack, name, timeout)
+
+
+def progress(stack: Stack, name: str, timeout: float = 180) -> dict:
+    """Follow a pending spawn's progress events until it is ready or failed."""
+    deadline = time.time() + timeout
+    with stack.admin() as c, c.stream("GET", f"/users/{name}/server/progress", timeout=timeout) as events:
+        for line in events.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                if event.get("ready") or event.get("failed"):
+                    return event
+            if time.time() > deadline:
+                break
     raise AssertionError(f"spawn of {name} did not finish in {timeout} s")

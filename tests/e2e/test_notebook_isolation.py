@@ -1,0 +1,376 @@
+"""The reading room, end to end, with the real Docker engine: a scholar logs in over HTTP, spawns a
+locked-down notebook container from the enclave image, and shows from the inside that the model
+is reachable (and metered) while every way around the enclave fails. Needs root and dockerd,
+which `make test` provides."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import socket
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from enclave.hub.network import EnclaveNetwork, ensure_network, install, uninstall
+from enclave.registry import datasets, grants, people, projects
+from enclave.registry.credentials import set_password
+from enclave.registry.db import make_engine, session_scope, upgrade
+from tests.e2e.kernel import Server
+from tests.gateway_fixtures import build_tiny_model
+from tests.helpers import OPERATOR, approved_project
+from tests.hub_stack import Browser, progress, running_stack
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+ALICE_PASSWORD = "alice-password-e2e"
+BOB_PASSWORD = "bob-password-e2e1"
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    from enclave.hub.launch import DockerUnavailable, docker_client, ensure_dockerd
+
+    try:
+        ensure_dockerd(Path("/tmp/enclave-test-logs"))
+    except DockerUnavailable as exc:
+        if os.environ.get("ENCLAVE_REQUIRE_DOCKER"):
+            pytest.fail(f"Docker is required under `make test`: {exc}")
+        pytest.skip(str(exc))
+    client = docker_client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def image_id(docker_client):
+    from enclave.hub.image import build_image
+    from enclave.hub.launch import REPO_ROOT
+
+    return build_image(REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def enclave_net(docker_client):
+    """A private copy of the enclave network and firewall, on a subnet of its own."""
+    tag = uuid.uuid4().hex[:6]
+    net = EnclaveNetwork(name=f"enclave-test-{tag}", bridge=f"enct{tag}", subnet=f"172.31.{secrets.randbelow(200) + 20}.0/24")
+    network = ensure_network(docker_client, net)
+    yield net
+    uninstall(net)
+    with contextlib.suppress(Exception):
+        network.reload()
+        for container in network.containers:
+            network.disconnect(container, force=True)
+        network.remove()
+
+
+@pytest.fixture(scope="module")
+def outside(docker_client, image_id):
+    """A host "outside" the enclave: a web server on another Docker network."""
+    name = f"outside-{uuid.uuid4().hex[:6]}"
+    net = docker_client.networks.create(name, driver="bridge")
+    container = docker_client.containers.run(image_id, ["python3", "-m", "http.server", "8080"], name=name,
+                                             network=name, detach=True, remove=True, user="1000:1000")
+    container.reload()
+    ip = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
+    yield name, ip
+    with contextlib.suppress(Exception):
+        container.kill()
+    with contextlib.suppress(Exception):
+        net.remove()
+
+
+@pytest.fixture(scope="module")
+def host_listener(enclave_net):
+    """Another service on the host, listening on every address: notebooks must not reach it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", 0))
+    sock.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        sock.settimeout(0.5)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = sock.accept()
+                conn.sendall(b"host secret\n")
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
+    tmp = tmp_path_factory.mktemp("e2e")
+    db_url = f"sqlite:///{tmp / 'enclave.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    data = tmp / "people.csv"
+    data.write_text("name,dob,sex,zip\nAda Byron,1815-12-10,F,02139\n")
+    model_dir = build_tiny_model(tmp / "model")
+    with session_scope(engine) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    approved_project(engine, "p1", "alice")
+    with session_scope(engine) as s:
+        grants.set_grant(s, OPERATOR, "p1", mem_bytes=1024**3, cpu=1.0)
+        datasets.register(s, OPERATOR, "census", str(data), ["name", "dob", "sex", "zip"], "restricted")
+        datasets.allow(s, OPERATOR, "census", "p1")
+        people.add_person(s, OPERATOR, "bob", "Bob", "bob@example.org", roles=["scholar"])
+        projects.create_project(s, OPERATOR, "p2", "Not yet", "bob", "Waiting for approval.")
+        set_password(s, OPERATOR, "alice", ALICE_PASSWORD)
+        set_password(s, OPERATOR, "bob", BOB_PASSWORD)
+    with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
+                       network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet) as stack:
+        s = stack.settings
+        install(enclave_net, [s.hub_port, s.gateway_port, s.review_port])
+        _wait_gateway(stack)
+        yield {"stack": stack, "engine": engine, "model_dir": Path(model_dir), "outside": outside,
+               "host_port": host_listener, "net": enclave_net}
+    engine.dispose()
+
+
+def _wait_gateway(stack, timeout=120):
+    import httpx
+
+    url = f"http://{stack.settings.service_ip}:{stack.settings.gateway_port}/v1/model"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"gateway did not come up:\n{stack.log()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def alice(world):
+    stack = world["stack"]
+    browser = Browser(stack)
+    assert browser.login("alice", ALICE_PASSWORD).status_code == 302
+    started = time.monotonic()
+    reply = browser.hub_api("POST", "/users/alice/server", json={})
+    assert reply.status_code in (201, 202), reply.text
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        server = (stack.user_model("alice").get("servers") or {}).get("")
+        if server and server.get("ready"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"alice's server did not start:\n{stack.log()[-4000:]}")
+    spawn_seconds = time.monotonic() - started
+    # A token of her own to drive her server, as JupyterLab's cookie would.
+    token = browser.hub_api("POST", "/users/alice/tokens", json={"scopes": ["access:servers!user=alice"],
+                                                                  "note": "e2e"}).json()["token"]
+    server = Server(f"{stack.public_url}/user/alice", token)
+    yield {"browser": browser, "server": server, "spawn_seconds": spawn_seconds}
+    server.close()
+    browser.close()
+
+
+def _inside(alice, code: str) -> dict:
+    out = alice["server"].run(textwrap.dedent(code))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_gateway_call_works_and_is_charged(world, alice):
+    from enclave.registry.models import UsageTotal
+
+    result = _inside(alice, """
+        import json, os, httpx
+        r = httpx.post(os.environ["ENCLAVE_GATEWAY_URL"] + "/v1/generate",
+                       headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]},
+                       json={"prompt": "Hello", "max_new_tokens": 4, "seed": 1}, timeout=60)
+        print(json.dumps({"status": r.status_code, "body": r.json(), "project": os.environ.get("ENCLAVE_PROJECT")}))
+    """)
+    assert result["status"] == 200, result
+    assert result["project"] == "p1"
+    with session_scope(world["engine"]) as s:
+        project = projects.get_project(s, "p1")
+        assert s.get(UsageTotal, project.id).tokens_used > 0
+
+
+def test_b_no_egress_no_host_ports_no_outside_names(world, alice):
+    outside_name, outside_ip = world["outside"]
+    s = world["stack"].settings
+    result = _inside(alice, f"""
+        import json, socket
+        def connect(host, port):
+            try:
+                socket.create_connection((host, port), timeout=3).close(); return "connected"
+            except OSError as e:
+                return type(e).__name__
+        def resolve(name):
+            try:
+                return socket.getaddrinfo(name, 80)[0][4][0]
+            except OSError as e:
+                return type(e).__name__
+        print(json.dumps({{
+            "gateway": connect("{s.service_ip}", {s.gateway_port}),
+            "outside": connect("{outside_ip}", 8080),
+            "host_other_port": connect("{s.service_ip}", {world['host_port']}),
+            "host_proxy_api": connect("{s.service_ip}", {s.proxy_api_port}),
+            "docker_bridge": connect("172.17.0.1", {world['host_port']}),
+            "internet": connect("1.1.1.1", 53),
+            "resolve_outside": resolve("{outside_name}"),
+            "resolve_internet": resolve("example.com"),
+            "resolve_localhost": resolve("localhost"),
+        }}))
+    """)
+    assert result["gateway"] == "connected", result  # the control: the allowed path works
+    for probe in ("outside", "host_other_port", "host_proxy_api", "docker_bridge", "internet"):
+        assert result[probe] != "connected", (probe, result)
+    assert result["resolve_outside"] == "gaierror", result
+    assert result["resolve_internet"] == "gaierror", result
+    # Control for the probe itself: the kernel can connect to itself, so a refusal above is the firewall.
+
+
+def test_c_no_model_weights_inside(world, alice):
+    weights = sorted(world["model_dir"].glob("*.safetensors"))
+    sizes = {p.stat().st_size: hashlib.sha256(p.read_bytes()).hexdigest() for p in weights}
+    result = _inside(alice, f"""
+        import hashlib, json, os
+        sizes = {json.dumps({str(k): v for k, v in sizes.items()})}
+        suffixes = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5")
+        found, same = [], []
+        for root, dirs, files in os.walk("/", onerror=lambda e: None):
+            if root.startswith(("/proc", "/sys", "/dev")):
+                dirs[:] = []
+                continue
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    size = os.lstat(path).st_size
+                except OSError:
+                    continue
+                if name.endswith(suffixes) and size > 1_000_000:
+                    found.append(path)
+                if str(size) in sizes:
+                    with open(path, "rb") as f:
+                        if hashlib.sha256(f.read()).hexdigest() == sizes[str(size)]:
+                            same.append(path)
+        try:
+            import torch  # noqa
+            has_torch = True
+        except ImportError:
+            has_torch = False
+        print(json.dumps({{"found": found, "same": same, "torch": has_torch}}))
+    """)
+    assert result == {"found": [], "same": [], "torch": False}
+
+
+def test_d_read_only_root_no_capabilities_not_root(alice):
+    result = _inside(alice, """
+        import json, os
+        def write(path):
+            try:
+                open(path, "w").write("x"); return "written"
+            except OSError as e:
+                return e.strerror
+        status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+        print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "etc": write("/etc/enclave-test"),
+                          "usr": write("/usr/local/bin/x"), "tmp": write("/tmp/ok"),
+                          "work": write(os.path.expanduser("~/work/ok.txt")),
+                          "datasets": write(os.path.expanduser("~/datasets/census/x.csv")),
+                          "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
+                          "no_new_privs": status["NoNewPrivs"].strip()}))
+    """)
+    assert result["uid"] != 0 and result["gid"] != 0, result
+    assert result["etc"] == result["usr"] == "Read-only file system", result
+    assert result["datasets"] == "Read-only file system", result
+    assert result["tmp"] == result["work"] == "written", result
+    assert int(result["cap_eff"], 16) == 0 and int(result["cap_bnd"], 16) == 0, result
+    assert result["no_new_privs"] == "1", result
+
+
+def test_e_no_download_around_review(alice):
+    server = alice["server"]
+    # A small work file and a notebook made in the kernel; a 2 MB file; the dataset is mounted.
+    _inside(alice, """
+        import json, os
+        work = os.path.expanduser("~/work")
+        open(os.path.join(work, "small.txt"), "w").write("a small result\\n")
+        open(os.path.join(work, "big.txt"), "w").write("y" * 2_000_000)
+        nb = {"cells": [{"cell_type": "code", "source": "1+1", "metadata": {}, "outputs": [], "execution_count": None}],
+              "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        json.dump(nb, open(os.path.join(work, "nb.ipynb"), "w"))
+        print(json.dumps(sorted(os.listdir(os.path.expanduser("~/datasets/census")))))
+    """)
+    assert server.get("/api/contents/work/small.txt").status_code == 200  # JupyterLab opens it
+    assert server.get("/api/contents/work/nb.ipynb").status_code == 200
+    refused = {
+        "files": server.get("/files/work/small.txt"),
+        "files_case": server.get("/FILES/work/small.txt"),
+        "nbconvert": server.get("/nbconvert/html/work/nb.ipynb?download=true"),
+        "nbconvert_script": server.get("/nbconvert/script/work/nb.ipynb"),
+        "big": server.get("/api/contents/work/big.txt"),
+        "big_base64": server.get("/api/contents/work/big.txt?format=base64&type=file"),
+        "dataset": server.get("/api/contents/datasets/census/people.csv"),
+        "dataset_dotdot": server.get("/api/contents/work/../datasets/census/people.csv"),
+        "dataset_encoded": server.get("/api/contents/datasets%2Fcensus%2Fpeople.csv"),
+    }
+    for name, reply in refused.items():
+        assert reply.status_code in (403, 404), (name, reply.status_code, reply.text[:200])
+        assert "a small result" not in reply.text and "Ada Byron" not in reply.text, name
+
+
+def test_f_notebook_token_cannot_administer_or_read_others(world, alice):
+    stack = world["stack"]
+    result = _inside(alice, f"""
+        import json, os, httpx
+        api = os.environ["JUPYTERHUB_API_URL"]
+        h = {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}}
+        print(json.dumps({{
+            "list_users": httpx.get(api + "/users", headers=h).status_code,
+            "read_bob": httpx.get(api + "/users/bob", headers=h).status_code,
+            "new_token": httpx.post(api + "/users/alice/tokens", headers=h, json={{}}).status_code,
+            "spawn_bob": httpx.post(api + "/users/bob/server", headers=h).status_code,
+            "whoami": httpx.get(api + "/user", headers=h).json().get("scopes"),
+        }}))
+    """)
+    assert result["list_users"] == 403 and result["read_bob"] in (403, 404), result
+    assert result["new_token"] == 403 and result["spawn_bob"] in (403, 404), result
+    assert set(result["whoami"]) <= {"access:servers!server=alice/", "users:activity!user=alice",
+                                     "access:services!service=gateway", "access:services!service=review"}, result
+
+
+def test_g_unapproved_scholar_cannot_spawn(world):
+    stack = world["stack"]
+    bob = Browser(stack)
+    assert bob.login("bob", BOB_PASSWORD).status_code == 302
+    reply = bob.hub_api("POST", "/users/bob/server", json={})
+    if reply.status_code < 400:  # the spawn was accepted as pending; it must then fail
+        event = progress(stack, "bob", timeout=60)
+        assert event.get("failed"), event
+        message = event.get("message", "")
+    else:
+        message = reply.text
+    assert "not approved" in message, message
+    assert not (stack.user_model("bob").get("servers") or {}).get("")
+
+
+def test_z_revocation_stops_the_server_and_the_next_call(world, alice):
+    import httpx
+
+    stack = world["stack"]
+    gateway_token = alice["browser"].hub_api(
+        "POST", "/users/alice/tokens", json={"scopes": ["access:services!service=gateway"], "note": "e2e"}).json()["token"]
+    url = f"http://{stack.settings.service_ip}:{stack.settings.gateway_port}/v1/usage"
+    assert httpx.get(url, headers={"Authorization": f"token {gateway_token}"}).status_code == 200
+    with session_scope(world["engine"]) as s:
+        projects.transition(s, OPERATOR, "p1", "revoke", reason="e2e")
+    reply = httpx.get(url, headers={"Authorization": f"token {gateway_token}"})
+    assert reply.status_code == 403 and "revoked" in reply.text
+    assert stack.wait_stopped("alice", timeout=60) < 60
