@@ -13,8 +13,14 @@ import ipaddress
 import shutil
 import subprocess
 
-INPUT_CHAIN = "ENCLAVE-INPUT"
-FORWARD_CHAIN = "ENCLAVE-FORWARD"
+
+
+def input_chain(net: "EnclaveNetwork") -> str:
+    return f"ENC-IN-{net.bridge}"  # per bridge, so two enclaves (or a test's) never share rules
+
+
+def forward_chain(net: "EnclaveNetwork") -> str:
+    return f"ENC-FWD-{net.bridge}"
 
 
 class FirewallError(RuntimeError):
@@ -66,7 +72,7 @@ def _container_range(net: EnclaveNetwork) -> str:
     return str(list(network.subnets(prefixlen_diff=1))[0])
 
 
-def rules(net: EnclaveNetwork, allowed_ports: list[int]) -> dict[str, list[list[str]]]:
+def rules(net: "EnclaveNetwork", allowed_ports: list[int]) -> dict[str, list[list[str]]]:
     """The rule set, as iptables argument lists per chain (pure, so it can be tested and shown)."""
     established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
     input_rules = [established + ["-j", "ACCEPT"]]
@@ -74,7 +80,7 @@ def rules(net: EnclaveNetwork, allowed_ports: list[int]) -> dict[str, list[list[
         input_rules.append(["-p", "tcp", "-d", net.host_ip, "--dport", str(port), "-j", "ACCEPT"])
     input_rules.append(["-j", "DROP"])
     forward_rules = [established + ["-j", "RETURN"], ["-j", "DROP"]]
-    return {INPUT_CHAIN: input_rules, FORWARD_CHAIN: forward_rules}
+    return {input_chain(net): input_rules, forward_chain(net): forward_rules}
 
 
 def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -95,23 +101,24 @@ def install(net: EnclaveNetwork, allowed_ports: list[int]) -> None:
         _iptables("-F", chain)
         for rule in chain_rules:
             _iptables("-A", chain, *rule)
-    jumps = [("INPUT", ["-i", net.bridge, "-j", INPUT_CHAIN]),
-             ("DOCKER-USER", ["-i", net.bridge, "-j", FORWARD_CHAIN]),
-             ("DOCKER-USER", ["-o", net.bridge, "-j", FORWARD_CHAIN])]
-    for chain, jump in jumps:
+    for chain, jump in _jumps(net):
         if chain == "DOCKER-USER" and _iptables("-n", "-L", "DOCKER-USER", check=False).returncode != 0:
             _iptables("-N", "DOCKER-USER")
         if _iptables("-C", chain, *jump, check=False).returncode != 0:
             _iptables("-I", chain, "1", *jump)
 
 
+def _jumps(net: EnclaveNetwork) -> list[tuple[str, list[str]]]:
+    return [("INPUT", ["-i", net.bridge, "-j", input_chain(net)]),
+            ("DOCKER-USER", ["-i", net.bridge, "-j", forward_chain(net)]),
+            ("DOCKER-USER", ["-o", net.bridge, "-j", forward_chain(net)])]
+
+
 def uninstall(net: EnclaveNetwork) -> None:
-    for chain, jump in (("INPUT", ["-i", net.bridge, "-j", INPUT_CHAIN]),
-                        ("DOCKER-USER", ["-i", net.bridge, "-j", FORWARD_CHAIN]),
-                        ("DOCKER-USER", ["-o", net.bridge, "-j", FORWARD_CHAIN])):
+    for chain, jump in _jumps(net):
         while _iptables("-C", chain, *jump, check=False).returncode == 0:
             _iptables("-D", chain, *jump)
-    for chain in (INPUT_CHAIN, FORWARD_CHAIN):
+    for chain in (input_chain(net), forward_chain(net)):
         if _iptables("-n", "-L", chain, check=False).returncode == 0:
             _iptables("-F", chain)
             _iptables("-X", chain)
