@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from enclave.hub.config import EnclaveHubSettings
-from enclave.hub.launch import hub_environment, start_hub
+from enclave.hub.launch import hub_environment, start_hub, stop_leftover_proxy
 from tests.hub_fixtures import _free_port
 
 
@@ -87,6 +87,7 @@ def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = 
             hub.wait(timeout=30)
         except Exception:
             hub.kill()
+        stop_leftover_proxy(Path(settings.state_dir))
 
 
 class Browser:

@@ -185,7 +185,8 @@ if _IMPORT_ERROR is None:
         import signal
 
         from enclave.hub.config import BANNER, EnclaveHubSettings
-        from enclave.hub.launch import DockerUnavailable, HubLaunchError, hub_environment, prepare_docker, start_hub
+        from enclave.hub.launch import (DockerUnavailable, HubLaunchError, hub_environment, prepare_docker, start_hub,
+                                        stop_leftover_proxy)
         from enclave.hub.network import FirewallError
         from enclave.registry.db import enclave_home
 
@@ -211,6 +212,11 @@ if _IMPORT_ERROR is None:
         typer.echo(f"hub: {settings.public_url}  (model gateway for notebooks: http://{settings.service_ip}:{settings.gateway_port}/v1/)")
         for username, password in passwords.items():
             typer.echo(f"  log in as {username:<9} password {password}")
+
+        def on_term(signum, frame):  # a service manager's stop: same as Ctrl-C
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
         try:
             code = hub.wait()
         except KeyboardInterrupt:
@@ -220,6 +226,7 @@ if _IMPORT_ERROR is None:
             except subprocess.TimeoutExpired:
                 hub.kill()
                 code = hub.wait()
+        stop_leftover_proxy(Path(settings.state_dir))
         if code not in (0, -signal.SIGINT, -signal.SIGTERM):
             raise RegistryError(f"the hub exited with status {code}; see its log above")
 

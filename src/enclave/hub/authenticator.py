@@ -40,6 +40,10 @@ class EnclaveAdmission(RegistryLink):
     def _default_allow_all(self):
         return False
 
+    @default("any_allow_config")
+    def _default_any_allow_config(self):
+        return True  # check_allowed (the registry) is the allow configuration
+
     @default("auth_refresh_age")
     def _default_auth_refresh_age(self):
         return 60

@@ -83,7 +83,13 @@ def prepare_docker(settings: EnclaveHubSettings, log_dir: Path, progress=print) 
 
 
 def hub_environment(settings: EnclaveHubSettings, image_id: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    from enclave.registry.db import database_url, enclave_home
+
     env = dict(os.environ)
+    # Absolute: the hub and its services run in the state directory, where a relative
+    # ENCLAVE_HOME (the default is ./var) would point somewhere else.
+    env["ENCLAVE_HOME"] = str(enclave_home())
+    env.setdefault("ENCLAVE_DB_URL", database_url())
     env.update({
         "ENCLAVE_HUB_MODE": settings.mode,
         "ENCLAVE_HUB_STATE": settings.state_dir,
@@ -130,3 +136,20 @@ def start_hub(env: dict[str, str], state_dir: Path, log_path: Path | None = None
                             stdout=out, stderr=subprocess.STDOUT if out else None)
 
 
+
+
+def stop_leftover_proxy(state_dir: Path) -> None:
+    """JupyterHub leaves its proxy running when it dies abnormally (it can adopt it on restart);
+    `enclave` owns the whole stack, so it stops the proxy too."""
+    import signal
+
+    pid_file = Path(state_dir) / "proxy.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)

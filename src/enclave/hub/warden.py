@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="sweep once and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[warden %(asctime)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    hub_pid = os.getppid()
     api_url, token = os.environ.get("JUPYTERHUB_API_URL"), os.environ.get("JUPYTERHUB_API_TOKEN")
     if not api_url or not token:
         print("enclave-warden: JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN must be set (run it as a hub service)", file=sys.stderr)
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             except (httpx.HTTPError, OSError) as exc:  # the hub restarting: try again next round
                 log.warning("sweep failed: %s", exc)
             if args.once:
+                return 0
+            if os.getppid() != hub_pid:  # the hub died without stopping us: do not linger
+                log.warning("the hub is gone; exiting")
                 return 0
             time.sleep(args.interval)
 
