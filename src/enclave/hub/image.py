@@ -7,13 +7,15 @@ package index), so the image is made the way air-gapped sites make theirs:
    ~/.cache/enclave/image/ keyed by its package list, and `docker import`ed as enclave-base:<key>;
 2. a wheelhouse of every pinned requirement (enclave_image/requirements.txt) downloaded on the
    host as cp311 manylinux wheels, cached keyed by the requirements file;
-3. wheels of this repository's bare `enclave` package (the light client) and of the lock-down
-   extension, built on the host;
+3. wheels of this repository's light client (`enclave` with only `enclave.client`, depending on
+   the bare package's dependencies, httpx) and of the lock-down extension, built on the host. The
+   rest of the package stays out on purpose: `enclave.demo` regenerates the demo's confidential
+   people from a seed, and services' code has no business in a scholar's container;
 4. `docker build` of enclave_image/Dockerfile with networking disabled.
 
 The image is tagged enclave-notebook:<hash12>, where the hash covers everything that goes into it
-(Dockerfile, requirements, config, entrypoint, the third-party wheels' hashes, our two packages'
-sources and the base rootfs key). Building is idempotent: if that tag exists, its ID comes back
+(Dockerfile, requirements, config, entrypoint, the third-party wheels' hashes, the client's and the
+lock-down's sources and the base rootfs key), so only changes that reach the image rebuild it. Building is idempotent: if that tag exists, its ID comes back
 without Docker being asked to build anything, in well under a second.
 """
 
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +41,8 @@ from pathlib import Path
 IMAGE_REPOSITORY = "enclave-notebook"
 BASE_REPOSITORY = "enclave-base"
 HASH_LENGTH = 12
+# Older notebook images kept for rollback (and for sessions still running on them).
+KEEP_IMAGES = 3
 
 # The base rootfs. Changing any of these changes the cache key (and so the image hash).
 DEBIAN_SUITE = "bookworm"
@@ -146,9 +151,9 @@ def content_hash(repo_root: Path, wheel_manifest: list[tuple[str, str]], base_ke
         "context": [(name, _sha256_file(image_dir / name)) for name in CONTEXT_FILES],
         "wheels": sorted(wheel_manifest),
         "lockdown": _tree_digest(image_dir / "lockdown", image_dir),
-        # The `enclave` wheel is built from these; hashing sources avoids building it to find out.
-        "enclave": [("pyproject.toml", _sha256_file(repo_root / "pyproject.toml"))]
-                   + _tree_digest(repo_root / "src" / "enclave", repo_root),
+        # The client wheel is built from these; hashing sources avoids building it to find out.
+        "client": [(str(p.relative_to(repo_root)), _sha256_file(p)) for p in _client_files(repo_root)]
+                  + [("pyproject.toml", _sha256_file(repo_root / "pyproject.toml"))],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -249,14 +254,44 @@ def wheel_manifest(wheelhouse: Path) -> list[tuple[str, str]]:
     return entries
 
 
+def _client_files(repo_root: Path) -> list[Path]:
+    """The sources of the light client: the package's __init__ and enclave.client (if present yet)."""
+    package = repo_root / "src" / "enclave"
+    client = package / "client"
+    return [package / "__init__.py", *(_tree_files(client) if client.is_dir() else [])]
+
+
+def _client_project(repo_root: Path, target: Path) -> Path:
+    """A project directory for the client-only `enclave` wheel, from the repository's metadata."""
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    package = repo_root / "src" / "enclave"
+    for source in _client_files(repo_root):
+        destination = target / "enclave" / source.relative_to(package)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    (target / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        "[project]\n"
+        f"name = {json.dumps(project['name'])}\n"
+        f"version = {json.dumps(project['version'])}\n"
+        'description = "Model Enclave: the notebook client (HTTP only)"\n'
+        f"requires-python = {json.dumps(project.get('requires-python', '>=3.11'))}\n"
+        f"dependencies = {json.dumps(project.get('dependencies', []))}\n\n"
+        '[tool.hatch.build.targets.wheel]\npackages = ["enclave"]\n')
+    return target
+
+
 def _build_local_wheels(repo_root: Path, target: Path, progress: Progress) -> None:
-    """Wheels of the bare `enclave` package (depends on httpx only) and of the lock-down extension."""
+    """Wheels of the light client and of the lock-down extension."""
     # With hatchling at hand, build without an isolated environment: no package index needed.
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
-    for source in (repo_root, repo_root / "enclave_image" / "lockdown"):
-        progress(f"building the wheel of {source.name or source}")
-        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-              *isolation, "-w", str(target), str(source)], f"pip wheel {source}")
+    with tempfile.TemporaryDirectory(prefix="enclave-client-") as work:
+        sources = {"the enclave client": _client_project(repo_root, Path(work)),
+                   "the lock-down extension": repo_root / "enclave_image" / "lockdown"}
+        for what, source in sources.items():
+            progress(f"building the wheel of {what}")
+            _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                  *isolation, "-w", str(target), str(source)], f"pip wheel {source}")
 
 
 # --- Docker ----------------------------------------------------------------------------------------
@@ -316,7 +351,8 @@ def _docker_build(client, context: Path, tag: str, buildargs: dict[str, str], no
             if "error" in event:
                 raise ImageBuildError(f"docker build failed: {event['error'].strip()}")
             text = event.get("stream", "").strip()
-            if text and not text.startswith("--->"):
+            # Docker's step lines say where the build is; pip's per-wheel chatter would drown them.
+            if text.startswith(("Step ", "Successfully built", "Successfully tagged")):
                 progress(text)
             if "aux" in event and "ID" in event["aux"]:
                 image_id = event["aux"]["ID"]
@@ -328,6 +364,29 @@ def _docker_build(client, context: Path, tag: str, buildargs: dict[str, str], no
             raise ImageBuildError("docker build finished without an image")
         image_id = found.id
     return image_id
+
+
+def _prune_old_images(client, current_id: str, keep: int, progress: Progress) -> None:
+    """Untag all but the `keep` newest notebook images, so rebuilds do not pile up.
+
+    Docker refuses to remove an image a container still uses (running or stopped); such an image
+    simply stays, so a session pinned to an older image is never disturbed.
+    """
+    from docker.errors import APIError
+
+    images = sorted(client.images.list(name=IMAGE_REPOSITORY), key=lambda i: str(i.attrs.get("Created", "")),
+                    reverse=True)
+    removed = 0
+    for image in [i for i in images if i.id != current_id][max(keep - 1, 0):]:
+        for tag in image.tags:
+            if tag.startswith(f"{IMAGE_REPOSITORY}:") and not tag.endswith(":latest"):
+                try:
+                    client.images.remove(tag)
+                    removed += 1
+                except APIError:
+                    pass  # in use by a container: keep it
+    if removed:
+        progress(f"removed {removed} older notebook image tag(s), keeping the newest {keep}")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -368,6 +427,7 @@ def ensure_image(repo_root: Path | None = None, *, force: bool = False, cache_di
                                      nocache=force, progress=progress)
         image = client.images.get(image_id)
         image.tag(IMAGE_REPOSITORY, "latest")
+        _prune_old_images(client, image.id, KEEP_IMAGES, progress)
         result = _describe(image, tag, digest, built=True, seconds=time.monotonic() - started)
         progress(f"built {tag} ({result.size_bytes / 1e6:.0f} MB) in {result.seconds:.0f} s")
         return result
@@ -399,9 +459,8 @@ def show_image(repo_root: Path | None = None, *, cache_dir: Path | None = None) 
         current["why"] = "the wheelhouse is not downloaded yet; `enclave image build` fetches it"
     images = []
     for image in client.images.list(name=IMAGE_REPOSITORY):
-        created = str(image.attrs.get("Created", ""))
         images.append({"id": image.id, "tags": sorted(image.tags), "size_bytes": int(image.attrs.get("Size", 0)),
-                       "created": created})
+                       "created": str(image.attrs.get("Created", ""))})
     images.sort(key=lambda entry: entry["created"], reverse=True)
     return {"current": current, "images": images, "base": f"{BASE_REPOSITORY}:{rootfs_key()}",
             "cache_dir": str(cache_dir), "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

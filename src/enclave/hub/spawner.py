@@ -165,7 +165,7 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
 
     async def start(self):
         plan = await self.enclave_plan()
-        self.mem_limit = str(plan.mem_bytes)
+        self.mem_limit = int(plan.mem_bytes)
         self.cpu_limit = float(plan.cpu)
         self.volumes = self._volumes(plan)
         self.extra_host_config = {**(self.extra_host_config if isinstance(self.extra_host_config, dict) else {}),
