@@ -31,6 +31,8 @@ c.FileContentsManager.preferred_dir = "work"
 c.FileContentsManager.delete_to_trash = False
 # The notary's database would live in the (read-only) data directory; trust lasts a session.
 c.NotebookNotary.db_file = ":memory:"
+# Its signing secret too: on the per-container tmpfs, so it dies with the session.
+c.NotebookNotary.secret_file = "/tmp/jupyter-notebook-secret"
 
 # --- Offline: nothing may try to reach the internet -------------------------------------------
 c.LabApp.news_url = None

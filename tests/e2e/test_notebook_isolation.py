@@ -303,13 +303,14 @@ def test_e_no_download_around_review(alice):
         work = os.path.expanduser("~/work")
         open(os.path.join(work, "small.txt"), "w").write("a small result\\n")
         open(os.path.join(work, "big.txt"), "w").write("y" * 2_000_000)
-        nb = {"cells": [{"cell_type": "code", "source": "1+1", "metadata": {}, "outputs": [], "execution_count": None}],
+        nb = {"cells": [{"cell_type": "code", "id": "c1", "source": "1+1", "metadata": {}, "outputs": [], "execution_count": None}],
               "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
         json.dump(nb, open(os.path.join(work, "nb.ipynb"), "w"))
         print(json.dumps(sorted(os.listdir(os.path.expanduser("~/datasets/census")))))
     """)
     assert server.get("/api/contents/work/small.txt").status_code == 200  # JupyterLab opens it
-    assert server.get("/api/contents/work/nb.ipynb").status_code == 200
+    opened = server.get("/api/contents/work/nb.ipynb")
+    assert opened.status_code == 200, opened.text[-3000:]
     refused = {
         "files": server.get("/files/work/small.txt"),
         "files_case": server.get("/FILES/work/small.txt"),
@@ -342,8 +343,10 @@ def test_f_notebook_token_cannot_administer_or_read_others(world, alice):
     """)
     assert result["list_users"] == 403 and result["read_bob"] in (403, 404), result
     assert result["new_token"] == 403 and result["spawn_bob"] in (403, 404), result
-    assert set(result["whoami"]) <= {"access:servers!server=alice/", "users:activity!user=alice",
-                                     "access:services!service=gateway", "access:services!service=review"}, result
+    # Everything it holds is about alice herself, or the right to call the enclave's services.
+    services = {"access:services!service=gateway", "access:services!service=review"}
+    assert all(scope in services or scope.endswith(("!user=alice", "!server=alice/")) for scope in result["whoami"]), result
+    assert not any(scope.startswith(("admin", "list:", "tokens", "servers")) for scope in result["whoami"]), result
 
 
 def test_g_unapproved_scholar_cannot_spawn(world):
@@ -361,6 +364,20 @@ def test_g_unapproved_scholar_cannot_spawn(world):
     assert not (stack.user_model("bob").get("servers") or {}).get("")
 
 
+def test_d_container_settings_from_the_grant(world, alice, docker_client, image_id):
+    (container,) = docker_client.containers.list(filters={"label": "enclave.user=alice"})
+    host = container.attrs["HostConfig"]
+    assert container.attrs["Image"] == image_id  # pinned by ID
+    assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+    assert host["Memory"] == 1024**3 and host["CpuQuota"] == host["CpuPeriod"] == 100_000  # grant: 1 GiB, 1 CPU
+    assert host["PidsLimit"] == 512 and "/tmp" in host["Tmpfs"] and host["AutoRemove"]
+    assert container.attrs["Config"]["User"] == "1000:1000"
+    assert list(container.attrs["NetworkSettings"]["Networks"]) == [world["net"].name]
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert not mounts["/home/scholar/datasets/census/people.csv"]["RW"]
+    assert mounts["/home/scholar/work"]["Type"] == "volume" and mounts["/home/scholar/work"]["RW"]
+
+
 def test_z_revocation_stops_the_server_and_the_next_call(world, alice):
     import httpx
 
@@ -374,3 +391,4 @@ def test_z_revocation_stops_the_server_and_the_next_call(world, alice):
     reply = httpx.get(url, headers={"Authorization": f"token {gateway_token}"})
     assert reply.status_code == 403 and "revoked" in reply.text
     assert stack.wait_stopped("alice", timeout=60) < 60
+
