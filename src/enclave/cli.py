@@ -237,6 +237,16 @@ if _IMPORT_ERROR is None:
         return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "review", "--host", settings.service_ip,
                            "--port", str(settings.review_port)])
 
+    @serve_app.command("review")
+    def serve_review_cmd(
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8002,
+    ) -> None:
+        """Serve the output-review airlock (submissions, reviewer UI, releases) until interrupted."""
+        from enclave.review.app import serve_review
+
+        serve_review(host, port)
+
     @serve_app.command("hub")
     def serve_hub(
         unisolated: Annotated[bool, typer.Option("--unisolated", help="Developer mode without Docker: NO isolation.")] = False,

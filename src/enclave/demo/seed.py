@@ -17,11 +17,13 @@ from enclave.registry.db import session_scope
 from enclave.registry.errors import NotFound
 from enclave.registry.models import ProjectStatus
 
-OPERATOR, REVIEWER, SCHOLAR = "operator", "reviewer", "scholar"
+OPERATOR, REVIEWER, REVIEWER2, SCHOLAR = "operator", "reviewer", "reviewer2", "scholar"
 PROJECT = "demo"
 DEMO_PEOPLE = (
     (OPERATOR, "Olive Operator", ["operator"]),
     (REVIEWER, "Rafael Reviewer", ["reviewer"]),
+    # A second, independent reviewer: exports with a block or warn finding need two approvals.
+    (REVIEWER2, "Rosa Reviewer", ["reviewer"]),
     (SCHOLAR, "Sofia Scholar", ["scholar"]),
 )
 DEMO_GRANT = dict(tokens_total=500_000, tokens_per_day=100_000, requests_per_minute=120, max_tokens_per_request=512,
@@ -59,7 +61,7 @@ def seed_demo(engine: Engine, now: dt.datetime | None = None) -> list[str]:
             report.append(f"set the grant of {PROJECT}")
         status = projects.status_of(project, now).value
         expires = last_day(project.expires_at) or "-"
-    report.append(f"project {PROJECT}: {status} until {expires}; members: {SCHOLAR} (PI); reviewer: {REVIEWER}; operator: {OPERATOR}")
+    report.append(f"project {PROJECT}: {status} until {expires}; members: {SCHOLAR} (PI); reviewers: {REVIEWER}, {REVIEWER2}; operator: {OPERATOR}")
     return report
 
 

@@ -1,0 +1,649 @@
+"""What can be done to an export request. Each operation runs inside the caller's transaction and
+appends its audit event there, so the change and its record commit together or not at all.
+
+The HTTP API, the reviewer web UI and the `enclave review` CLI all call these functions: the
+rules (who may do what, the two-person rule, resetting reviews when a file changes) live here and
+in `workflow`, nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import secrets
+from collections import Counter
+from typing import Any, Iterable
+
+from sqlmodel import Session, select
+
+from enclave.registry import access, audit
+from enclave.registry.clock import iso, utcnow
+from enclave.registry.errors import Conflict, Forbidden, NotFound, RegistryError
+from enclave.registry.models import Membership, Person, Project, Role
+from enclave.registry.people import SYSTEM_ACTOR, find_person
+from enclave.review.findings import Finding, Severity
+from enclave.review.models import (
+    Decision, ExportComment, ExportFile, ExportFinding, ExportRelease, ExportRequest, ExportReview, ExportState,
+    Visibility,
+)
+from enclave.review.quarantine import StagedFile, check_unique, export_name
+from enclave.review.workflow import Actor, Transition, actor_for, approvals_needed, check_transition
+
+MAX_JUSTIFICATION_CHARS = 20_000
+MAX_COMMENT_CHARS = 10_000
+ID_PREFIX = "exp-"
+
+
+def new_request_id() -> str:
+    # 60 random bits, lower-case base32: short enough to read out, unguessable enough not to matter.
+    return ID_PREFIX + base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()[:12]
+
+
+def valid_request_id(request_id: str) -> bool:
+    rest = request_id[len(ID_PREFIX):] if request_id.startswith(ID_PREFIX) else ""
+    return len(rest) == 12 and all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in rest)
+
+
+# ----- loading and standing -----------------------------------------------------------------------
+
+def get_request(session: Session, request_id: str, *, lock: bool = False) -> ExportRequest:
+    """The request, or NotFound. `lock` takes its row lock for the rest of the transaction: every
+    change reads the state, checks the move and writes it, and two of those at once (a withdrawal
+    racing the check worker, two reviewers approving together) must not both read the old state.
+    (SQLite transactions here are serialised anyway by BEGIN IMMEDIATE; PostgreSQL needs the lock.)"""
+    request = None
+    if valid_request_id(request_id or ""):
+        query = select(ExportRequest).where(ExportRequest.id == request_id)
+        if lock:
+            query = query.with_for_update()
+        request = session.exec(query).first()
+        if request is not None and lock:
+            session.refresh(request)  # a copy cached in this session may predate the lock
+    if request is None:
+        raise NotFound(f"no export {request_id!r}")
+    return request
+
+
+def member_ids(session: Session, project_id: int) -> set[int]:
+    return set(session.exec(select(Membership.person_id).where(Membership.project_id == project_id)).all())
+
+
+def standing(session: Session, request: ExportRequest, username: str | None) -> tuple[Person, Actor]:
+    """The acting person and how they stand towards `request` (author or independent reviewer)."""
+    if not username:
+        raise Forbidden("who is acting? pass --as USER")
+    person = find_person(session, username)
+    if person is None:
+        raise Forbidden(f"unknown user {username!r}")
+    if person.id != request.author_id and not person.has_role(Role.reviewer):
+        # Someone with no business here learns nothing, not even that the request exists.
+        raise NotFound(f"no export {request.id!r}")
+    return person, actor_for(person, request.author_id, member_ids(session, request.project_id))
+
+
+def _move(session: Session, request: ExportRequest, step: Transition, actor: str, now: dt.datetime,
+          details: dict[str, Any] | None = None) -> None:
+    before = request.state
+    request.state = step.target.value
+    request.updated_at = now
+    session.add(request)
+    session.flush()
+    audit.append(session, actor=actor, action=f"export.{step.action}", subject=f"export:{request.id}",
+                 details={"from": before, "to": step.target.value, "version": request.version, **(details or {})})
+
+
+def current_files(session: Session, request: ExportRequest, version: int | None = None) -> list[ExportFile]:
+    version = request.version if version is None else version
+    return list(session.exec(select(ExportFile).where(ExportFile.request_id == request.id, ExportFile.version == version)
+                             .order_by(ExportFile.name)).all())
+
+
+def current_findings(session: Session, request: ExportRequest) -> list[ExportFinding]:
+    return list(session.exec(select(ExportFinding).where(ExportFinding.request_id == request.id,
+                                                         ExportFinding.version == request.version)
+                             .order_by(ExportFinding.id)).all())
+
+
+def _clean_text(value: str | None, what: str, limit: int, required: bool) -> str:
+    text = (value or "").strip()
+    if required and not text:
+        raise RegistryError(f"{what} is required")
+    if len(text) > limit:
+        raise RegistryError(f"{what} is longer than {limit} characters")
+    if "\x00" in text:
+        raise RegistryError(f"{what} contains a NUL character")
+    return text
+
+
+def _check_files(files: list[StagedFile], max_files: int | None) -> list[StagedFile]:
+    if not files:
+        raise RegistryError("an export needs at least one file")
+    if max_files is not None and len(files) > max_files:
+        raise RegistryError(f"an export may hold at most {max_files} files, not {len(files)}")
+    checked = [dataclasses.replace(f, name=export_name(f.name)) for f in files]
+    check_unique(f.name for f in checked)
+    return checked
+
+
+def _file_rows(request_id: str, version: int, files: list[StagedFile], now: dt.datetime) -> list[ExportFile]:
+    return [ExportFile(request_id=request_id, version=version, name=f.name, sha256=f.sha256, size_bytes=f.size,
+                       created_at=now) for f in files]
+
+
+# ----- the scholar's side -------------------------------------------------------------------------
+
+def submit(session: Session, username: str, project_slug: str | None, files: list[StagedFile], justification: str,
+           context: str = "", *, max_files: int | None = None, now: dt.datetime | None = None) -> ExportRequest:
+    """Record a new request for files already in the quarantine. The registry decides first: only a
+    member of an approved, unexpired project may export, and only through that project."""
+    now = now or utcnow()
+    granted = access.resolve(session, username, project_slug, now=now)
+    files = _check_files(files, max_files)
+    justification = _clean_text(justification, "a justification (why these files may leave)", MAX_JUSTIFICATION_CHARS, True)
+    context = _clean_text(context, "the context", MAX_JUSTIFICATION_CHARS, False)
+    request = ExportRequest(
+        id=new_request_id(), project_id=granted.project.id, author_id=granted.person.id,
+        state=ExportState.submitted.value, version=1, justification=justification, context=context,
+        total_bytes=sum(f.size for f in files), created_at=now, updated_at=now,
+    )
+    session.add(request)
+    session.flush()
+    session.add_all(_file_rows(request.id, 1, files, now))
+    session.flush()
+    audit.append(session, actor=username, action="export.submit", subject=f"export:{request.id}", details={
+        "project": granted.project.slug, "version": 1, "bytes": request.total_bytes,
+        "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in files],
+    })
+    return request
+
+
+def resubmit(session: Session, username: str, request_id: str, files: list[StagedFile], note: str = "", *,
+             max_files: int | None = None, now: dt.datetime | None = None) -> ExportRequest:
+    """A new version of the files after a reviewer asked for changes. Files whose bytes changed lose
+    their approvals (approvals are bound to file hashes); unchanged files keep them."""
+    now = now or utcnow()
+    request = get_request(session, request_id, lock=True)
+    person, actor = standing(session, request, username)
+    step = check_transition(request.id, ExportState(request.state), "resubmit", actor)
+    project = session.get(Project, request.project_id)
+    access.resolve(session, username, project.slug, now=now)  # still allowed to export through it?
+    files = _check_files(files, max_files)
+    note = _clean_text(note, "the note", MAX_COMMENT_CHARS, False)
+    previous = {f.name: f.sha256 for f in current_files(session, request)}
+    request.version += 1
+    request.total_bytes = sum(f.size for f in files)
+    request.verdict = request.approvals_needed = None
+    session.add_all(_file_rows(request.id, request.version, files, now))
+    if note:
+        session.add(ExportComment(request_id=request.id, version=request.version, author_id=person.id,
+                                  visibility=Visibility.public.value, body=note, created_at=now))
+    _move(session, request, step, username, now, {
+        "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in files],
+        "changed": sorted(f.name for f in files if previous.get(f.name) != f.sha256),
+        "removed": sorted(set(previous) - {f.name for f in files}),
+    })
+    return request
+
+
+def withdraw(session: Session, username: str, request_id: str, now: dt.datetime | None = None) -> ExportRequest:
+    now = now or utcnow()
+    request = get_request(session, request_id, lock=True)
+    _, actor = standing(session, request, username)
+    step = check_transition(request.id, ExportState(request.state), "withdraw", actor)
+    _move(session, request, step, username, now)
+    return request
+
+
+def comment(session: Session, username: str, request_id: str, body: str, visibility: str = "public",
+            now: dt.datetime | None = None) -> ExportComment:
+    """Reviewers write public comments (the author sees them) or private ones (reviewers only);
+    authors write public ones."""
+    now = now or utcnow()
+    request = get_request(session, request_id, lock=True)
+    person, actor = standing(session, request, username)
+    try:
+        vis = Visibility(visibility)
+    except ValueError:
+        raise RegistryError(f"visibility must be public or private, not {visibility!r}") from None
+    if vis is Visibility.private and actor is not Actor.reviewer:
+        raise Forbidden("only reviewers write private comments")
+    body = _clean_text(body, "a comment", MAX_COMMENT_CHARS, True)
+    row = ExportComment(request_id=request.id, version=request.version, author_id=person.id, visibility=vis.value,
+                        body=body, created_at=now)
+    session.add(row)
+    session.flush()
+    audit.append(session, actor=username, action="export.comment", subject=f"export:{request.id}", details={
+        "visibility": vis.value, "version": request.version,
+        "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+    })
+    return row
+
+
+# ----- the checks ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CheckJob:
+    request_id: str
+    version: int
+    project_slug: str
+    project_id: int
+    files: list[tuple[str, str]]  # (name, sha256)
+
+
+def start_check(session: Session, request_id: str, now: dt.datetime | None = None) -> CheckJob | None:
+    """Move a request into checking; None if it no longer needs checks (withdrawn meanwhile)."""
+    now = now or utcnow()
+    request = get_request(session, request_id, lock=True)
+    if request.state not in (ExportState.submitted.value, ExportState.checking.value):
+        return None
+    step = check_transition(request.id, ExportState(request.state), "check", Actor.system)
+    _move(session, request, step, SYSTEM_ACTOR, now)
+    project = session.get(Project, request.project_id)
+    return CheckJob(request.id, request.version, project.slug, project.id,
+                    [(f.name, f.sha256) for f in current_files(session, request)])
+
+
+def record_checks(session: Session, job: CheckJob, findings: Iterable[Finding], verdict: str,
+                  policy_version: str | None, policy_sha256: str | None, always_two: bool,
+                  now: dt.datetime | None = None) -> ExportRequest | None:
+    """Store the findings of `job` and hand the request to reviewers. A stale job (the request was
+    withdrawn or resubmitted while the checks ran) records nothing."""
+    now = now or utcnow()
+    request = get_request(session, job.request_id, lock=True)
+    if request.state != ExportState.checking.value or request.version != job.version:
+        return None
+    findings = list(findings)
+    for f in findings:
+        session.add(ExportFinding(
+            request_id=request.id, version=request.version, check=f.check[:64], severity=Severity(f.severity).value,
+            file=f.file, location=f.location, message=f.message, evidence=_evidence_json(f.evidence)))
+    request.verdict = verdict
+    request.approvals_needed = approvals_needed({Severity(f.severity).value for f in findings}, always_two)
+    request.policy_version, request.policy_sha256 = policy_version, policy_sha256
+    step = check_transition(request.id, ExportState.checking, "checked", Actor.system)
+    _move(session, request, step, SYSTEM_ACTOR, now, {
+        "verdict": verdict, "findings": dict(sorted(Counter(Severity(f.severity).value for f in findings).items())),
+        "approvals_needed": request.approvals_needed, "policy_version": policy_version, "policy_sha256": policy_sha256,
+    })
+    return request
+
+
+def _evidence_json(evidence: Any) -> str:
+    try:
+        return json.dumps(evidence or {}, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps({"unserialisable": repr(evidence)[:1000]})
+
+
+def approved_unreleased(session: Session) -> list[str]:
+    """Approved requests whose release never happened (the service stopped in between)."""
+    return list(session.exec(select(ExportRequest.id).where(ExportRequest.state == ExportState.approved.value)
+                             .order_by(ExportRequest.updated_at)).all())
+
+
+def pending_checks(session: Session) -> list[str]:
+    """Requests whose checks have not finished (a restart re-queues them)."""
+    return list(session.exec(select(ExportRequest.id).where(
+        ExportRequest.state.in_([ExportState.submitted.value, ExportState.checking.value]))
+        .order_by(ExportRequest.created_at)).all())
+
+
+# ----- reviewers ----------------------------------------------------------------------------------
+
+def approvers(session: Session, request: ExportRequest) -> list[str]:
+    """Reviewers whose approvals cover every current file, in the order they completed them.
+
+    An approval counts for a file only while the file has the bytes that were approved (a changed
+    file resets its reviews), and only if the same reviewer has not since asked for changes or
+    rejected (their latest word counts).
+    """
+    files = {(f.name, f.sha256) for f in current_files(session, request)}
+    rows = session.exec(select(ExportReview).where(ExportReview.request_id == request.id).order_by(ExportReview.id)).all()
+    covered: dict[int, set[tuple[str, str]]] = {}
+    completed: dict[int, int] = {}
+    for row in rows:
+        if row.decision == Decision.approve.value:
+            covered.setdefault(row.reviewer_id, set()).add((row.file_name, row.file_sha256))
+            if files <= covered[row.reviewer_id] and row.reviewer_id not in completed:
+                completed[row.reviewer_id] = row.id
+        else:
+            covered.pop(row.reviewer_id, None)
+            completed.pop(row.reviewer_id, None)
+    names = {p.id: p.username for p in session.exec(select(Person).where(Person.id.in_(list(completed)))).all()} if completed else {}
+    return [names[pid] for pid, _ in sorted(completed.items(), key=lambda kv: kv[1])]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionResult:
+    request: ExportRequest
+    approvals: list[str]
+    needed: int
+
+    @property
+    def approved(self) -> bool:
+        return self.request.state == ExportState.approved.value
+
+
+def decide(session: Session, username: str, request_id: str, decision: str, reason: str = "",
+           now: dt.datetime | None = None) -> DecisionResult:
+    """A reviewer's decision. Approvals accumulate until the two-person rule is met; the last one
+    moves the request to approved (release follows, see `release_request`)."""
+    now = now or utcnow()
+    request = get_request(session, request_id, lock=True)
+    person, actor = standing(session, request, username)
+    try:
+        choice = Decision(decision)
+    except ValueError:
+        raise RegistryError(f"decision must be approve, request_changes or reject, not {decision!r}") from None
+    reason = _clean_text(reason, "the reason", MAX_COMMENT_CHARS, False)
+    needed = request.approvals_needed or 1
+    current = ExportState(request.state)
+    if choice is Decision.approve:
+        before = approvers(session, request)
+        # Check who/when first, so an author or a late reviewer hears the real reason.
+        check_transition(request.id, current, "approve", actor)
+        already = session.exec(select(ExportReview.id).where(
+            ExportReview.request_id == request.id, ExportReview.version == request.version,
+            ExportReview.reviewer_id == person.id, ExportReview.decision == Decision.approve.value)).first()
+        if already is not None:
+            raise Conflict(f"you have already approved version {request.version} of export {request.id}; "
+                           "the next approval must come from another reviewer")
+        if not reason and any(f.severity == Severity.block.value for f in current_findings(session, request)):
+            raise RegistryError("this export has blocking findings: give a reason why it may leave anyway")
+        # A reviewer whose approval of unchanged files carried over from an earlier version may
+        # confirm it on this one; they still count once.
+        after = before if username in before else [*before, username]
+        step = check_transition(request.id, current, "approve" if len(after) >= needed else "add_approval", actor)
+        session.add_all([
+            ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,
+                         decision=choice.value, reason=reason, file_name=f.name, file_sha256=f.sha256, created_at=now)
+            for f in current_files(session, request)])
+        _move(session, request, step, username, now, {"reason": reason, "approvals": after, "needed": needed})
+        return DecisionResult(request, after, needed)
+    step = check_transition(request.id, current, choice.value, actor)
+    if step.needs_reason and not reason:
+        raise RegistryError(f"{choice.value.replace('_', ' ')} needs a reason the author will read")
+    session.add(ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,
+                             decision=choice.value, reason=reason, created_at=now))
+    _move(session, request, step, username, now, {"reason": reason})
+    return DecisionResult(request, approvers(session, request), needed)
+
+
+# ----- release ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ReleasePlan:
+    request_id: str
+    version: int
+    project_slug: str
+    files: list[tuple[str, str, int]]  # (name, sha256, size)
+    manifest: dict[str, Any]
+
+
+def plan_release(session: Session, request_id: str, actor: str, actor_kind: Actor, policy_file_sha256: str | None = None,
+                 now: dt.datetime | None = None) -> ReleasePlan:
+    """Check that `actor` may release the request now and assemble its manifest."""
+    from enclave.review.release import FORMAT
+
+    now = now or utcnow()
+    request = get_request(session, request_id)
+    if actor_kind is not Actor.system:
+        _, actor_kind = standing(session, request, actor)
+    check_transition(request.id, ExportState(request.state), "release", actor_kind)
+    project = session.get(Project, request.project_id)
+    author = session.get(Person, request.author_id)
+    files = current_files(session, request)
+    people = {p.id: p.username for p in session.exec(select(Person)).all()}
+    decisions = review_history(session, request, people)
+    approved_by = approvers(session, request)
+    approval_notes = [d["reason"] for d in decisions if d["decision"] == "approve" and d["reason"]
+                      and d["reviewer"] in approved_by]
+    findings = [{
+        "check": f.check, "severity": f.severity, "file": f.file, "location": f.location, "message": f.message,
+        "resolution": {"outcome": "released after review", "approved_by": approved_by, "notes": approval_notes},
+    } for f in current_findings(session, request)]
+    approved_at = max((d["at"] for d in decisions if d["decision"] == "approve"), default=None)
+    manifest = {
+        "format": FORMAT,
+        "request": request.id,
+        "project": project.slug,
+        "version": request.version,
+        "author": author.username,
+        "submitted_at": iso(request.created_at),
+        "justification": request.justification,
+        "context": request.context,
+        "files": [{"name": f.name, "sha256": f.sha256, "size": f.size_bytes} for f in files],
+        "verdict": request.verdict,
+        "findings": findings,
+        "policy": {"version": request.policy_version, "sha256": request.policy_sha256},
+        "reviews": decisions,
+        "approvals_needed": request.approvals_needed,
+        "approved_by": approved_by,
+        "approved_at": approved_at,
+        "released_by": actor,
+        "released_at": iso(now),
+    }
+    return ReleasePlan(request.id, request.version, project.slug,
+                       [(f.name, f.sha256, f.size_bytes) for f in files], manifest)
+
+
+def record_release(session: Session, plan: ReleasePlan, path: str, manifest_sha256: str, key_id: str, actor: str,
+                   actor_kind: Actor, now: dt.datetime | None = None) -> ExportRequest:
+    now = now or utcnow()
+    request = get_request(session, plan.request_id, lock=True)
+    if request.version != plan.version:
+        raise Conflict(f"export {request.id} changed while it was being released")
+    step = check_transition(request.id, ExportState(request.state), "release", actor_kind)
+    session.add(ExportRelease(request_id=request.id, version=request.version, path=path,
+                              manifest_sha256=manifest_sha256, key_id=key_id, released_by=actor, released_at=now))
+    _move(session, request, step, actor, now, {"path": path, "manifest_sha256": manifest_sha256, "key_id": key_id,
+                                               "files": len(plan.files)})
+    return request
+
+
+def review_history(session: Session, request: ExportRequest, people: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """Every decision on the request, one entry per decision (an approval's per-file rows folded)."""
+    rows = session.exec(select(ExportReview).where(ExportReview.request_id == request.id).order_by(ExportReview.id)).all()
+    if people is None:
+        ids = list({r.reviewer_id for r in rows})
+        people = {p.id: p.username for p in session.exec(select(Person).where(Person.id.in_(ids))).all()} if ids else {}
+    history: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    for row in rows:
+        key = (row.reviewer_id, row.version, row.decision, row.created_at)
+        if key in seen:
+            continue
+        seen.add(key)
+        history.append({"reviewer": people.get(row.reviewer_id, "?"), "decision": row.decision, "reason": row.reason,
+                        "version": row.version, "at": iso(row.created_at)})
+    return history
+
+
+def released_files(session: Session, project_id: int) -> list[tuple[str, str, int]]:
+    """(name, sha256, size) of every file the project has released, oldest first: the checks
+    difference new tables against them and count them against the grant's export allowance."""
+    rows = session.exec(
+        select(ExportFile.name, ExportFile.sha256, ExportFile.size_bytes)
+        .join(ExportRelease, (ExportRelease.request_id == ExportFile.request_id) & (ExportRelease.version == ExportFile.version))
+        .join(ExportRequest, ExportRequest.id == ExportFile.request_id)
+        .where(ExportRequest.project_id == project_id)
+        .order_by(ExportRelease.released_at, ExportFile.name)
+    ).all()
+    return [(name, sha, size) for name, sha, size in rows]
+
+
+# ----- reading ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RequestView:
+    """One request as a particular person may see it."""
+
+    request: ExportRequest
+    viewer: Person
+    stance: Actor
+    project_slug: str
+    author: str
+    files: list[ExportFile]
+    previous_files: list[ExportFile]
+    findings: list[ExportFinding]
+    comments: list[tuple[ExportComment, str]]  # (comment, author name)
+    decisions: list[dict[str, Any]]
+    approvals: list[str]
+    release: ExportRelease | None
+
+    @property
+    def is_reviewer(self) -> bool:
+        return self.stance is Actor.reviewer
+
+    @property
+    def state(self) -> ExportState:
+        return ExportState(self.request.state)
+
+    def can(self, action: str) -> bool:
+        try:
+            check_transition(self.request.id, self.state, action, self.stance)
+        except RegistryError:
+            return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's view. Authors see check names and places, never messages or evidence (a
+        message may quote a protected record); reviewers see everything."""
+        r = self.request
+        data: dict[str, Any] = {
+            "id": r.id, "project": self.project_slug, "author": self.author, "state": r.state, "version": r.version,
+            "justification": r.justification, "context": r.context, "bytes": r.total_bytes,
+            "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
+            "verdict": r.verdict, "approvals_needed": r.approvals_needed, "approvals": len(self.approvals),
+            "files": [{"name": f.name, "sha256": f.sha256, "size": f.size_bytes} for f in self.files],
+            "comments": [{"author": name, "visibility": c.visibility, "body": c.body, "version": c.version,
+                          "at": iso(c.created_at)} for c, name in self.comments],
+            "decisions": self.decisions,
+            "release": {"manifest_sha256": self.release.manifest_sha256, "key_id": self.release.key_id,
+                        "released_at": iso(self.release.released_at)} if self.release else None,
+        }
+        if self.is_reviewer:
+            data["approved_by"] = self.approvals
+            data["findings"] = [{"id": f.id, "check": f.check, "severity": f.severity, "file": f.file,
+                                 "location": f.location, "message": f.message, "evidence": json.loads(f.evidence)}
+                                for f in self.findings]
+        else:
+            data["findings"] = [{"check": f.check, "severity": f.severity, "file": f.file, "location": f.location}
+                                for f in self.findings]
+        return data
+
+
+def view(session: Session, username: str, request_id: str) -> RequestView:
+    """The request as `username` may see it. Anyone who is neither its author nor an independent
+    reviewer gets NotFound, exactly as for an id that does not exist, so ids reveal nothing."""
+    request = get_request(session, request_id)
+    person = find_person(session, username) if username else None
+    if person is None:
+        raise NotFound(f"no export {request_id!r}")
+    try:
+        stance = actor_for(person, request.author_id, member_ids(session, request.project_id))
+    except Forbidden:
+        raise NotFound(f"no export {request_id!r}") from None
+    project = session.get(Project, request.project_id)
+    people = {p.id: p.username for p in session.exec(select(Person)).all()}
+    query = select(ExportComment).where(ExportComment.request_id == request.id)
+    if stance is not Actor.reviewer:
+        query = query.where(ExportComment.visibility == Visibility.public.value)
+    comments = [(c, people.get(c.author_id, "?")) for c in session.exec(query.order_by(ExportComment.id)).all()]
+    return RequestView(
+        request=request, viewer=person, stance=stance, project_slug=project.slug, author=people[request.author_id],
+        files=current_files(session, request),
+        previous_files=current_files(session, request, request.version - 1) if request.version > 1 else [],
+        findings=current_findings(session, request), comments=comments, decisions=review_history(session, request, people),
+        approvals=approvers(session, request), release=session.get(ExportRelease, request.id),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    id: str
+    project: str
+    author: str
+    state: str
+    version: int
+    files: int
+    bytes: int
+    verdict: str | None
+    approvals_needed: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["created_at"], d["updated_at"] = iso(self.created_at), iso(self.updated_at)
+        return d
+
+
+def _summaries(session: Session, requests: list[ExportRequest]) -> list[Summary]:
+    if not requests:
+        return []
+    projects = {p.id: p.slug for p in session.exec(select(Project)).all()}
+    people = {p.id: p.username for p in session.exec(select(Person)).all()}
+    counts = Counter()
+    for r in requests:
+        counts[r.id] = len(current_files(session, r))
+    return [Summary(r.id, projects.get(r.project_id, "?"), people.get(r.author_id, "?"), r.state, r.version,
+                    counts[r.id], r.total_bytes, r.verdict, r.approvals_needed, r.created_at, r.updated_at)
+            for r in requests]
+
+
+def list_own(session: Session, username: str) -> list[Summary]:
+    person = find_person(session, username)
+    if person is None:
+        return []
+    rows = session.exec(select(ExportRequest).where(ExportRequest.author_id == person.id)
+                        .order_by(ExportRequest.created_at.desc())).all()
+    return _summaries(session, list(rows))
+
+
+def review_queue(session: Session, username: str, states: list[str] | None = None) -> list[Summary]:
+    """Requests this reviewer may review: never their own, never their projects'. Default: those
+    waiting for a decision, oldest first."""
+    person = find_person(session, username) if username else None
+    if person is None or not person.has_role(Role.reviewer):
+        raise Forbidden(f"{username!r} does not hold the reviewer role")
+    wanted = states or [ExportState.awaiting_review.value]
+    bad = [s for s in wanted if s not in {e.value for e in ExportState}]
+    if bad:
+        raise RegistryError(f"unknown state {bad[0]!r}: choose from {', '.join(e.value for e in ExportState)}")
+    own_projects = set(session.exec(select(Membership.project_id).where(Membership.person_id == person.id)).all())
+    rows = session.exec(select(ExportRequest).where(ExportRequest.state.in_(wanted))
+                        .order_by(ExportRequest.created_at)).all()
+    mine = [r for r in rows if r.author_id != person.id and r.project_id not in own_projects]
+    return _summaries(session, mine)
+
+
+def release_request(db, quarantine, key, release_dir, request_id: str, actor: str = SYSTEM_ACTOR,
+                    actor_kind: Actor = Actor.system) -> ExportRequest:
+    """Copy an approved request's files to the release store with a signed manifest, then record
+    the release. The one operation that spans two transactions, because the copy must not hold the
+    registry: (1) check and plan, (2) build the directory off to the side and rename it into place,
+    (3) record it with its audit event. If (3) fails, the directory is removed again, so the store
+    never holds a release the registry does not know about (and a retry starts clean)."""
+    from enclave.registry.db import session_scope
+    from enclave.review import release
+
+    with session_scope(db) as session:
+        plan = plan_release(session, request_id, actor, actor_kind)
+    envelope = release.sign(plan.manifest, key)
+    path = release.write_release(
+        release_dir, plan.project_slug, plan.request_id,
+        [release.ReleasedFile(name, sha, size) for name, sha, size in plan.files], quarantine, envelope, key)
+    manifest_sha256 = hashlib.sha256((path / release.MANIFEST_NAME).read_bytes()).hexdigest()
+    try:
+        with session_scope(db) as session:
+            if actor_kind is not Actor.system:
+                _, actor_kind = standing(session, get_request(session, request_id), actor)
+            return record_release(session, plan, str(path), manifest_sha256, envelope["signature"]["key_id"], actor,
+                                  actor_kind)
+    except BaseException:
+        release.remove_release(path)
+        raise

@@ -1,0 +1,302 @@
+"""Text checks: verbatim overlap with protected text, identifiers (Presidio), record linkage,
+provenance, model-based memorisation signals and encoded blobs, with the evasions a scholar
+would try: case, spacing, punctuation, look-alike letters, zero-width characters, base64, zips."""
+from __future__ import annotations
+
+import base64
+import math
+import socket
+from collections import Counter
+
+import pytest
+
+from enclave.demo import data
+from enclave.review import pii
+from enclave.review.context import ModelCallText, ProtectedSource
+from enclave.review.scoring import TokenScores
+from enclave.review.textfold import fold
+from tests.review_corpus import fake_ssns, of, people, people_csv, review_home, scan, zip_bytes  # noqa: F401 (fixture)
+
+SECRET = ("The patient Maria Lopez was admitted on a rainy Tuesday with a fracture of the left wrist, "
+          "and told the nurse she had fallen from a ladder while painting the kitchen.")
+
+
+@pytest.fixture
+def protected_text(tmp_path):
+    path = tmp_path / "finetune.txt"
+    filler = "\n".join(data.filler_paragraphs(200))
+    path.write_text(filler + "\n" + SECRET + "\n" + filler, encoding="utf-8")
+    return [ProtectedSource.from_path(path)]
+
+
+# ----- folding -----------------------------------------------------------------------------------
+
+def test_fold_undoes_case_spacing_lookalikes_and_invisible_characters():
+    plain = fold("Maria Lopez, born 1961", separators=False).text
+    assert plain == "marialopezborn1961"
+    disguised = "МАRIA  lоpez\u200b—bоrn １９６１"  # Cyrillic М/А/о, zero-width space, em dash, full-width digits
+    assert fold(disguised, separators=False).text == plain
+    assert fold("Ｍａｒíａ", separators=False).text == "maria"
+
+
+def test_fold_maps_back_to_original_offsets():
+    text = "xx Ｍａｒｉａ\u200b Lopez yy"
+    folded = fold(text, separators=False)
+    start = folded.text.index("maria")
+    a, b = folded.span(start, start + len("marialopez"), len(text))
+    assert text[a:b] == "Ｍａｒｉａ\u200b Lopez"
+
+
+# ----- memorisation (n-gram overlap) ----------------------------------------------------------
+
+@pytest.mark.parametrize("disguise", [
+    lambda s: s,
+    str.upper,
+    lambda s: "  ".join(s.split(" ")),  # spacing
+    lambda s: s.replace(",", " ;").replace(" ", "\n", 3),  # punctuation and line breaks
+    lambda s: s.replace("a", "а").replace("o", "ο"),  # Cyrillic а, Greek ο
+    lambda s: "\u200b".join(s),  # a zero-width space between every character
+])
+def test_verbatim_protected_text_is_found_through_disguises(protected_text, disguise):
+    exported = "Our summary of the ward notes follows.\n" + disguise(SECRET[20:140]) + "\nEnd of notes."
+    report = scan({"notes.md": exported}, protected=protected_text)
+    [f] = of(report, "memorisation", "block")
+    assert "finetune.txt" in f.message and "Lopez" not in f.message
+    assert f.evidence["folded_chars"] >= 80
+
+
+def test_memorised_text_inside_base64_and_zip_is_found(protected_text):
+    blob = base64.b64encode(SECRET.encode()).decode()
+    report = scan({"bundle.zip": zip_bytes({"x/notes.txt": f"see attachment {blob}\n"})}, protected=protected_text)
+    [f] = of(report, "memorisation", "block")
+    assert f.file.startswith("bundle.zip!x/notes.txt!base64@")
+
+
+def test_short_common_phrases_and_new_text_do_not_match(protected_text):
+    exported = ("The forecast calls for rain. We fitted a regression of wrist fractures on age and sex, "
+                "and the patient was admitted.")
+    assert not of(scan({"notes.md": exported}, protected=protected_text), "memorisation")
+
+
+def test_unreadable_protected_source_is_reported(tmp_path):
+    report = scan({"a.txt": "hello"}, protected=[ProtectedSource.from_path(tmp_path / "missing.txt")])
+    [f] = of(report, "context", "warn")
+    assert "unreadable" in f.message
+
+
+# ----- identifiers (Presidio) ----------------------------------------------------------------
+
+def test_fake_ssns_block():
+    report = scan({"ids.txt": "\n".join(f"record {i}: {s}" for i, s in enumerate(fake_ssns(40)))})
+    found = of(report, "identifiers", "block")
+    assert len(found) == 40 and {f.evidence["entity"] for f in found} == {"US_SSN"}
+
+
+def test_direct_identifiers_block_and_others_warn_or_inform():
+    text = ("Write to jane.roe@example.org or call (212) 555-0199. Card 4111 1111 1111 1111. "
+            "Account GB82 WEST 1234 5698 7654 32 from 192.168.12.7; docs at https://example.org/guide.")
+    report = scan({"contacts.txt": text})
+    by_entity = {f.evidence["entity"]: f.severity.value for f in of(report, "identifiers")}
+    assert by_entity == {"EMAIL_ADDRESS": "block", "PHONE_NUMBER": "block", "CREDIT_CARD": "block",
+                         "IBAN_CODE": "warn", "IP_ADDRESS": "warn", "URL": "info"}
+
+
+def test_policy_may_lower_a_direct_identifier_to_warn():
+    import dataclasses
+
+    from tests.review_corpus import POLICY
+
+    lowered = dataclasses.replace(POLICY, identifiers=dataclasses.replace(
+        POLICY.identifiers, entities={**POLICY.identifiers.entities, "EMAIL_ADDRESS": "warn"}))
+    report = scan({"a.txt": "mail jane.roe@example.org"}, policy=lowered)
+    assert [f.severity.value for f in of(report, "identifiers")] == ["warn"]
+
+
+@pytest.mark.parametrize("disguised", [
+    "SSN ５３６-２２-８４７１",  # full-width digits
+    "SSN 536-22-84\u200b71",  # zero-width space inside
+    "mail jаne.rоe@exаmple.org",  # Cyrillic look-alikes in an address
+])
+def test_identifier_evasions_are_found(disguised):
+    assert of(scan({"a.txt": disguised}), "identifiers", "block")
+
+
+def test_identifiers_in_base64_inside_a_zip_are_found():
+    blob = base64.b64encode(("patients:\n" + "\n".join(fake_ssns(3))).encode()).decode()
+    report = scan({"x.zip": zip_bytes({"notes.txt": f"encoded: {blob}"})})
+    assert len(of(report, "identifiers", "block")) == 3
+
+
+def test_no_identifiers_in_numbers_prose_or_code():
+    import random
+
+    rng = random.Random(3)
+    numeric = "\n".join(" ".join(f"{rng.gauss(0, 1):.4f}" for _ in range(12)) for _ in range(200))
+    csv = "\n".join(",".join(f"{rng.gauss(0, 1):.6f}" for _ in range(12)) for _ in range(200))
+    code = "import pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.groupby('region').mean())\n"
+    prose = "\n".join(data.filler_paragraphs(50))
+    report = scan({"num.txt": numeric, "num.csv": "x\n" + csv, "a.py": code, "prose.txt": prose})
+    assert not of(report, "identifiers")
+
+
+def test_the_gate_changes_nothing_presidio_would_find():
+    """Presidio over whole texts and Presidio over the gated windows find exactly the same."""
+    entities = ["EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "UK_NHS",
+                "US_ITIN", "CRYPTO", "URL"]
+    texts = [
+        "Write to jane.roe@example.org or call (212) 555-0199 or +44 20 7946 0958.",
+        "\n".join(fake_ssns(10, seed=9)),
+        "Card 4111-1111-1111-1111 and 5500 0000 0000 0004; NHS 943 476 5919; ITIN 912-70-1234",
+        "Hosts 10.0.0.1 and 2001:db8::ff00:42:8329 and https://www.example.com/path?q=1",
+        "IBAN DE89 3704 0044 0532 0130 00 wallet 1BoatSLRHtKNngkdXEeobR76b53LETtpyT",
+        "\n".join(data.filler_paragraphs(30)) + "\nlast line: 0.5 1.25 3.125 and 212.555.0199",
+    ]
+    total = 0
+    for text in texts:
+        whole = pii.find(text, entities, min_score=0.4, phone_regions=["US", "GB"], gate=False)
+        gated = pii.find(text, entities, min_score=0.4, phone_regions=["US", "GB"])
+        assert gated == whole
+        total += len(gated)
+    assert total >= 20
+
+
+def test_presidio_never_touches_the_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    pii.analyzer.cache_clear()
+    hits = pii.find("mail a.person@university.ac.uk", ["EMAIL_ADDRESS"], min_score=0.4, phone_regions=["US"])
+    assert [h.entity for h in hits] == ["EMAIL_ADDRESS"]
+
+
+# ----- record linkage ----------------------------------------------------------------------------
+
+@pytest.fixture
+def protected_people(tmp_path):
+    return [ProtectedSource.from_path(people_csv(tmp_path, columns=["name", "dob", "sex", "zip"]))]
+
+
+@pytest.mark.parametrize("render", [
+    lambda p: data.render_record(p, 0),
+    lambda p: data.render_record(p, 2),
+    lambda p: f"{p.name.upper()} (born {p.dob[8:10]}/{p.dob[5:7]}/{p.dob[:4]}) came to the clinic.",
+    lambda p: f"{' '.join(p.name)}  —  DOB {p.dob.replace('-', '')}",
+    lambda p: f"{p.name.replace('a', 'а')}\n{p.dob}",  # look-alike, and a line break between values
+    lambda p: f"ZIP {p.zip}; sex {p.sex}; date of birth {p.dob}",
+])
+def test_quasi_identifiers_of_one_record_block(protected_people, render):
+    person = people()[17]
+    report = scan({"out.txt": "Case notes.\n" + render(person) + "\nEnd."}, protected=protected_people)
+    [f] = of(report, "record_linkage", "block")
+    assert f.evidence["record"]["name"] == person.name and f.evidence["record_number"] == 18
+    assert person.name not in f.message and person.dob not in f.message
+
+
+def test_values_of_different_records_or_single_values_do_not_link(protected_people):
+    a, b = people()[1], people()[2]
+    text = (f"{a.name} was interviewed. Separately, a person born {b.dob} took part.\n"
+            f"Sex {'F' if b.sex == 'M' else 'M'}, ZIP {b.zip}.\n{a.name} again.")
+    assert not of(scan({"out.txt": text}, protected=protected_people), "record_linkage")
+
+
+def test_linkage_inside_a_zip_in_base64(protected_people):
+    person = people()[40]
+    blob = base64.b64encode(data.render_record(person).encode()).decode()
+    report = scan({"bundle.zip": zip_bytes({"n.txt": blob})}, protected=protected_people)
+    assert of(report, "record_linkage", "block")
+
+
+# ----- provenance ---------------------------------------------------------------------------------
+
+def test_spans_are_traced_to_model_calls():
+    calls = [ModelCallText("call-1", "Tell me about Boston", "Boston is a city in Massachusetts with a long "
+                                                              "history of universities and harbours."),
+             ModelCallText("call-2", "Weather?", "Expect rain over the weekend across the northern counties.")]
+    exported = ("Intro written by me.\nBoston is a city in Massachusetts with a long history of universities "
+                "and harbours.\nMore of my own words here.")
+    report = scan({"essay.md": exported}, model_calls=calls)
+    [f] = of(report, "provenance", "info")
+    assert f.evidence["call_ids"] == ["call-1"] and f.location.startswith("line 2")
+    assert report.verdict.value == "pass"
+
+
+# ----- model-based signals ------------------------------------------------------------------
+
+def char_ngram_scorer(training: str, order: int = 6):
+    """A real (if tiny) language model: characters given the previous `order` - 1, lightly
+    smoothed, scored per character. Text it was trained on gets perplexity near 1; text it never
+    saw gets far more."""
+    grams = Counter(training[i:i + order] for i in range(len(training) - order + 1))
+    contexts = Counter(training[i:i + order - 1] for i in range(len(training) - order + 2))
+    alpha, vocabulary = 0.01, 256
+
+    def score(text: str) -> TokenScores:
+        logprobs = []
+        for i, char in enumerate(text):
+            context = text[max(0, i - order + 1):i]
+            gram = grams.get(context + char, 0) if len(context) == order - 1 else 0
+            seen = contexts.get(context, 0) if len(context) == order - 1 else 0
+            logprobs.append(math.log((gram + alpha) / (seen + alpha * vocabulary)))
+        return TokenScores(list(text), logprobs)
+
+    return score
+
+
+def test_model_signals_flag_what_the_scorer_finds_easy():
+    memorised = "Quentin Rossi, born 1971-04-12, male, ZIP 60633, works as a chef and earns $41,000 a year."
+    scorer = char_ngram_scorer((memorised + "\n") * 50)
+    report = scan({"out.txt": memorised + "\nEvery zebra quickly jumped over lazy foxes in Kyiv!\n"}, scorer=scorer)
+    [f] = of(report, "model_signals", "warn")
+    assert f.location.startswith("line 1") and "perplexity" in f.message
+    assert f.evidence["perplexity"] < 1.5
+
+
+def test_model_signals_are_capped_per_export():
+    import dataclasses
+
+    from tests.review_corpus import POLICY
+
+    few = dataclasses.replace(POLICY, memorisation=dataclasses.replace(
+        POLICY.memorisation, model=dataclasses.replace(POLICY.memorisation.model, max_passages=2)))
+    lines = "\n".join(f"This is line number {i} of ordinary prose for the test." for i in range(6))
+    report = scan({"a.txt": lines}, policy=few, scorer=char_ngram_scorer("x"))
+    assert any("4 passages were not scored" in f.message for f in of(report, "model_signals", "info"))
+
+
+def test_a_failing_scorer_is_reported_once():
+    from enclave.review.scoring import ScorerError
+
+    def down(text: str) -> TokenScores:
+        raise ScorerError("gateway unreachable for scoring (ConnectError)")
+
+    report = scan({"a.txt": "Plenty of ordinary prose on this first line here.\nAnd more prose on the second line."},
+                  scorer=down)
+    [f] = of(report, "context", "warn")
+    assert "gateway unreachable" in f.message
+
+
+# ----- encoded blobs and entropy -------------------------------------------------------------
+
+def test_opaque_blobs_and_random_runs_are_flagged_but_hashes_are_not():
+    import os
+    import random
+
+    rng = random.Random(2)
+    opaque = base64.b64encode(bytes(rng.randrange(256) for _ in range(600))).decode()
+    base85 = base64.b85encode(bytes(rng.randrange(256) for _ in range(400))).decode()
+    sha = "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b"
+    report = scan({"a.txt": f"blob {opaque}\nb85 {base85}\nsha256 {sha}\nkey {base64.b64encode(os.urandom(32)).decode()}"})
+    messages = [f.message for f in of(report, "encoded_blobs", "warn")]
+    assert any("decodes to no known format" in m for m in messages)
+    assert any("look encrypted or compressed" in m for m in messages)
+    assert len(messages) == 2
+
+
+def test_base64_nesting_stops_at_the_policy_depth():
+    text = "SSN 536-22-8471"
+    for _ in range(4):
+        text = "payload " + base64.b64encode(text.encode()).decode() + " end of payload"
+    report = scan({"a.txt": text})
+    assert any("encodings deep" in f.message for f in of(report, "encoded_blobs"))

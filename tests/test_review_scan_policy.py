@@ -1,0 +1,67 @@
+"""The risk-appetite file: every key required, typed and in range; errors name the key."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from enclave.review.policy import PolicyError, default_policy_path, load_policy
+
+DEFAULT = default_policy_path()
+
+
+def edited(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEFAULT.read_text()
+    assert old in text, old
+    path = tmp_path / "policy.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_the_shipped_policy_loads_with_its_version_and_hash():
+    policy = load_policy()
+    assert policy.version and policy.tables.min_count == 10
+    assert policy.sha256 == hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
+    assert policy.identifiers.entities["US_SSN"] == "block"
+
+
+def test_environment_names_another_policy(tmp_path, monkeypatch):
+    path = edited(tmp_path, 'version = "', 'version = "site-')
+    monkeypatch.setenv("ENCLAVE_REVIEW_POLICY", str(path))
+    assert load_policy().version.startswith("site-")
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("min_count = 10", "", "tables: missing key 'min_count'"),
+    ("min_count = 10", "min_count = 10\nmin_cuont = 5", "unknown key 'min_cuont'"),
+    ("min_count = 10", 'min_count = "ten"', "min_count must be an integer"),
+    ('small_count_severity = "block"', 'small_count_severity = "loud"', "small_count_severity must be one of"),
+    ("min_count = 10", "min_count = 0", "tables.min_count must be positive"),
+    ("min_cosine = 0.99", "min_cosine = 1.5", "weights.min_cosine must be in (0, 1]"),
+    ('US_SSN = "block"', 'us_ssn = "block"', "must be a Presidio entity name"),
+    ("min_overlap_chars = 40", "min_overlap_chars = 10", "min_overlap_chars must be at least"),
+    ('not_count_columns = "(', 'not_count_columns = "((', "not a valid regular expression"),
+    ("unlabelled_integers_are_counts = true", "unlabelled_integers_are_counts = 1", "must be true or false"),
+])
+def test_bad_policies_are_refused_naming_the_key(tmp_path, old, new, message):
+    with pytest.raises(PolicyError) as raised:
+        load_policy(edited(tmp_path, old, new))
+    assert message in str(raised.value)
+
+
+def test_not_toml_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(PolicyError, match="not valid TOML"):
+        load_policy(bad)
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        load_policy(tmp_path / "absent.toml")
+
+
+def test_a_severity_may_be_turned_off(tmp_path):
+    policy = load_policy(edited(tmp_path, 'URL = "info"', 'URL = "off"'))
+    from enclave.review.scan import ExportFile, ScanContext, scan_files
+
+    report = scan_files([ExportFile("a.md", b"see https://example.org/docs")], policy, ScanContext())
+    assert report.findings == []
