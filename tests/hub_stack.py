@@ -7,6 +7,8 @@ import contextlib
 import json
 import re
 import secrets
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,8 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = None, model_dir: str | None = None,
-                  gateway: bool = False, warden_interval: int = 2, extra_env: dict | None = None, **overrides):
+                  gateway: bool = False, review: bool = False, warden_interval: int = 2, extra_env: dict | None = None,
+                  **overrides):
     port = _free_port()
     settings = EnclaveHubSettings(
         mode=mode, state_dir=str(workdir / "hub"), public_url=f"http://127.0.0.1:{port}",
@@ -61,6 +64,9 @@ def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = 
         model_dir=model_dir or "", gateway=gateway, warden_interval=warden_interval,
         **overrides,
     )
+    if review:
+        settings.review_command = shlex.join([sys.executable, "-m", "enclave.cli", "serve", "review", "--host",
+                                              settings.service_ip, "--port", str(settings.review_port)])
     operator_token = secrets.token_hex(24)
     env = hub_environment(settings, image, {"ENCLAVE_DB_URL": db_url, "ENCLAVE_HUB_OPERATOR_TOKEN": operator_token,
                                             **(extra_env or {})})

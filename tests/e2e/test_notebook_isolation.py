@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 import socket
+import subprocess
 import textwrap
 import threading
 import time
@@ -30,7 +32,12 @@ from tests.hub_stack import Browser, progress, running_stack
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ALICE_PASSWORD = "alice-password-e2e"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 BOB_PASSWORD = "bob-password-e2e1"
+RITA_PASSWORD = "rita-password-e2e"
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +138,16 @@ def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
         projects.create_project(s, OPERATOR, "p2", "Not yet", "bob", "Waiting for approval.")
         set_password(s, OPERATOR, "alice", ALICE_PASSWORD)
         set_password(s, OPERATOR, "bob", BOB_PASSWORD)
+        people.add_person(s, OPERATOR, "rita", "Rita", "rita@example.org", roles=["reviewer"])
+        set_password(s, OPERATOR, "rita", RITA_PASSWORD)
     with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
+                       review=True, extra_env={"ENCLAVE_HOME": str(tmp / "home"),
+                                                         "ENCLAVE_REVIEW_SCORER_MODEL": ""},
                        network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet) as stack:
         s = stack.settings
         install(enclave_net, [s.hub_port, s.gateway_port, s.review_port])
         _wait_gateway(stack)
-        yield {"stack": stack, "engine": engine, "model_dir": Path(model_dir), "outside": outside,
+        yield {"stack": stack, "engine": engine, "model_dir": Path(model_dir), "outside": outside, "home": tmp / "home",
                "host_port": host_listener, "net": enclave_net}
     engine.dispose()
 
@@ -376,6 +387,69 @@ def test_d_container_settings_from_the_grant(world, alice, docker_client, image_
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert not mounts["/home/scholar/datasets/census/people.csv"]["RW"]
     assert mounts["/home/scholar/work"]["Type"] == "volume" and mounts["/home/scholar/work"]["RW"]
+
+
+def test_h_export_from_the_notebook_is_reviewed_in_the_browser_and_released(world, alice):
+    """The airlock end to end: export from the notebook, a reviewer approves in Chromium, the
+    signed manifest verifies."""
+    import httpx
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("ENCLAVE_REQUIRE_CHROMIUM"):
+            pytest.fail(f"Chromium is required under `make test` but {CHROMIUM} is missing")
+        pytest.skip("no Chromium")
+    from playwright.sync_api import sync_playwright
+
+    stack = world["stack"]
+    receipt = _inside(alice, """
+        import json, os
+        import enclave.client as ec
+        path = os.path.expanduser("~/work/table1.csv")
+        open(path, "w").write("region,patients\\nnorth,120\\nsouth,85\\n")
+        print(json.dumps(ec.export([path], justification="Patients by region, for the paper",
+                                   context="Counts of distinct patients; no cell under 10.")))
+    """)
+    review_api = f"http://{stack.settings.service_ip}:{stack.settings.review_port}"
+    token = alice["browser"].hub_api("POST", "/users/alice/tokens", json={
+        "scopes": ["access:services!service=review"], "note": "e2e"}).json()["token"]
+    status = {}
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = httpx.get(f"{review_api}/api/exports/{receipt['id']}", headers={"Authorization": f"token {token}"}).json()
+        if status.get("state") == "awaiting_review":
+            break
+        time.sleep(0.5)
+    assert status.get("state") == "awaiting_review", status
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context().new_page()
+            page.goto(f"{stack.public_url}/services/review/")
+            page.fill("#username_input", "rita")
+            page.fill("#password_input", RITA_PASSWORD)
+            page.click("#login_submit")
+            page.wait_for_url(f"{stack.public_url}/services/review/**")
+            page.click(f"text={receipt['id']}")
+            page.wait_for_selector("h1 >> text=Export")
+            page.screenshot(path=str(ARTIFACTS / "e2e-review-page.png"), full_page=True)
+            page.fill("#reason", "Counts of 85 and over; nothing identifying.")
+            page.click("button.approve")
+            page.wait_for_selector("p.flash")
+        finally:
+            browser.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status = httpx.get(f"{review_api}/api/exports/{receipt['id']}", headers={"Authorization": f"token {token}"}).json()
+        if status.get("state") == "released":
+            break
+        time.sleep(0.5)
+    assert status["state"] == "released", status
+    manifest = world["home"] / "releases" / "p1" / receipt["id"] / "manifest.json"
+    verified = subprocess.run([sys.executable, "-m", "enclave.cli", "release", "verify", str(manifest)],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert (manifest.parent / "files" / "table1.csv").read_text() == "region,patients\nnorth,120\nsouth,85\n"
 
 
 def test_z_revocation_stops_the_server_and_the_next_call(world, alice):

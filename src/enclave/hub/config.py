@@ -169,6 +169,8 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     env_common = {"ENCLAVE_DB_URL": enclave_db} if enclave_db else {}
     if os.environ.get("ENCLAVE_HOME"):
         env_common["ENCLAVE_HOME"] = os.environ["ENCLAVE_HOME"]
+    if s.model_dir:
+        env_common["ENCLAVE_MODEL_DIR"] = s.model_dir
     services = [
         {"name": "warden", "command": [python, "-m", "enclave.hub.warden", f"--interval={s.warden_interval}"],
          "environment": env_common},
@@ -183,8 +185,13 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         services.append({"name": "gateway", "url": f"http://{ip}:{s.gateway_port}", "command": command,
                          "environment": env_common, "display": False})
     if s.review_command:
+        review_env = dict(env_common)
+        if s.model_dir:
+            # The memorisation checks score exports with the served model itself (local, no quota),
+            # and fingerprint its weights (ENCLAVE_MODEL_DIR).
+            review_env.setdefault("ENCLAVE_REVIEW_SCORER_MODEL", s.model_dir)
         services.append({"name": "review", "url": f"http://{ip}:{s.review_port}",
-                         "command": shlex.split(s.review_command), "environment": env_common,
+                         "command": shlex.split(s.review_command), "environment": review_env,
                          "oauth_no_confirm": True})
     operator_token = os.environ.get("ENCLAVE_HUB_OPERATOR_TOKEN")
     if operator_token:
