@@ -59,8 +59,10 @@ def registry_with_people(engine):
 def test_login_spawn_and_revocation(tmp_path, db_url, registry_with_people):
     engine = registry_with_people
     with running_stack(tmp_path, db_url, mode="unisolated", warden_interval=2) as stack:
-        # Wrong password, unknown person: no session.
+        # Developer mode says so on every hub page.
         b = Browser(stack)
+        assert "DEVELOPER MODE" in b.client.get("/hub/login").text
+        # Wrong password, unknown person: no session.
         assert b.login("alice", "wrong-password!").status_code != 302 and not b.logged_in()
         assert b.login("mallory", "whatever-password").status_code != 302 and not b.logged_in()
         # A reviewer may log in (for the review UI) but is not a scholar: cannot spawn.
@@ -75,6 +77,7 @@ def test_login_spawn_and_revocation(tmp_path, db_url, registry_with_people):
         # Alice is approved: logs in and spawns.
         a = Browser(stack)
         assert a.login("alice", PASSWORDS["alice"]).status_code == 302 and a.logged_in()
+        assert "DEVELOPER MODE" in a.client.get("/hub/home").text
         event = spawn(stack, "alice", timeout=120)
         assert event.get("ready"), event
         server = stack.user_model("alice")["servers"][""]
