@@ -300,3 +300,29 @@ def test_base64_nesting_stops_at_the_policy_depth():
         text = "payload " + base64.b64encode(text.encode()).decode() + " end of payload"
     report = scan({"a.txt": text})
     assert any("encodings deep" in f.message for f in of(report, "encoded_blobs"))
+
+
+def test_hex_blobs_plain_and_spaced_are_decoded_and_rescanned():
+    secret = "SSN 536-22-8471".encode()
+    plain = secret.hex()
+    spaced = " ".join(f"{b:02x}" for b in secret)
+    report = scan({"a.txt": f"dump: {plain}\n", "b.txt": f"bytes: {spaced}\n"})
+    assert {f.file.split("!")[0] for f in of(report, "identifiers", "block")} == {"a.txt", "b.txt"}
+    assert all("!hex@line 1" in f.file for f in of(report, "identifiers"))
+
+
+def test_protected_text_index_is_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
+    from enclave.review import context
+
+    monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
+    source = tmp_path / "corpus.txt"
+    source.write_text(SECRET * 20)
+    sources = [ProtectedSource.from_path(source)]
+    context._text_indexes.data.clear()
+    first = context.build_text_index(sources, 32, 8)
+    assert context.build_text_index(sources, 32, 8) is first
+    [cached] = (tmp_path / "home" / "cache" / "review" / "ngram").glob("*.npz")
+    context._text_indexes.data.clear()
+    again = context.build_text_index(sources, 32, 8)
+    assert again is not first and (again.keys == first.keys).all()
+    assert again.query(SECRET, 40)

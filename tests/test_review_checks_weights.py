@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from enclave.review import fingerprint
-from tests.review_corpus import build_tiny_gpt2, of, review_home, scan, tiny_gpt2, wte, zip_bytes  # noqa: F401 (fixtures)
+from tests.review_corpus import POLICY, build_tiny_gpt2, of, review_home, scan, tiny_gpt2, wte, zip_bytes  # noqa: F401 (fixtures)
 
 
 def sig(values, digits: int) -> list[str]:
@@ -108,12 +108,13 @@ def test_short_runs_are_not_compared(tiny_gpt2):
 def test_fingerprints_are_cached_in_memory_and_on_disk(tiny_gpt2, tmp_path, monkeypatch):
     monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
     fingerprint._memory.clear()
-    first = fingerprint.fingerprint(tiny_gpt2, 10, 16, 25)
-    assert fingerprint.fingerprint(tiny_gpt2, 10, 16, 25) is first
+    w = POLICY.weights
+    first = fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length)
+    assert fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length) is first
     cached = list((tmp_path / "home" / "cache" / "review" / "fingerprints").glob("*.npz"))
     assert len(cached) == 1
     fingerprint._memory.clear()
-    again = fingerprint.fingerprint(tiny_gpt2, 10, 16, 25)
+    again = fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length)
     assert again is not first and np.array_equal(again.keys, first.keys)
 
 
@@ -141,9 +142,11 @@ def test_fingerprinting_gpt2_124m_takes_well_under_a_minute(tmp_path):
     folder.mkdir()
     save_file(tensors, str(folder / "model.safetensors"))
     started = time.monotonic()
-    fp = fingerprint.build(Path(folder), 10, 16, 25)
+    w = POLICY.weights
+    fp = fingerprint.build(Path(folder), w.window, w.index_stride, w.min_vector_length)
     elapsed = time.monotonic() - started
     assert elapsed < 45, elapsed
     row = np.array([float(f"{v:.3g}") for v in -2 * tensors["transformer.wte.weight"][31337]])
-    [match] = fp.match(row, min_length=25, min_cosine=0.99, max_candidates=64)
+    [match] = fp.match(row, min_length=w.min_vector_length, min_cosine=w.min_cosine,
+                       max_candidates=w.max_candidates_per_vector)
     assert (match.tensor, match.index) == ("transformer.wte.weight", 31337)

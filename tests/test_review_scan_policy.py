@@ -24,6 +24,7 @@ def test_the_shipped_policy_loads_with_its_version_and_hash():
     assert policy.version and policy.tables.min_count == 10
     assert policy.sha256 == hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
     assert policy.identifiers.entities["US_SSN"] == "block"
+    assert policy.workflow.always_two_reviewers is False
 
 
 def test_environment_names_another_policy(tmp_path, monkeypatch):

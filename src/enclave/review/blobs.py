@@ -15,11 +15,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
+from enclave.review import charruns
+
 # Standard or URL-safe base64, possibly wrapped at a fixed width (MIME, PEM); at least 16 characters
 # per line so that ordinary words never chain into a blob.
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}(?:[ \t]*\r?\n[ \t]*[A-Za-z0-9+/_-]{16,}={0,2})*")
 _HEX = re.compile(r"(?<![0-9A-Za-z])(?:[0-9A-Fa-f]{2}(?:[ :]?)){12,}(?![0-9A-Za-z])")
-_LONG_RUN = re.compile(r"\S{64,}")
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,36 @@ def _b64_decode(text: str) -> bytes | None:
         return None
 
 
-def find_blobs(text: str, min_base64: int, min_hex: int, limit: int) -> list[Blob]:
-    """Decodable base64 and hex runs of at least the given lengths (in encoded characters)."""
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+_HEX_CHARS = "0123456789abcdefABCDEF :"
+_WHITESPACE = " \t\r\n\f\v"
+
+
+def _regions(codes: np.ndarray, chars: str, min_run: int, join_gap: int, text_length: int) -> list[tuple[int, int]]:
+    """Runs of `chars` at least `min_run` long, joined across gaps of up to `join_gap` characters
+    (a line break in wrapped base64), widened by two characters each side for padding."""
+    out: list[list[int]] = []
+    for a, b in charruns.runs(charruns.in_class(codes, chars), min_run):
+        if out and a - out[-1][1] <= join_gap:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [(max(0, a - 2), min(text_length, b + 2)) for a, b in out]
+
+
+def find_blobs(text: str, min_base64: int, min_hex: int, limit: int, codes: np.ndarray | None = None) -> list[Blob]:
+    """Decodable base64 and hex runs of at least the given lengths (in encoded characters).
+
+    numpy finds the runs of base64 or hex characters long enough to matter; the patterns only run
+    inside them (see `charruns`)."""
+    if codes is None:
+        codes = charruns.code_points(text)
     blobs: list[Blob] = []
     taken: list[tuple[int, int]] = []
-    for m in _HEX.finditer(text):
+    hex_matches = [m for a, b in _regions(codes, _HEX_CHARS, min(min_hex, 16), 0, len(text))
+                   for m in _HEX.finditer(text, a, b)]
+    b64_matches = [m for a, b in _regions(codes, _B64_CHARS, 16, 6, len(text)) for m in _BASE64.finditer(text, a, b)]
+    for m in hex_matches:
         raw = m.group()
         digits = re.sub(r"[ :]", "", raw)
         # A long run of decimal digits is a number, not hex; hex has letters and digits.
@@ -64,7 +92,7 @@ def find_blobs(text: str, min_base64: int, min_hex: int, limit: int) -> list[Blo
         taken.append(m.span())
         if len(blobs) >= limit:
             return blobs
-    for m in _BASE64.finditer(text):
+    for m in b64_matches:
         raw = m.group()
         compact = re.sub(r"\s+", "", raw)
         if len(compact) < min_base64 or any(a <= m.start() < b for a, b in taken):
@@ -92,18 +120,19 @@ def entropy(text: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-def high_entropy_runs(text: str, min_chars: int, max_bits: float, skip: list[tuple[int, int]]) -> list[tuple[int, int, float]]:
+def high_entropy_runs(text: str, min_chars: int, max_bits: float, skip: list[tuple[int, int]],
+                      codes: np.ndarray | None = None) -> list[tuple[int, int, float]]:
     """Runs of non-space characters at least `min_chars` long above `max_bits` bits per character,
     outside the spans in `skip` (blobs already decoded)."""
+    if codes is None:
+        codes = charruns.code_points(text)
     out = []
-    for m in _LONG_RUN.finditer(text):
-        if m.end() - m.start() < min_chars:
+    for start, end in charruns.runs(~charruns.in_class(codes, _WHITESPACE), min_chars):
+        if any(a < end and start < b for a, b in skip):
             continue
-        if any(a < m.end() and m.start() < b for a, b in skip):
-            continue
-        bits = entropy(m.group())
+        bits = entropy(text[start:end])
         if bits > max_bits:
-            out.append((m.start(), m.end(), bits))
+            out.append((start, end, bits))
     return out
 
 

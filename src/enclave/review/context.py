@@ -222,8 +222,10 @@ class Env:
                 try:
                     st = path.stat()
                     key = (str(path), st.st_size, st.st_mtime_ns, source.quasi_identifiers, source.name)
-                    out.append(_record_indexes.get_or_build(
-                        key, lambda p=path, s=source: RecordIndex.from_csv(s.name, p, s.quasi_identifiers or ())))
+                    index = _record_indexes.get_or_build(
+                        key, lambda p=path, s=source: RecordIndex.from_csv(s.name, p, s.quasi_identifiers or ()))
+                    if index.columns:  # a file of a dataset folder without the dataset's QI columns
+                        out.append(index)
                 except (OSError, UnicodeError, ValueError) as exc:
                     self.problems.append(f"protected dataset {source.name!r} could not be read for record linkage "
                                          f"({getattr(exc, 'strerror', None) or exc})")

@@ -36,6 +36,7 @@ import numpy as np
 CACHE_VERSION = 1
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
 _CHUNK_VALUES = 1 << 23  # values per vectorised pass while building (~32 MB of float32 windows)
+_TENSOR_CACHE_BYTES = 768 << 20  # weights kept in memory for verifying candidates
 _MAX_POSTINGS = 2000  # keys this common (constant runs, say) say nothing; skip them at query time
 
 
@@ -129,7 +130,8 @@ class Fingerprint:
         array = _as_matrix(_load_tensor(Path(self.files[self.tensor_files[t]]), name))
         with self._lock:
             self._tensors[name] = array
-            while len(self._tensors) > 8:  # keep memory bounded: a 124M model is 0.5 GB in float32
+            # Keep memory bounded (GPT-2 124M is 0.5 GB in float32) without thrashing on small models.
+            while sum(a.nbytes for a in self._tensors.values()) > _TENSOR_CACHE_BYTES and len(self._tensors) > 1:
                 self._tensors.popitem(last=False)
         return array
 
@@ -146,8 +148,11 @@ class Fingerprint:
             return []
         windows = np.lib.stride_tricks.sliding_window_view(values, w)
         keys, usable = window_keys(windows)
-        lo = np.searchsorted(self.keys, keys, side="left")
-        hi = np.searchsorted(self.keys, keys, side="right")
+        # Binary searches in sorted order touch the index's memory in order: much faster.
+        order = np.argsort(keys, kind="stable")
+        lo, hi = np.empty_like(order), np.empty_like(order)
+        lo[order] = np.searchsorted(self.keys, keys[order], side="left")
+        hi[order] = np.searchsorted(self.keys, keys[order], side="right")
         counts = np.where(usable & (hi - lo <= _MAX_POSTINGS), hi - lo, 0)
         total = int(counts.sum())
         if total == 0:
@@ -173,28 +178,33 @@ class Fingerprint:
 
     def _verify(self, values: np.ndarray, v: int, shift: int, seed: int, min_length: int,
                 min_cosine: float) -> WeightMatch | None:
-        vector = self.vector(v).astype(np.float64)
-        lo, hi = max(0, -shift), min(values.shape[0], vector.shape[0] - shift)
+        length = int(self.vec_length[v])
+        lo, hi = max(0, -shift), min(values.shape[0], length - shift)
         if hi - lo < min_length:
             return None
-        q = values[lo:hi]
-        ref = vector[lo + shift:hi + shift]
-        s0 = seed - lo
-        seed_q, seed_ref = q[s0:s0 + self.window], ref[s0:s0 + self.window]
+        vector = self.vector(v)
+        w = self.window
+        # Most candidates are chance collisions of keys: reject them on the seed window alone,
+        # before reading (and converting) the rest of the weight vector.
+        seed_q = values[seed:seed + w]
+        seed_ref = vector[seed + shift:seed + shift + w].astype(np.float64)
         denominator = float(seed_ref @ seed_ref)
         if denominator == 0:
             return None
         scale = float(seed_q @ seed_ref) / denominator
         if scale == 0:
             return None
-        fitted = scale * ref
         rms = float(np.sqrt(np.mean(seed_ref ** 2))) * abs(scale)
+        if not (np.abs(seed_q - scale * seed_ref) <= 0.02 * np.abs(scale * seed_ref) + 0.01 * rms).all():
+            return None
+        q = values[lo:hi]
+        ref = vector[lo + shift:hi + shift].astype(np.float64)
+        s0 = seed - lo
+        fitted = scale * ref
         # Rounding to 3 significant digits moves a value by at most 0.5%; allow 2% of the value,
         # plus a little of the typical magnitude for values rounded to a fixed number of decimals.
         agree = np.abs(q - fitted) <= 0.02 * np.abs(fitted) + 0.01 * rms
-        start, end = s0, s0 + self.window
-        if not agree[start:end].all():
-            return None
+        start, end = s0, s0 + w
         while start > 0 and (agree[start - 1] or (start > 1 and agree[start - 2])):
             start -= 1
         while end < agree.shape[0] and (agree[end] or (end + 1 < agree.shape[0] and agree[end + 1])):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enclave.review import notebook, tables
+from enclave.review.charruns import code_points
 from enclave.review.detect import Kind, Sniffed, extension, sniff
 from enclave.review.textfold import Folded, fold
 
@@ -25,6 +26,11 @@ class Segment:
     text: str
     _line_starts: list[int] | None = field(default=None, repr=False)
     _folded: dict[bool, Folded] = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def codes(self):
+        """The code points of the text (numpy uint32), shared by the checks' gates."""
+        return code_points(self.text)
 
     def folded(self, separators: bool) -> Folded:
         """`textfold.fold` of the text, computed once and shared by the checks."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from enclave.review.charruns import code_points
 from enclave.review.textfold import SEP, Folded, fold
 
 _MONTHS = {m: i for i, m in enumerate(
@@ -62,7 +63,11 @@ def parse_date(value: str) -> str | None:
 def dates_in(folded_text: str) -> list[tuple[int, int, str]]:
     """(start, end, date key) for every date written in the folded text (ambiguous ones both ways)."""
     out = []
-    for m in _DATES.finditer(folded_text):
+    seen: set[tuple[int, int]] = set()
+    for m in _date_matches(folded_text):
+        if m.span() in seen:
+            continue
+        seen.add(m.span())
         g = m.groupdict()
         if g["ymd_y"]:
             candidates = [(int(g["ymd_y"]), int(g["ymd_m"]), int(g["ymd_d"]))]
@@ -80,6 +85,28 @@ def dates_in(folded_text: str) -> list[tuple[int, int, str]]:
             if key:
                 out.append((m.start(), m.end(), key))
     return out
+
+
+# Every date we read has a four-digit year in it (or is an eight-digit yyyymmdd).
+_YEAR = re.compile(r"(?<![0-9])(?:1[89]|20)\d\d(?:\d{4})?(?![0-9])")
+_DATE_REACH = 40  # characters a date can extend either side of its year ("2nd of September 1961")
+
+
+def _date_matches(folded_text: str):
+    """`_DATES` matches, looked for only around four-digit years (a digit-led pattern `re` finds
+    fast), instead of trying month names at every letter of the text."""
+    windows: list[list[int]] = []
+    for m in _YEAR.finditer(folded_text):
+        a, b = max(0, m.start() - _DATE_REACH), m.end() + _DATE_REACH
+        if windows and a <= windows[-1][1]:
+            windows[-1][1] = b
+        else:
+            windows.append([a, b])
+    for a, b in windows:
+        # With pos/endpos (unlike a slice) the lookbehind still sees the text before the window;
+        # windows reach far enough past the year that the lookahead sees real text too.
+        for m in _DATES.finditer(folded_text, a, min(b, len(folded_text))):
+            yield m
 
 
 def _value_keys(kind: str, value: str) -> list[str]:
@@ -153,7 +180,9 @@ class RecordIndex:
             delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
             reader = csv.reader(handle, delimiter=delimiter)
             header = [h.strip() for h in next(reader, [])]
-            wanted = [q for q in quasi_identifiers if q in header] or header
+            named = list(quasi_identifiers)
+            # No names given: every column is a quasi-identifier (a CSV named with --protect).
+            wanted = [q for q in named if q in header] if named else header
             at = [header.index(q) for q in wanted]
             rows = [[row[i].strip() if i < len(row) else "" for i in at] for row in reader if row]
         return cls.from_rows(dataset, wanted, rows)
@@ -197,15 +226,14 @@ def _occurrences(index: RecordIndex, folded: Folded, text_tokens: list[str], tok
     lengths = token_ends - token_starts
     singles = np.flatnonzero(lengths == 1)
     if singles.shape[0] >= 3:
-        run = [int(singles[0])]
-        for j in singles[1:].tolist() + [-1]:
-            if j == run[-1] + 1:
-                run.append(j)
-                continue
-            if len(run) >= 3:
-                joined = "".join(text_tokens[run[0]:run[-1] + 1])
-                add("t:" + joined, int(token_starts[run[0]]), int(token_ends[run[-1]]))
-            run = [j]
+        breaks = np.flatnonzero(np.diff(singles) != 1)
+        run_starts = np.concatenate(([0], breaks + 1))
+        run_ends = np.concatenate((breaks + 1, [singles.shape[0]]))
+        for a, b in zip(run_starts.tolist(), run_ends.tolist()):
+            if b - a >= 3:
+                first_token, last_token = int(singles[a]), int(singles[b - 1])
+                joined = "".join(text_tokens[first_token:last_token + 1])
+                add("t:" + joined, int(token_starts[first_token]), int(token_ends[last_token]))
     for start, end, key in dates_in(folded_text):
         add(key, start, end)
     for spans in found.values():
@@ -235,7 +263,7 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
     usable = [combo for combo in combinations if all(c in index.columns for c in combo)]
     # Line of a folded position, for the any-`min_values` rule: values of different people on
     # neighbouring lines (table rows, listed records) must not add up to one person.
-    newlines = [i for i, ch in enumerate(text) if ch == "\n"] if "\n" in text else []
+    newlines = np.flatnonzero(code_points(text) == 10).tolist() if "\n" in text else []
     offsets = folded.offsets
 
     def line(pos: int) -> int:
@@ -246,13 +274,11 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
     anchors = sorted((span, key) for key, spans in found.items() if len(index.postings[key]) <= max_postings
                      for span in spans)
     for (a_start, a_end), key in anchors:
-        anchor_line = line(a_start)
         for posting in index.postings[key]:
             record = posting // ncols
             if record in reported:
                 continue
-            near: dict[str, tuple[int, int]] = {}
-            same_line: set[str] = set()
+            close_by: dict[str, list[tuple[int, int]]] = {}
             for c in range(ncols):
                 for value_key in index.record_keys[record][c]:
                     spans = found.get(value_key)
@@ -261,13 +287,21 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
                     k = bisect.bisect_left(spans, (a_start - window, -1))
                     close = [s for s in spans[k:k + 64] if s[0] <= a_end + window]
                     if close:
-                        name = index.columns[c]
-                        # The occurrence nearest the anchor, on its line if there is one there.
-                        best = min(close, key=lambda s: (line(s[0]) != anchor_line, abs(s[0] - a_start)))
-                        if name not in near or abs(best[0] - a_start) < abs(near[name][0] - a_start):
-                            near[name] = best
-                        if line(best[0]) == anchor_line:
-                            same_line.add(name)
+                        close_by[index.columns[c]] = close
+                        break
+            # Most anchors (a ZIP code that is also part of some number) stop here, before any
+            # line arithmetic.
+            if len(close_by) < min(min_values, min((len(c) for c in usable), default=min_values)):
+                continue
+            anchor_line = line(a_start)
+            near: dict[str, tuple[int, int]] = {}
+            same_line: set[str] = set()
+            for name, close in close_by.items():
+                # The occurrence nearest the anchor, on its line if there is one there.
+                best = min(close, key=lambda s: (line(s[0]) != anchor_line, abs(s[0] - a_start)))
+                near[name] = best
+                if line(best[0]) == anchor_line:
+                    same_line.add(name)
             combo = next((combo for combo in usable if set(combo) <= set(near)), None)
             if combo is None and (len(same_line) < min_values
                                   or _group_size(index, record, same_line) >= k_anonymity):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from enclave.review.charruns import code_points
 from enclave.review.textfold import skeleton
 
 # Gates: each is looser than the recognizers of its entity. Entities written with digits (phones,
@@ -39,8 +40,8 @@ _REGEX_GATES = {
     "EMAIL_ADDRESS": r"@",
     "URL": r"://",  # the URL recognizer is configured with its scheme patterns only (see analyzer)
     "IP_ADDRESS": r":[0-9A-Fa-f]{1,4}:|::",  # IPv6; IPv4 goes through the digit gate
-    "IBAN_CODE": r"[A-Za-z]{2}\d{2}",
-    "CRYPTO": r"(?:bc1|[13])[a-zA-HJ-NP-Z0-9]{25}",
+    "IBAN_CODE": r"\d{2}(?<=[A-Za-z]{2}\d{2})",  # two letters then two digits, found from the digits
+    "CRYPTO": r"[13][a-zA-HJ-NP-Z0-9]{25}|bc1[a-zA-HJ-NP-Z0-9]{25}",
     "MAC_ADDRESS": r"[0-9A-Fa-f]{2}[:-][0-9A-Fa-f]{2}[:-]|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.",
     "UUID": r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-",
 }
@@ -101,21 +102,16 @@ def analyzer(phone_regions: tuple[str, ...]):
 
 
 @functools.lru_cache(maxsize=16)
-def _regex_gate(entities: tuple[str, ...]) -> re.Pattern | None:
-    patterns = sorted({_REGEX_GATES[e] for e in entities if e in _REGEX_GATES})
-    return re.compile("|".join(patterns)) if patterns else None
-
-
-def _code_array(text: str) -> np.ndarray:
-    if text.isascii():
-        return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.uint32)
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+def _regex_gates(entities: tuple[str, ...]) -> list[re.Pattern]:
+    # One pattern each: an alternation defeats `re`'s literal-prefix search and runs slower than
+    # all of them one after the other.
+    return [re.compile(p) for p in sorted({_REGEX_GATES[e] for e in entities if e in _REGEX_GATES})]
 
 
 def _digit_runs(text: str) -> list[tuple[int, int]]:
     """Spans of digits joined by at most three separators (space, tab, - . ( ) / +) holding seven or
     more digits, or four or more with three dots (IPv4): anything a digit recognizer can match."""
-    codes = _code_array(text)
+    codes = code_points(text)
     digit = (codes >= 48) & (codes <= 57)
     pos = np.flatnonzero(digit)
     if pos.shape[0] < 4:
@@ -123,7 +119,6 @@ def _digit_runs(text: str) -> list[tuple[int, int]]:
     other = ~(digit | np.isin(codes, _SEPARATORS))
     others_before = np.concatenate(([0], np.cumsum(other)))
     linked = ((pos[1:] - pos[:-1]) <= 4) & (others_before[pos[1:]] == others_before[pos[:-1] + 1])
-    run_id = np.concatenate(([0], np.cumsum(~linked)))
     first = np.flatnonzero(np.concatenate(([True], ~linked)))
     last = np.concatenate((first[1:] - 1, [pos.shape[0] - 1]))
     digits = last - first + 1
@@ -131,7 +126,6 @@ def _digit_runs(text: str) -> list[tuple[int, int]]:
     starts, ends = pos[first], pos[last] + 1
     dots = dots_before[ends] - dots_before[starts]
     keep = (digits >= 7) | ((digits >= 4) & (dots >= 3))
-    del run_id
     return [(int(a), int(b)) for a, b in zip(starts[keep], ends[keep]) if not _FLOATS_ONLY.match(text[a:b])]
 
 
@@ -142,8 +136,7 @@ def _windows(text: str, entities: tuple[str, ...]) -> list[tuple[int, int]]:
     hits: list[tuple[int, int]] = []
     if any(e in _DIGIT_ENTITIES for e in entities):
         hits.extend(_digit_runs(text))
-    gate = _regex_gate(entities)
-    if gate is not None:
+    for gate in _regex_gates(entities):
         hits.extend(m.span() for m in gate.finditer(text))
     hits.sort()
     spans: list[tuple[int, int]] = []
@@ -178,6 +171,32 @@ def _is_measurements(text: str, start: int, end: int) -> bool:
     return bool(_FLOATS_ONLY.match(text[a:b]))
 
 
+def _most_confident(results: list[tuple[int, int, str, float]]) -> list[tuple[int, int, str, float]]:
+    """Of overlapping results (an SSN is also a plausible phone number), keep the most confident.
+    Results are grouped into clusters of overlapping spans first, so a file of ten thousand
+    identifiers costs ten thousand small comparisons, not a hundred million."""
+    kept: list[tuple[int, int, str, float]] = []
+    cluster: list[tuple[int, int, str, float]] = []
+    cluster_end = -1
+
+    def settle() -> None:
+        chosen: list[tuple[int, int, str, float]] = []
+        for r in sorted(cluster, key=lambda r: (-r[3], r[0])):
+            if not any(r[0] < k[1] and k[0] < r[1] for k in chosen):
+                chosen.append(r)
+        kept.extend(sorted(chosen))
+
+    for r in sorted(results):
+        if cluster and r[0] >= cluster_end:
+            settle()
+            cluster = []
+        cluster.append(r)
+        cluster_end = max(cluster_end, r[1]) if len(cluster) > 1 else r[1]
+    if cluster:
+        settle()
+    return kept
+
+
 def find(text: str, entities: list[str], *, min_score: float, phone_regions: list[str], gate: bool = True) -> list[Hit]:
     """Entities Presidio finds in `text` at or above `min_score`; one per span (the best).
     `gate=False` runs Presidio over the whole text (for tests that the gate hides nothing)."""
@@ -195,13 +214,7 @@ def find(text: str, entities: list[str], *, min_score: float, phone_regions: lis
             if r.entity_type == "PHONE_NUMBER" and _is_measurements(window, r.start, r.end):
                 continue
             results.append((a + r.start, a + r.end, r.entity_type, float(r.score)))
-    # Overlapping results (an SSN is also a plausible phone number): keep the most confident.
-    results.sort(key=lambda r: (-r[3], r[0]))
-    kept: list[tuple[int, int, str, float]] = []
-    for r in results:
-        if not any(r[0] < k[1] and k[0] < r[1] for k in kept):
-            kept.append(r)
-    kept.sort()
+    kept = _most_confident(results)
     hits = []
     for s, e, entity, score in kept:
         if offsets is not None:

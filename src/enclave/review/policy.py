@@ -160,6 +160,12 @@ class EgressPolicy:
 
 
 @dataclass(frozen=True)
+class WorkflowPolicy:
+    # Two independent approvals for every request, not only those with block or warn findings.
+    always_two_reviewers: bool
+
+
+@dataclass(frozen=True)
 class Policy:
     version: str
     files: FilesPolicy
@@ -173,6 +179,7 @@ class Policy:
     tables: TablesPolicy
     acro: AcroPolicy
     egress: EgressPolicy
+    workflow: WorkflowPolicy
     # Where it came from, for manifests; not keys of the file.
     sha256: str = dataclasses.field(default="", compare=False)
     path: str = dataclasses.field(default="", compare=False)

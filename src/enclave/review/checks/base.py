@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from enclave.review.context import Env
 from enclave.review.findings import Finding
 from enclave.review.items import Item
 from enclave.review.policy import severity

@@ -31,7 +31,8 @@ def check(item: Item, env: Env) -> Result:
     if item.unread or not item.segments:
         return result
     for segment in item.segments:
-        found = blobs.find_blobs(segment.text, policy.min_base64_chars, policy.min_hex_chars, policy.max_blobs_per_file)
+        found = blobs.find_blobs(segment.text, policy.min_base64_chars, policy.min_hex_chars, policy.max_blobs_per_file,
+                                 segment.codes)
         decoded_spans = [(b.start, b.end) for b in found]
         for blob in found:
             where = segment.where(blob.start, blob.end)
@@ -67,7 +68,7 @@ def check(item: Item, env: Env) -> Result:
                            f"{blob.encoding} blob of {len(blob.data):,} bytes decodes to no known format",
                            **segment.evidence(blob.start, blob.end, encoding=blob.encoding, bytes=len(blob.data)))
         for start, end, bits in blobs.high_entropy_runs(segment.text, policy.entropy_min_chars, policy.max_entropy_bits,
-                                                        decoded_spans):
+                                                        decoded_spans, segment.codes):
             result.add(NAME, policy.high_entropy_severity, item.name, segment.where(start, end),
                        f"{end - start:,} characters at {bits:.2f} bits per character look encrypted or compressed",
                        **segment.evidence(start, end, bits=round(bits, 3)))

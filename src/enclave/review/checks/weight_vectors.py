@@ -47,12 +47,13 @@ def check(item: Item, env: Env) -> Result:
                        scale=match.scale, **evidence)
 
     for segment in item.segments:
-        for run in numbers.runs(segment.text, policy.min_vector_length, policy.max_numbers_per_file):
+        for run in numbers.runs(segment.text, policy.min_vector_length, policy.max_numbers_per_file, segment.codes):
             for fp in fingerprints:
                 for match in fp.match(run.values, min_length=policy.min_vector_length, min_cosine=policy.min_cosine,
                                       max_candidates=policy.max_candidates_per_vector):
-                    first, last = int(run.starts[match.start]), int(run.ends[match.end - 1])
-                    if first >= 0:
+                    span = run.span(match.start, match.end - 1)
+                    if span is not None:
+                        first, last = span
                         report(segment.where(first, last), match, fp, segment.evidence(first, last, reading=run.reading))
                     else:
                         label = f"{segment.label}, " if segment.label else ""
