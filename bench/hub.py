@@ -102,7 +102,7 @@ def main() -> int:
     image_s = time.perf_counter() - t0
     users = [f"scholar{i}" for i in range(max(args.concurrent, 1))]
     tag = uuid.uuid4().hex[:6]
-    net = EnclaveNetwork(name=f"enclave-bench-{tag}", bridge=f"encb{tag}", subnet="172.31.250.0/24")
+    net = EnclaveNetwork(name=f"enclave-bench-{tag}", bridge=f"encb{tag}", subnet="10.214.250.0/24")
     client = docker_client()
     network = ensure_network(client, net)
     result: dict = {"image_seconds_cached_or_built": round(image_s, 2)}
@@ -112,7 +112,8 @@ def main() -> int:
         port = free_port()
         settings = EnclaveHubSettings(mode="docker", state_dir=f"{tmp}/hub", public_url=f"http://127.0.0.1:{port}",
                                       hub_port=free_port(), proxy_api_port=free_port(), gateway=False,
-                                      network_name=net.name, bridge=net.bridge, subnet=net.subnet, image=image)
+                                      network_name=net.name, bridge=net.bridge, subnet=net.subnet, image=image,
+                                      work_volume_template=f"{net.name}-work-{{username}}")
         install(net, [settings.hub_port])
         token = secrets.token_hex(24)
         env = hub_environment(settings, image, {"ENCLAVE_DB_URL": db_url, "ENCLAVE_HUB_OPERATOR_TOKEN": token})
@@ -152,6 +153,9 @@ def main() -> int:
             hub.wait(timeout=60)
             api.close()
             uninstall(net)
+            for volume in client.volumes.list(filters={"name": f"{net.name}-work-"}):
+                with contextlib.suppress(Exception):
+                    volume.remove(force=True)
             with contextlib.suppress(Exception):
                 network.remove()
             client.close()

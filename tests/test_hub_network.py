@@ -38,7 +38,7 @@ def test_install_is_idempotent_and_uninstall_removes_everything():
         if os.environ.get("ENCLAVE_REQUIRE_DOCKER"):
             pytest.fail("installing the firewall needs root and iptables under `make test`")
         pytest.skip("needs root and iptables")
-    net = EnclaveNetwork(name="t", bridge=f"enct{uuid.uuid4().hex[:6]}", subnet="172.31.7.0/24")
+    net = EnclaveNetwork(name="t", bridge=f"enct{uuid.uuid4().hex[:6]}", subnet="10.213.7.0/24")
     try:
         install(net, [8081, 8001])
         install(net, [8081, 8001, 8002])
@@ -68,7 +68,7 @@ def test_a_foreign_network_of_the_same_name_is_refused():
     foreign = client.networks.create(name, driver="bridge")  # not internal
     try:
         with pytest.raises(FirewallError, match="not the enclave's internal network"):
-            ensure_network(client, EnclaveNetwork(name=name, bridge="encx0", subnet="172.31.8.0/24"))
+            ensure_network(client, EnclaveNetwork(name=name, bridge="encx0", subnet="10.213.8.0/24"))
     finally:
         foreign.remove()
         client.close()

@@ -67,10 +67,13 @@ def image_id(docker_client):
 def enclave_net(docker_client):
     """A private copy of the enclave network and firewall, on a subnet of its own."""
     tag = uuid.uuid4().hex[:6]
-    net = EnclaveNetwork(name=f"enclave-test-{tag}", bridge=f"enct{tag}", subnet=f"172.31.{secrets.randbelow(200) + 20}.0/24")
+    net = EnclaveNetwork(name=f"enclave-test-{tag}", bridge=f"enct{tag}", subnet=f"10.213.{secrets.randbelow(200) + 20}.0/24")
     network = ensure_network(docker_client, net)
     yield net
     uninstall(net)
+    for volume in docker_client.volumes.list(filters={"name": f"{net.name}-work-"}):
+        with contextlib.suppress(Exception):
+            volume.remove(force=True)
     with contextlib.suppress(Exception):
         network.reload()
         for container in network.containers:
@@ -143,7 +146,8 @@ def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
     with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
                        review=True, extra_env={"ENCLAVE_HOME": str(tmp / "home"),
                                                          "ENCLAVE_REVIEW_SCORER_MODEL": ""},
-                       network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet) as stack:
+                       network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet,
+                       work_volume_template=f"{enclave_net.name}-work-{{username}}") as stack:
         s = stack.settings
         install(enclave_net, [s.hub_port, s.gateway_port, s.review_port])
         _wait_gateway(stack)

@@ -41,6 +41,9 @@ class EnclaveHubSettings(Configurable):
     review_command = Unicode(help="Command line that runs the review service; empty: no review service.").tag(config=True)
     idle_timeout = Integer(3600, help="Seconds of inactivity after which jupyterhub-idle-culler stops a server.").tag(config=True)
     warden_interval = Integer(15, help="Seconds between the warden's registry re-checks of running servers.").tag(config=True)
+    work_volume_template = Unicode(
+        "enclave-work-{username}", help="Docker volume holding each scholar's ~/work ({username} expands)."
+    ).tag(config=True)
     gateway = Bool(True, help="Run the model gateway as a hub-managed service.").tag(config=True)
 
     @default("mode")
@@ -109,6 +112,10 @@ class EnclaveHubSettings(Configurable):
     def _d_warden(self):
         return int(_env("ENCLAVE_WARDEN_INTERVAL", "15"))
 
+    @default("work_volume_template")
+    def _d_work_volume(self):
+        return _env("ENCLAVE_WORK_VOLUME_TEMPLATE", "enclave-work-{username}")
+
     @default("gateway")
     def _d_gateway(self):
         return _env("ENCLAVE_HUB_GATEWAY", "1") not in ("0", "false", "no")
@@ -153,6 +160,7 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         c.EnclaveDockerSpawner.use_internal_ip = True
         c.EnclaveDockerSpawner.dns_servers = [net.dns_sink]
         c.EnclaveDockerSpawner.cmd = ["jupyterhub-singleuser"]
+        c.EnclaveDockerSpawner.work_volume_template = s.work_volume_template
         spawner_cls = "EnclaveDockerSpawner"
     else:
         c.JupyterHub.spawner_class = "enclave.hub.spawner.EnclaveLocalSpawner"

@@ -104,6 +104,7 @@ def hub_environment(settings: EnclaveHubSettings, image_id: str | None, extra: d
         "ENCLAVE_IDLE_TIMEOUT": str(settings.idle_timeout),
         "ENCLAVE_WARDEN_INTERVAL": str(settings.warden_interval),
         "ENCLAVE_HUB_GATEWAY": "1" if settings.gateway else "0",
+        "ENCLAVE_WORK_VOLUME_TEMPLATE": settings.work_volume_template,
         "PYTHONUNBUFFERED": "1",
     })
     if settings.model_dir:
