@@ -47,6 +47,19 @@ class EnclaveSessionMixin(RegistryLink):
     def _default_server_token_scopes(self):
         return list(SERVER_TOKEN_SCOPES)
 
+    @default("options_form")
+    def _default_options_form(self):
+        return self.options_form_for_user
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return self.options_from_form
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(self.enclave_env())
+        return env
+
     async def _projects(self) -> list[str]:
         return await self.in_registry(lambda s: live_projects(s, self.user.name))
 
@@ -124,20 +137,7 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
     def _default_default_url(self):
         return f"/lab/tree/{self.work_dir_name}"
 
-    @default("options_form")
-    def _default_options_form(self):
-        return self.options_form_for_user
-
-    @default("options_from_form")
-    def _default_options_from_form(self):
-        return self.options_from_form
-
-    def get_env(self):
-        env = super().get_env()
-        env.update(self.enclave_env())
-        return env
-
-    def _host_config(self, plan: SessionPlan) -> dict:
+    def _host_config(self) -> dict:
         config = {
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size}"},
@@ -169,7 +169,7 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
         self.cpu_limit = float(plan.cpu)
         self.volumes = self._volumes(plan)
         self.extra_host_config = {**(self.extra_host_config if isinstance(self.extra_host_config, dict) else {}),
-                                  **self._host_config(plan)}
+                                  **self._host_config()}
         self.extra_create_kwargs = {**(self.extra_create_kwargs if isinstance(self.extra_create_kwargs, dict) else {}),
                                     "user": self.container_user,
                                     "labels": {"enclave.project": plan.project, "enclave.user": self.user.name}}
@@ -181,19 +181,6 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
 class EnclaveLocalSpawner(EnclaveSessionMixin, LocalProcessSpawner):
     """Developer mode (`enclave up --unisolated`): the registry still decides who may start, but the
     notebook is a local process with none of the container's isolation. Never for real data."""
-
-    @default("options_form")
-    def _default_options_form(self):
-        return self.options_form_for_user
-
-    @default("options_from_form")
-    def _default_options_from_form(self):
-        return self.options_from_form
-
-    def get_env(self):
-        env = super().get_env()
-        env.update(self.enclave_env())
-        return env
 
     async def start(self):
         await self.enclave_plan()
