@@ -188,6 +188,8 @@ BAD_INPUT = [
     (["key", "revoke", "nope"], "unknown key"),
     (["audit", "verify", "--anchor", "12:xyz"], "bad anchor"),
     (["audit", "verify", "--file", "/no/such/export.jsonl"], "cannot read"),
+    (["person", "password", "ghost"], "unknown user 'ghost'"),
+    (["person", "password", "alice", "--as", "vic"], "does not hold the operator role"),
 ]
 
 
@@ -196,6 +198,21 @@ def test_bad_input_is_one_clear_line_and_exit_2_and_writes_nothing(ready, args, 
     before = ready("audit", "head").stdout
     ready.fails(*args, match=message)
     assert ready("audit", "head").stdout == before
+
+
+def test_operator_sets_a_hub_password(ready, monkeypatch):
+    from enclave.registry.credentials import check_password
+    from enclave.registry.db import make_engine, session_scope
+
+    generated = ready("person", "password", "alice").stdout.strip().rsplit(": ", 1)[1]
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    ready.fails("person", "password", "alice", "--password-stdin", match="too short")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-chosen-long-password\n"))
+    assert "a-chosen" not in ready("person", "password", "vic", "--password-stdin").stdout
+    engine = make_engine(ready.env["ENCLAVE_DB_URL"])
+    with session_scope(engine) as s:
+        assert check_password(s, "alice", generated) and check_password(s, "vic", "a-chosen-long-password")
+    engine.dispose()
 
 
 def test_usage_errors_exit_2_without_traceback(ready):
