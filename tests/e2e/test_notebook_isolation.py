@@ -144,8 +144,7 @@ def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
         people.add_person(s, OPERATOR, "rita", "Rita", "rita@example.org", roles=["reviewer"])
         set_password(s, OPERATOR, "rita", RITA_PASSWORD)
     with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
-                       review=True, extra_env={"ENCLAVE_HOME": str(tmp / "home"),
-                                                         "ENCLAVE_REVIEW_SCORER_MODEL": ""},
+                       review=True, extra_env={"ENCLAVE_HOME": str(tmp / "home")},
                        network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet,
                        work_volume_template=f"{enclave_net.name}-work-{{username}}") as stack:
         s = stack.settings
