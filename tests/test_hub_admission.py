@@ -78,7 +78,10 @@ def test_login_spawn_and_revocation(tmp_path, db_url, registry_with_people):
         a = Browser(stack)
         assert a.login("alice", PASSWORDS["alice"]).status_code == 302 and a.logged_in()
         assert "DEVELOPER MODE" in a.client.get("/hub/home").text
-        event = spawn(stack, "alice", timeout=120)
+        # She chooses her project and nothing else (not the image, not the limits).
+        event = spawn(stack, "alice", timeout=60, options={"project": "p1", "image": "attacker/image"})
+        assert event.get("failed") and "Only the project can be chosen" in event.get("message", ""), event
+        event = spawn(stack, "alice", timeout=120, options={"project": "p1"})
         assert event.get("ready"), event
         server = stack.user_model("alice")["servers"][""]
         assert server["user_options"]["project"] == "p1"

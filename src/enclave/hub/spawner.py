@@ -75,6 +75,10 @@ class EnclaveSessionMixin(RegistryLink):
         return {"project": project} if project else {}
 
     async def enclave_plan(self) -> SessionPlan:
+        # A scholar chooses the project and nothing else: not the image, not the limits.
+        unknown = sorted(set(self.user_options or {}) - {"project"})
+        if unknown:
+            raise web.HTTPError(400, f"Only the project can be chosen when starting a notebook, not {', '.join(unknown)}")
         project = (self.user_options or {}).get("project") or None
         try:
             plan = await self.in_registry(lambda s: session_plan(s, self.user.name, project))
