@@ -128,6 +128,7 @@ def spawn(stack: Stack, name: str, timeout: float = 180, options: dict | None = 
     """Start `name`'s server through the REST API (as the hub's spawn page does) and wait until it
     is ready or failed; returns the progress event that ended the wait."""
     with stack.admin() as c:
+        c.post(f"/users/{name}")  # as an operator would pre-create a user (409 if they logged in already)
         reply = c.post(f"/users/{name}/server", json={"user_options": options} if options else None)
         if reply.status_code >= 400:
             return {"failed": True, "status": reply.status_code, "message": reply.text}

@@ -130,6 +130,22 @@ def test_forward_rows_do_not_depend_on_the_batch(loaded):
     assert torch.equal(forward.forward([1, 3], [100, 8], [positions[1], positions[3]], [(5, prompts[0])])[0], single)
 
 
+def test_rows_past_the_invariant_range_are_split_without_changing_bits(loaded):
+    # Two long prompts in one forward make more rows than one matrix product may take (INVARIANT_ROWS),
+    # so every product is computed in slices written into one output: each prompt's logits and the
+    # decode row beside them must still be bit-identical to computing them alone.
+    from enclave.gateway.gpt2 import INVARIANT_ROWS
+
+    forward = GPT2Forward(loaded.model, max_slots=4)
+    first, second = ([464 + i % 50 for i in range(200)], [1000 + i % 70 for i in range(200)])
+    assert len(first) + len(second) > INVARIANT_ROWS[1]
+    alone = [forward.prefill(slot, p) for slot, p in ((0, first), (1, second))]
+    decode_alone = forward.decode([0], [318], [len(first)])[0]
+    together = forward.forward([0], [318], [len(first)], [(2, first), (1, second)])
+    assert torch.equal(together[0], decode_alone)
+    assert torch.equal(together[1], alone[0]) and torch.equal(together[2], alone[1])
+
+
 def test_sequence_logits_match_hf(loaded):
     forward = GPT2Forward(loaded.model, max_slots=1)
     token_ids = ids(loaded, PROMPTS[3])

@@ -27,7 +27,7 @@ from enclave.registry.db import make_engine, session_scope, upgrade
 from tests.e2e.kernel import Server
 from tests.gateway_fixtures import build_tiny_model
 from tests.helpers import OPERATOR, approved_project
-from tests.hub_stack import Browser, progress, running_stack
+from tests.hub_stack import Browser, progress, running_stack, spawn
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -141,6 +141,8 @@ def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
         projects.create_project(s, OPERATOR, "p2", "Not yet", "bob", "Waiting for approval.")
         set_password(s, OPERATOR, "alice", ALICE_PASSWORD)
         set_password(s, OPERATOR, "bob", BOB_PASSWORD)
+        people.add_person(s, OPERATOR, "carol", "Carol", "carol@example.org", roles=["scholar"])
+        projects.add_member(s, OPERATOR, "p1", "carol")
         people.add_person(s, OPERATOR, "rita", "Rita", "rita@example.org", roles=["reviewer"])
         set_password(s, OPERATOR, "rita", RITA_PASSWORD)
     with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
@@ -249,6 +251,27 @@ def test_b_no_egress_no_host_ports_no_outside_names(world, alice):
     assert result["resolve_outside"] == "gaierror", result
     assert result["resolve_internet"] == "gaierror", result
     # Control for the probe itself: the kernel can connect to itself, so a refusal above is the firewall.
+
+
+def test_b_no_reaching_another_scholars_notebook(world, alice, docker_client):
+    stack = world["stack"]
+    assert spawn(stack, "carol", timeout=120).get("ready")
+    try:
+        (carol,) = docker_client.containers.list(filters={"label": "enclave.user=carol"})
+        carol_ip = carol.attrs["NetworkSettings"]["Networks"][world["net"].name]["IPAddress"]
+        socket.create_connection((carol_ip, 8888), timeout=3).close()  # the control: the hub's proxy can
+        result = _inside(alice, f"""
+            import json, socket
+            try:
+                socket.create_connection(("{carol_ip}", 8888), timeout=3).close(); outcome = "connected"
+            except OSError as e:
+                outcome = type(e).__name__
+            print(json.dumps({{"carol": outcome}}))
+        """)
+        assert result["carol"] != "connected", result
+    finally:
+        with stack.admin() as c:
+            c.delete("/users/carol/server")
 
 
 def test_c_no_model_weights_inside(world, alice):
