@@ -447,8 +447,10 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     float32), by inverse CDF over float64 probabilities with one uniform draw from the row's own
     generator, so a row's token depends only on that row."""
     logits = logits.float()
-    chosen = [0] * len(params)
     greedy = [i for i, p in enumerate(params) if p.temperature == 0]
+    if len(greedy) == len(params):  # all greedy: no copy of the rows first
+        return logits.argmax(dim=-1).tolist()
+    chosen = [0] * len(params)
     if greedy:
         for i, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
             chosen[i] = token

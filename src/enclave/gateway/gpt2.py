@@ -30,10 +30,12 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
 def _activation(name: str):
+    """The MLP activation, applied in place where PyTorch has an in-place kernel (the same kernel, so
+    the same bits): the MLP's widest tensor then needs no second buffer."""
     if name in TANH_GELUS:
-        return lambda x: F.gelu(x, approximate="tanh")
+        return lambda x: torch.ops.aten.gelu_(x, approximate="tanh")
     if name == "gelu":
-        return F.gelu
+        return torch.ops.aten.gelu_
     from transformers.activations import ACT2FN
 
     return ACT2FN[name]
@@ -67,8 +69,10 @@ class _Linear:
             if torch.equal(fast, plain) and torch.equal(fast[:2], self._plain(probe[:2])):
                 self.packed = packed
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x, self.weight) if self.bias is not None else x @ self.weight
+    def _plain(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.bias is not None:
+            return torch.addmm(self.bias, x, self.weight, out=out)
+        return torch.mm(x, self.weight, out=out)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
@@ -82,8 +86,13 @@ class _Linear:
             return self._plain(x)
         if rows < low:  # one row would take the gemv kernel: compute it twice
             return self(torch.cat([x, x]))[:rows]
-        # Nearly equal slices, each well inside the range (> high / 2 rows).
-        return torch.cat([self(part) for part in x.tensor_split(-(-rows // high))])
+        # Nearly equal slices, each well inside the range (> high / 2 rows), each written straight into
+        # its rows of the output rather than concatenated afterwards (one copy of the output fewer).
+        out = x.new_empty(rows, self.weight.shape[1])
+        slices = -(-rows // high)
+        for part, target in zip(x.tensor_split(slices), out.tensor_split(slices)):
+            self._plain(part, out=target)
+        return out
 
 
 class _Block:
@@ -277,10 +286,10 @@ class GPT2Forward:
             spans = [(slot, position + 1) for slot, position in zip(slots, positions)]
 
             def each_row(q, layer, scale):
-                q = q.unsqueeze(2)  # [B, H, 1, D]
+                queries = q.unsqueeze(2).split(1)  # B views [1, H, 1, D], made in one call
                 k_slots, v_slots = self._k_slots[layer], self._v_slots[layer]
-                rows = [self._sdpa(q[i:i + 1], k_slots[s].narrow(2, 0, n), v_slots[s].narrow(2, 0, n), scale)
-                        for i, (s, n) in enumerate(spans)]
+                rows = [self._sdpa(query, k_slots[s].narrow(2, 0, n), v_slots[s].narrow(2, 0, n), scale)
+                        for query, (s, n) in zip(queries, spans)]
                 return torch.cat(rows).view(b, self.n_embd)  # [B, H, 1, D] is already head-major
 
             return each_row
