@@ -231,9 +231,7 @@ if _IMPORT_ERROR is None:
             raise RegistryError(f"the hub exited with status {code}; see its log above")
 
     def _review_command(settings) -> str:
-        """`enclave serve review` for the hub to manage, when this build has a review service."""
-        if "review" not in {c.name for c in serve_app.registered_commands}:
-            return ""
+        """`enclave serve review`, for the hub to run as its managed service."""
         return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "review", "--host", settings.service_ip,
                            "--port", str(settings.review_port)])
 
