@@ -106,3 +106,22 @@ def test_login_decisions(registry_with_people):
         refused = login_decision(s, "rita", frozenset({"scholar"}))
         assert not refused.allowed and "none of the roles" in refused.reason
         assert not login_decision(s, "mallory").allowed
+
+
+def test_warden_verdicts(registry_with_people):
+    import datetime as dt
+
+    from enclave.hub.warden import RunningServer, verdict
+    from enclave.registry.clock import utcnow
+
+    now = utcnow()
+    fresh = RunningServer("alice", "", "p1", now - dt.timedelta(hours=1))
+    stale = RunningServer("alice", "", "p1", now - dt.timedelta(hours=8, seconds=1))
+    with session_scope(registry_with_people) as s:
+        assert verdict(s, fresh, now) is None
+        assert verdict(s, stale, now).startswith("session_lifetime")  # the grant allows 8 h
+        assert verdict(s, RunningServer("bob", "", None, now), now).startswith("no_project")
+        projects.transition(s, OPERATOR, "p1", "suspend", reason="report overdue")
+    with session_scope(registry_with_people) as s:
+        assert verdict(s, fresh, now).startswith("suspended")
+        assert verdict(s, fresh, now + dt.timedelta(days=400)).startswith("expired")
