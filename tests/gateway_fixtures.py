@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ import pytest
 from enclave.registry import grants, keys, people, projects
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
+from tests.helpers import free_port
 
 OPERATOR = "op"
 SCHOLAR = "sam"
@@ -50,12 +50,6 @@ def long_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2-long"), n_positions=1024)
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class RunningGateway:
     def __init__(self, url: str, key: str, db, engine):
         self.url, self.key, self.db, self.engine = url, key, db, engine
@@ -89,7 +83,7 @@ def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_q
     engine.start()
     settings = GatewaySettings(model_dir=str(model_dir), db_url=str(db.url.render_as_string(hide_password=False)),
                                hub_api_url=hub_api_url)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -14,6 +15,13 @@ from enclave.registry.db import session_scope
 import datetime as dt
 
 OPERATOR = "op"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for servers the tests start)."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def add_scholar(engine: Engine, username: str) -> None:

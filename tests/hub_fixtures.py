@@ -5,11 +5,9 @@ admin service token, as an operator's tooling would."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +15,15 @@ from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port
 
 
 class Hub:
-    def __init__(self, api_url: str, admin_token: str):
+    def __init__(self, api_url: str, admin_token: str, url: str = "", service_token: str = ""):
         self.api_url, self.admin_token = api_url, admin_token
+        # The public URL (login page, /services/...) and the token of the service under test, when
+        # the test needs them.
+        self.url, self.service_token = url, service_token
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, headers={"Authorization": f"token {self.admin_token}"}, timeout=30)
@@ -44,16 +41,15 @@ class Hub:
 
 
 @contextlib.contextmanager
-def running_hub(workdir: Path, services: dict[str, str]):
-    """Start JupyterHub with the given services (name -> url); yields a Hub."""
+def hub_process(workdir: Path, *, port: int, hub_port: int, admin_token: str, services: list[dict],
+                user_scopes: list[str], authenticator: str):
+    """JupyterHub on loopback with `services` (plus a `test-admin` service holding `admin_token`),
+    the `user` role holding `user_scopes`, and `authenticator` (config lines); yields its API URL."""
     if shutil.which("configurable-http-proxy") is None:
         raise RuntimeError("configurable-http-proxy is missing (npm install -g configurable-http-proxy; make does)")
     workdir.mkdir(parents=True, exist_ok=True)
-    port, hub_port = _free_port(), _free_port()
-    admin_token = secrets.token_hex(16)
+    services = [*services, {"name": "test-admin", "api_token": admin_token}]
     config = workdir / "jupyterhub_config.py"
-    service_list = [{"name": name, "url": url, "api_token": secrets.token_hex(16)} for name, url in services.items()]
-    service_list.append({"name": "test-admin", "api_token": admin_token})
     config.write_text(f"""
 c = get_config()  # noqa
 c.JupyterHub.ip = "127.0.0.1"
@@ -63,17 +59,16 @@ c.JupyterHub.hub_port = {hub_port}
 c.JupyterHub.db_url = "sqlite:///{workdir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = "{workdir / 'cookie_secret'}"
 c.ConfigurableHTTPProxy.pid_file = "{workdir / 'proxy.pid'}"
-c.JupyterHub.authenticator_class = "null"
-c.JupyterHub.services = {json.dumps(service_list)}
+{authenticator}
+c.JupyterHub.services = {services!r}
 c.JupyterHub.load_roles = [
     {{"name": "test-admin", "scopes": ["admin:users", "tokens"], "services": ["test-admin"]}},
-    # Scholars may call the gateway: the scope a notebook token needs.
-    {{"name": "user", "scopes": ["self", "access:services!service=gateway"]}},
+    {{"name": "user", "scopes": {["self", *user_scopes]!r}}},
 ]
 """)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(workdir / "hub.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=workdir, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=workdir,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=log, stderr=subprocess.STDOUT)
     api_url = f"http://127.0.0.1:{port}/hub/api"
     try:
@@ -87,7 +82,7 @@ c.JupyterHub.load_roles = [
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("JupyterHub did not start:\n" + (workdir / "hub.log").read_text()[-3000:])
             time.sleep(0.25)
-        yield Hub(api_url, admin_token)
+        yield api_url
     finally:
         proc.terminate()
         try:
@@ -95,3 +90,15 @@ c.JupyterHub.load_roles = [
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextlib.contextmanager
+def running_hub(workdir: Path, services: dict[str, str]):
+    """Start JupyterHub with the given services (name -> url); yields a Hub."""
+    admin_token = secrets.token_hex(16)
+    service_list = [{"name": name, "url": url, "api_token": secrets.token_hex(16)} for name, url in services.items()]
+    # Scholars may call the gateway: the scope a notebook token needs.
+    with hub_process(workdir, port=free_port(), hub_port=free_port(), admin_token=admin_token, services=service_list,
+                     user_scopes=["access:services!service=gateway"],
+                     authenticator='c.JupyterHub.authenticator_class = "null"') as api_url:
+        yield Hub(api_url, admin_token)

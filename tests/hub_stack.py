@@ -17,7 +17,7 @@ import httpx
 
 from enclave.hub.config import EnclaveHubSettings
 from enclave.hub.launch import hub_environment, start_hub, stop_leftover_proxy
-from tests.hub_fixtures import _free_port
+from tests.helpers import free_port
 
 
 @dataclass
@@ -57,10 +57,10 @@ class Stack:
 def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = None, model_dir: str | None = None,
                   gateway: bool = False, review: bool = False, warden_interval: int = 2, extra_env: dict | None = None,
                   **overrides):
-    port = _free_port()
+    port = free_port()
     settings = EnclaveHubSettings(
         mode=mode, state_dir=str(workdir / "hub"), public_url=f"http://127.0.0.1:{port}",
-        hub_port=_free_port(), proxy_api_port=_free_port(), gateway_port=_free_port(), review_port=_free_port(),
+        hub_port=free_port(), proxy_api_port=free_port(), gateway_port=free_port(), review_port=free_port(),
         model_dir=model_dir or "", gateway=gateway, warden_interval=warden_interval,
         **overrides,
     )

@@ -12,24 +12,18 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from contextlib import closing
 
 import psycopg
+
+from tests.helpers import free_port
 
 
 class PgUnavailable(RuntimeError):
     pass
-
-
-def _free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _bin_dir() -> str:
@@ -47,7 +41,7 @@ class TempPostgres:
         self.bin = _bin_dir()
         self.dir = tempfile.mkdtemp(prefix="enclave-pg-")
         self.data = os.path.join(self.dir, "data")
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
             try:

@@ -1,22 +1,15 @@
 """Fixtures for the output-review tests: people and projects in the registry, a review service
-(in-process or served by uvicorn), and a real JupyterHub whose login page works (DummyAuthenticator
-with a password) with the review service registered as an OAuth client behind its proxy."""
+(in-process or served by uvicorn), and a real JupyterHub whose login page works (the shared-password
+authenticator) with the review service registered as an OAuth client behind its proxy."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import secrets
-import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-
-import httpx
 
 from enclave.registry import grants, people, projects
 from enclave.registry.clock import end_of_day, utcnow
@@ -24,6 +17,8 @@ from enclave.registry.db import session_scope
 from enclave.review.findings import Finding, Severity, verdict
 from enclave.review.settings import ReviewSettings
 from enclave.review.worker import ScanOutcome
+from tests.helpers import free_port
+from tests.hub_fixtures import Hub, hub_process
 
 OPERATOR = "op"
 AUTHOR = "sofia"  # scholar in LAB
@@ -75,12 +70,6 @@ def block(file: str, message: str = "an SSN") -> Finding:
                    message=message, evidence={"start": 0, "end": 11})
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class FakeIdentity:
     """Tokens -> user names, standing in for the hub in in-process tests (the hub-backed tests use
     the real thing)."""
@@ -121,25 +110,6 @@ def serve_review(settings: ReviewSettings, *, scanner=None, identity=None, port:
         thread.join(30)
 
 
-class Hub:
-    def __init__(self, url: str, api_url: str, admin_token: str, service_token: str):
-        self.url, self.api_url, self.admin_token, self.service_token = url, api_url, admin_token, service_token
-
-    def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, headers={"Authorization": f"token {self.admin_token}"}, timeout=30)
-
-    def add_user(self, name: str) -> None:
-        with self.admin() as c:
-            reply = c.post(f"/users/{name}")
-            assert reply.status_code in (201, 409), reply.text
-
-    def token(self, user: str, scopes: list[str]) -> str:
-        with self.admin() as c:
-            reply = c.post(f"/users/{user}/tokens", json={"scopes": scopes, "note": "test"})
-            assert reply.status_code == 201, reply.text
-            return reply.json()["token"]
-
-
 class HubPlan:
     """Ports and tokens chosen before anything starts: the review service must be up before the
     hub (the hub waits for its services' URLs), and it must know the hub's API URL and its token."""
@@ -155,57 +125,15 @@ class HubPlan:
 def hub_with_review(workdir: Path, plan: HubPlan, users: list[str]):
     """JupyterHub (with configurable-http-proxy) whose login page takes PASSWORD for any of
     `users`, with the review service registered at /services/review/ as an OAuth client."""
-    if shutil.which("configurable-http-proxy") is None:
-        raise RuntimeError("configurable-http-proxy is missing (npm install -g configurable-http-proxy; make does)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, hub_port, review_port = plan.port, plan.hub_port, plan.review_port
-    admin_token, service_token = plan.admin_token, plan.service_token
     services = [
-        {"name": "review", "url": f"http://127.0.0.1:{review_port}", "api_token": service_token,
+        {"name": "review", "url": f"http://127.0.0.1:{plan.review_port}", "api_token": plan.service_token,
          "oauth_no_confirm": True, "oauth_client_id": "service-review",
          "oauth_redirect_uri": "/services/review/oauth_callback"},
-        {"name": "test-admin", "api_token": admin_token},
     ]
-    config = workdir / "jupyterhub_config.py"
-    config.write_text(f"""
-c = get_config()  # noqa
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.JupyterHub.db_url = "sqlite:///{workdir / 'jupyterhub.sqlite'}"
-c.JupyterHub.cookie_secret_file = "{workdir / 'cookie_secret'}"
-c.ConfigurableHTTPProxy.pid_file = "{workdir / 'proxy.pid'}"
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = {PASSWORD!r}
-c.Authenticator.allowed_users = {set(users)!r}
-c.JupyterHub.services = {services!r}
-c.JupyterHub.load_roles = [
-    {{"name": "test-admin", "scopes": ["admin:users", "tokens"], "services": ["test-admin"]}},
-    {{"name": "user", "scopes": ["self", "access:services!service=review"]}},
-]
-""")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(workdir / "hub.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=workdir, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    api_url = plan.api_url
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{api_url}/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("JupyterHub did not start:\n" + (workdir / "hub.log").read_text()[-3000:])
-            time.sleep(0.25)
-        yield Hub(f"http://127.0.0.1:{port}", api_url, admin_token, service_token)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    authenticator = (f'c.JupyterHub.authenticator_class = "shared-password"\n'
+                     f"c.SharedPasswordAuthenticator.user_password = {PASSWORD!r}\n"
+                     f"c.Authenticator.allowed_users = {set(users)!r}")
+    with hub_process(workdir, port=plan.port, hub_port=plan.hub_port, admin_token=plan.admin_token,
+                     services=services, user_scopes=["access:services!service=review"],
+                     authenticator=authenticator) as api_url:
+        yield Hub(api_url, plan.admin_token, url=plan.url, service_token=plan.service_token)

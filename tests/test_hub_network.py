@@ -54,16 +54,8 @@ def test_install_is_idempotent_and_uninstall_removes_everything():
 
 
 @pytest.mark.docker
-def test_a_foreign_network_of_the_same_name_is_refused():
-    from enclave.hub.launch import DockerUnavailable, docker_client, ensure_dockerd
-
-    try:
-        ensure_dockerd(__import__("pathlib").Path("/tmp/enclave-test-logs"))
-    except DockerUnavailable as exc:
-        if os.environ.get("ENCLAVE_REQUIRE_DOCKER"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    client = docker_client()
+def test_a_foreign_network_of_the_same_name_is_refused(docker_client):
+    client = docker_client
     name = f"enclave-foreign-{uuid.uuid4().hex[:6]}"
     foreign = client.networks.create(name, driver="bridge")  # not internal
     try:
@@ -71,4 +63,3 @@ def test_a_foreign_network_of_the_same_name_is_refused():
             ensure_network(client, EnclaveNetwork(name=name, bridge="encx0", subnet="10.213.8.0/24"))
     finally:
         foreign.remove()
-        client.close()

@@ -8,7 +8,6 @@ the image by its content-hash tag in well under a second.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -115,20 +114,6 @@ server.terminate(); server.wait(20)
 print("LAB " + json.dumps(results))
 print("LOG " + json.dumps(open("/tmp/server.log").read()[-20000:]))
 """
-
-
-@pytest.fixture(scope="module")
-def docker_client():
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # no engine: skip, unless the run promised one
-        if os.environ.get("ENCLAVE_REQUIRE_DOCKER"):
-            pytest.fail(f"a Docker engine is required but unreachable: {exc}")
-        pytest.skip(f"no Docker engine: {exc}")
-    return client
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,13 @@ import httpx
 import pytest
 import websocket
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 LOCKDOWN_SRC = REPO / "enclave_image" / "lockdown"
 BASE = "/user/alice/"
 CAP = 1_000_000
 DATASET_ROW = "id,name,postcode\n1,Ada Lovelace,NW1 2DB\n"
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _notebook(outputs: list[dict] | None = None, source: str = "print('hi')") -> dict:
@@ -102,7 +97,7 @@ def server(tmp_path_factory):
         f"c.EnclaveLockdown.max_read_bytes = {CAP}\n"
         f"c.EnclaveLockdown.max_output_bytes = {CAP}\n"
     )
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(LOCKDOWN_SRC), os.environ.get("PYTHONPATH", "")]),

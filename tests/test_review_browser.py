@@ -6,8 +6,6 @@ test-artifacts/."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -26,9 +24,6 @@ from tests.review_stack import (
 )
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 RITA, RAVI = REVIEWERS
 SCOPE = "access:services!service=review"
 
@@ -108,13 +103,7 @@ def _login(browser, stack: Stack, user: str):
 
 @pytest.mark.chromium
 @pytest.mark.slow
-def test_a_reviewer_approves_in_the_browser_and_the_release_verifies(stack, tmp_path):
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("ENCLAVE_REQUIRE_CHROMIUM"):
-            pytest.fail(f"Chromium is required under `make test` but {CHROMIUM} is missing")
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
+def test_a_reviewer_approves_in_the_browser_and_the_release_verifies(stack, tmp_path, chromium):
     table = tmp_path / "table2.csv"
     table.write_text("region,patients\nnorth,3\nsouth,85\n")
     note = tmp_path / "method.txt"
@@ -124,38 +113,33 @@ def test_a_reviewer_approves_in_the_browser_and_the_release_verifies(stack, tmp_
     status = _wait_for_review(stack, receipt["id"], author)
     ARTIFACTS.mkdir(exist_ok=True)
     dialogs: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            # The author sees the state and no decision form; another scholar sees nothing.
-            _, page = _login(browser, stack, AUTHOR)
-            page.goto(f"{stack.hub.url}/services/review/requests/{receipt['id']}")
-            assert page.locator("button.approve").count() == 0 and "awaiting review" in page.content()
-            _, other = _login(browser, stack, OTHER_SCHOLAR)
-            assert other.goto(f"{stack.hub.url}/services/review/requests/{receipt['id']}").status == 404
+    # The author sees the state and no decision form; another scholar sees nothing.
+    _, page = _login(chromium, stack, AUTHOR)
+    page.goto(f"{stack.hub.url}/services/review/requests/{receipt['id']}")
+    assert page.locator("button.approve").count() == 0 and "awaiting review" in page.content()
+    _, other = _login(chromium, stack, OTHER_SCHOLAR)
+    assert other.goto(f"{stack.hub.url}/services/review/requests/{receipt['id']}").status == 404
 
-            approvals = 0
-            for reviewer in REVIEWERS:
-                context, page = _login(browser, stack, reviewer)
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-                page.click(f"text={receipt['id']}")
-                page.wait_for_selector("h1 >> text=Export")
-                assert page.locator("pre.content").count() + page.locator("table.content-table").count() == 2
-                # The checks' findings are marked where they are: the e-mail address in the text,
-                # the small count in the table.
-                assert page.locator("pre.content mark.sev-block").inner_text() == "jane.doe@example.org"
-                assert page.locator("td.cell-block").inner_text() == "3"
-                if approvals == 0:
-                    page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
-                page.fill("#reason", "The address is the study's public contact; the count of 3 is a public statistic.")
-                page.click("button.approve")
-                page.wait_for_selector("p.flash")
-                approvals += 1
-                context.close()
-                if client.export_status(receipt["id"], config=author)["state"] == "released":
-                    break
-        finally:
-            browser.close()
+    approvals = 0
+    for reviewer in REVIEWERS:
+        context, page = _login(chromium, stack, reviewer)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.click(f"text={receipt['id']}")
+        page.wait_for_selector("h1 >> text=Export")
+        assert page.locator("pre.content").count() + page.locator("table.content-table").count() == 2
+        # The checks' findings are marked where they are: the e-mail address in the text,
+        # the small count in the table.
+        assert page.locator("pre.content mark.sev-block").inner_text() == "jane.doe@example.org"
+        assert page.locator("td.cell-block").inner_text() == "3"
+        if approvals == 0:
+            page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
+        page.fill("#reason", "The address is the study's public contact; the count of 3 is a public statistic.")
+        page.click("button.approve")
+        page.wait_for_selector("p.flash")
+        approvals += 1
+        context.close()
+        if client.export_status(receipt["id"], config=author)["state"] == "released":
+            break
     assert dialogs == []  # no script from the export ever ran
     assert approvals == status["approvals_needed"]
     final = client.export_status(receipt["id"], config=author)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import secrets
 import sys
 import socket
@@ -33,26 +32,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ALICE_PASSWORD = "alice-password-e2e"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 BOB_PASSWORD = "bob-password-e2e1"
 RITA_PASSWORD = "rita-password-e2e"
-
-
-@pytest.fixture(scope="module")
-def docker_client():
-    from enclave.hub.launch import DockerUnavailable, docker_client, ensure_dockerd
-
-    try:
-        ensure_dockerd(Path("/tmp/enclave-test-logs"))
-    except DockerUnavailable as exc:
-        if os.environ.get("ENCLAVE_REQUIRE_DOCKER"):
-            pytest.fail(f"Docker is required under `make test`: {exc}")
-        pytest.skip(str(exc))
-    client = docker_client()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -365,18 +346,17 @@ def test_e_no_download_around_review(alice):
 
 
 def test_f_notebook_token_cannot_administer_or_read_others(world, alice):
-    stack = world["stack"]
-    result = _inside(alice, f"""
+    result = _inside(alice, """
         import json, os, httpx
         api = os.environ["JUPYTERHUB_API_URL"]
-        h = {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}}
-        print(json.dumps({{
+        h = {"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}
+        print(json.dumps({
             "list_users": httpx.get(api + "/users", headers=h).status_code,
             "read_bob": httpx.get(api + "/users/bob", headers=h).status_code,
-            "new_token": httpx.post(api + "/users/alice/tokens", headers=h, json={{}}).status_code,
+            "new_token": httpx.post(api + "/users/alice/tokens", headers=h, json={}).status_code,
             "spawn_bob": httpx.post(api + "/users/bob/server", headers=h).status_code,
             "whoami": httpx.get(api + "/user", headers=h).json().get("scopes"),
-        }}))
+        }))
     """)
     assert result["list_users"] == 403 and result["read_bob"] in (403, 404), result
     assert result["new_token"] == 403 and result["spawn_bob"] in (403, 404), result
@@ -415,16 +395,11 @@ def test_d_container_settings_from_the_grant(world, alice, docker_client, image_
     assert mounts["/home/scholar/work"]["Type"] == "volume" and mounts["/home/scholar/work"]["RW"]
 
 
-def test_h_export_from_the_notebook_is_reviewed_in_the_browser_and_released(world, alice):
+@pytest.mark.chromium
+def test_h_export_from_the_notebook_is_reviewed_in_the_browser_and_released(world, alice, chromium):
     """The airlock end to end: export from the notebook, a reviewer approves in Chromium, the
     signed manifest verifies."""
     import httpx
-
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("ENCLAVE_REQUIRE_CHROMIUM"):
-            pytest.fail(f"Chromium is required under `make test` but {CHROMIUM} is missing")
-        pytest.skip("no Chromium")
-    from playwright.sync_api import sync_playwright
 
     stack = world["stack"]
     receipt = _inside(alice, """
@@ -447,23 +422,18 @@ def test_h_export_from_the_notebook_is_reviewed_in_the_browser_and_released(worl
         time.sleep(0.5)
     assert status.get("state") == "awaiting_review", status
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_context().new_page()
-            page.goto(f"{stack.public_url}/services/review/")
-            page.fill("#username_input", "rita")
-            page.fill("#password_input", RITA_PASSWORD)
-            page.click("#login_submit")
-            page.wait_for_url(f"{stack.public_url}/services/review/**")
-            page.click(f"text={receipt['id']}")
-            page.wait_for_selector("h1 >> text=Export")
-            page.screenshot(path=str(ARTIFACTS / "e2e-review-page.png"), full_page=True)
-            page.fill("#reason", "Counts of 85 and over; nothing identifying.")
-            page.click("button.approve")
-            page.wait_for_selector("p.flash")
-        finally:
-            browser.close()
+    page = chromium.new_context().new_page()
+    page.goto(f"{stack.public_url}/services/review/")
+    page.fill("#username_input", "rita")
+    page.fill("#password_input", RITA_PASSWORD)
+    page.click("#login_submit")
+    page.wait_for_url(f"{stack.public_url}/services/review/**")
+    page.click(f"text={receipt['id']}")
+    page.wait_for_selector("h1 >> text=Export")
+    page.screenshot(path=str(ARTIFACTS / "e2e-review-page.png"), full_page=True)
+    page.fill("#reason", "Counts of 85 and over; nothing identifying.")
+    page.click("button.approve")
+    page.wait_for_selector("p.flash")
     deadline = time.time() + 60
     while time.time() < deadline:
         status = httpx.get(f"{review_api}/api/exports/{receipt['id']}", headers={"Authorization": f"token {token}"}).json()

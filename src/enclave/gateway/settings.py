@@ -5,24 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from enclave.envsettings import SettingsError, env_int
 from enclave.registry.db import database_url
-
-
-class SettingsError(ValueError):
-    pass
-
-
-def _int(name: str, default: int, smallest: int = 1) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < smallest:
-        raise SettingsError(f"{name} must be at least {smallest}, not {value}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +30,8 @@ class GatewaySettings:
             hub_api_url=os.environ.get("JUPYTERHUB_API_URL") or None,
             service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "gateway",
             device=os.environ.get("ENCLAVE_DEVICE", "auto"),
-            max_batch=_int("ENCLAVE_GATEWAY_MAX_BATCH", 32),
-            max_queue=_int("ENCLAVE_GATEWAY_MAX_QUEUE", 256),
+            max_batch=env_int("ENCLAVE_GATEWAY_MAX_BATCH", 32),
+            max_queue=env_int("ENCLAVE_GATEWAY_MAX_QUEUE", 256),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -552,29 +552,22 @@ def _install_error_handlers(app: FastAPI, settings: ReviewSettings) -> None:
     async def denied(request: Request, exc: AccessDenied):
         return refuse(request, 403, exc.reason, exc.message)
 
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden):
-        return refuse(request, 403, "forbidden", exc.message)
+    # The service's own refusals: status, error code, extra headers. (Starlette picks the handler
+    # of the most specific class, so RegistryError only catches what nothing above it names.)
+    def refusal_for(status: int, code: str, headers: dict | None = None):
+        async def handle(request: Request, exc: RegistryError):
+            return refuse(request, status, code, exc.message, headers)
+        return handle
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound):
-        return refuse(request, 404, "not_found", exc.message)
-
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict):
-        return refuse(request, 409, "conflict", exc.message)
-
-    @app.exception_handler(TooLarge)
-    async def too_large(request: Request, exc: TooLarge):
-        return refuse(request, 413, "too_large", exc.message)
-
-    @app.exception_handler(DatabaseUnavailable)
-    async def unavailable(request: Request, exc: DatabaseUnavailable):
-        return refuse(request, 503, "unavailable", exc.message, {"Retry-After": "5"})
-
-    @app.exception_handler(RegistryError)
-    async def bad_request(request: Request, exc: RegistryError):
-        return refuse(request, 400, "bad_request", exc.message)
+    for exc_class, status, code, headers in (
+        (Forbidden, 403, "forbidden", None),
+        (NotFound, 404, "not_found", None),
+        (Conflict, 409, "conflict", None),
+        (TooLarge, 413, "too_large", None),
+        (DatabaseUnavailable, 503, "unavailable", {"Retry-After": "5"}),
+        (RegistryError, 400, "bad_request", None),
+    ):
+        app.add_exception_handler(exc_class, refusal_for(status, code, headers))
 
     @app.exception_handler(_HttpRefusal)
     async def refusal(request: Request, exc: _HttpRefusal):

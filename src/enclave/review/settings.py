@@ -7,26 +7,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+from enclave.envsettings import SettingsError, env_int
 from enclave.registry.db import database_url, enclave_home
 
 MIB = 1024**2
-
-
-class SettingsError(ValueError):
-    pass
-
-
-def _int(name: str, default: int, smallest: int = 1) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < smallest:
-        raise SettingsError(f"{name} must be at least {smallest}, not {value}")
-    return value
 
 
 def _paths(name: str) -> tuple[str, ...]:
@@ -96,9 +80,9 @@ class ReviewSettings:
             oauth_client_id=os.environ.get("JUPYTERHUB_CLIENT_ID") or "service-review",
             oauth_callback_url=os.environ.get("JUPYTERHUB_OAUTH_CALLBACK_URL") or "",
             oauth_authorize_url=os.environ.get("ENCLAVE_REVIEW_OAUTH_AUTHORIZE_URL") or "",
-            max_file_bytes=_int("ENCLAVE_REVIEW_MAX_FILE_BYTES", 16 * MIB),
-            max_request_bytes=_int("ENCLAVE_REVIEW_MAX_REQUEST_BYTES", 64 * MIB),
-            max_files=_int("ENCLAVE_REVIEW_MAX_FILES", 50),
+            max_file_bytes=env_int("ENCLAVE_REVIEW_MAX_FILE_BYTES", 16 * MIB),
+            max_request_bytes=env_int("ENCLAVE_REVIEW_MAX_REQUEST_BYTES", 64 * MIB),
+            max_files=env_int("ENCLAVE_REVIEW_MAX_FILES", 50),
             policy_file=os.environ.get("ENCLAVE_REVIEW_POLICY") or None,
             model_dirs=_paths("ENCLAVE_REVIEW_MODEL_DIRS") or _paths("ENCLAVE_MODEL_DIR"),
             protect_files=_paths("ENCLAVE_REVIEW_PROTECT"),
@@ -106,7 +90,7 @@ class ReviewSettings:
             scorer_gateway_token=os.environ.get("ENCLAVE_REVIEW_GATEWAY_TOKEN") or None,
             scorer_model_dir=os.environ.get("ENCLAVE_REVIEW_SCORER_MODEL") or None,
             always_two_reviewers=os.environ.get("ENCLAVE_REVIEW_ALWAYS_TWO", "").lower() in ("1", "true", "yes"),
-            session_max_age_s=_int("ENCLAVE_REVIEW_SESSION_MAX_AGE", 8 * 3600, smallest=60),
+            session_max_age_s=env_int("ENCLAVE_REVIEW_SESSION_MAX_AGE", 8 * 3600, smallest=60),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
