@@ -7,6 +7,8 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v python3.11 >/dev/null || missing+=(python3.11 python3.11-venv)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# The gateway compiles its CPU decode kernels on first use (src/enclave/gateway/cpu_kernels.py).
+command -v g++ >/dev/null || missing+=(g++)
 # The reading room: Docker engine, the image's debootstrap base, the host firewall.
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from enclave.gateway import cpu_kernels
+
 # On CPU, oneDNN/MKL give a matrix row the same bits whatever the number of rows *between 2 and a
 # few hundred* (checked for GPT-2's shapes with 1 and 2 threads); one row takes a gemv kernel and
 # ~400+ rows a differently-split one. Batch-invariant mode keeps every product inside that range.
@@ -30,10 +32,9 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
 def _activation(name: str):
-    """The MLP activation, applied in place where PyTorch has an in-place kernel (the same kernel, so
-    the same bits): the MLP's widest tensor then needs no second buffer."""
-    if name in TANH_GELUS:
-        return lambda x: torch.ops.aten.gelu_(x, approximate="tanh")
+    """The MLP activation (other than GELU's tanh form, which `_Linear` applies itself), applied in
+    place where PyTorch has an in-place kernel (the same kernel, so the same bits): the MLP's widest
+    tensor then needs no second buffer."""
     if name == "gelu":
         return torch.ops.aten.gelu_
     from transformers.activations import ACT2FN
@@ -49,7 +50,9 @@ def _shape_free_attention():
 
 class _Linear:
     """`x @ weight + bias` with weight [in, out] (GPT-2's Conv1D layout), computed the way the
-    forward asks: batch-invariant or not, and with a pre-packed copy of the weight for one row count.
+    forward asks: with our CPU kernel where it was built (batch-invariant at any row count, and
+    faster than MKL both for a decode step's few rows and for prompts), else with PyTorch's, kept
+    batch-invariant or not, with a pre-packed copy of the weight for one row count.
 
     MKL's sgemm repacks the weight on every call, which for a decode step (a few rows, every weight
     read once) is a large part of the cost; packing once for `pack_rows` rows made the 124M model's
@@ -58,8 +61,10 @@ class _Linear:
     MLP projection differently, for one), so which path a row takes never shows in its bits.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, invariant: bool, pack_rows: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, invariant: bool, pack_rows: int,
+                 kernels: cpu_kernels.CpuKernels | None = None):
         self.weight, self.bias, self.invariant, self.pack_rows = weight, bias, invariant, pack_rows
+        self.kernel = kernels.linear(weight, bias) if kernels is not None else None
         self.packed = None
         if pack_rows:
             packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.t().contiguous(), pack_rows)
@@ -74,7 +79,17 @@ class _Linear:
             return torch.addmm(self.bias, x, self.weight, out=out)
         return torch.mm(x, self.weight, out=out)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The product, then GELU's tanh form if `gelu`, then + `residual`: fused into the CPU
+        kernel's store, else in place afterwards (the same kernels, so the same bits, as before)."""
+        if self.kernel is not None:
+            return self.kernel(x, x.new_empty(x.shape[0], self.weight.shape[1]), gelu=gelu, residual=residual)
+        y = self._product(x)
+        if gelu:
+            torch.ops.aten.gelu_(y, approximate="tanh")
+        return y if residual is None else y.add_(residual)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
         if self.packed is not None and self.pack_rows // 2 <= rows <= self.pack_rows:
             # Padding a half-full batch to the packed size costs less than the repacking it saves.
@@ -85,7 +100,7 @@ class _Linear:
         if not self.invariant or low <= rows <= high:
             return self._plain(x)
         if rows < low:  # one row would take the gemv kernel: compute it twice
-            return self(torch.cat([x, x]))[:rows]
+            return self._product(torch.cat([x, x]))[:rows]
         # Nearly equal slices, each well inside the range (> high / 2 rows), each written straight into
         # its rows of the output rather than concatenated afterwards (one copy of the output fewer).
         out = x.new_empty(rows, self.weight.shape[1])
@@ -106,7 +121,8 @@ class _Block:
         self.c_fc = linear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)
         self.mlp_proj = linear(block.mlp.c_proj.weight, block.mlp.c_proj.bias)
         self.eps = config.layer_norm_epsilon
-        self.act = _activation(config.activation_function)
+        self.tanh_gelu = config.activation_function in TANH_GELUS
+        self.act = None if self.tanh_gelu else _activation(config.activation_function)
         scale = 1.0 / math.sqrt(config.n_embd // config.n_head) if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:
             scale /= layer_idx + 1
@@ -118,9 +134,10 @@ class _Block:
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Residual stream after the attention output projection and the MLP."""
-        x = self.c_proj(attended).add_(x)
-        h = self.act(self.c_fc(F.layer_norm(x, x.shape[-1:], *self.ln_2, self.eps)))
-        return self.mlp_proj(h).add_(x)
+        x = self.c_proj(attended, residual=x)
+        h = F.layer_norm(x, x.shape[-1:], *self.ln_2, self.eps)
+        h = self.c_fc(h, gelu=True) if self.tanh_gelu else self.act(self.c_fc(h))
+        return self.mlp_proj(h, residual=x)
 
 
 class GPT2Forward:
@@ -134,9 +151,12 @@ class GPT2Forward:
     `batch_invariant` (default: on CPU) makes a row's logits bit-identical whatever else is in the
     batch: decode rows attend one by one over exactly their own prefix, and every matrix product
     keeps its row count in `INVARIANT_ROWS`. On CUDA the decode rows share one masked attention call.
+
+    On CPU in fp32 the linear layers and decode attention use `cpu_kernels` where they could be
+    built (`use_cpu_kernels`, on by default): both give a row the same bits at any batch by design.
     """
 
-    def __init__(self, model, max_slots: int, batch_invariant: bool | None = None):
+    def __init__(self, model, max_slots: int, batch_invariant: bool | None = None, use_cpu_kernels: bool = True):
         config = model.config
         self.n_layer, self.n_head, self.n_embd = config.n_layer, config.n_head, config.n_embd
         self.head_dim = self.n_embd // self.n_head
@@ -153,12 +173,15 @@ class GPT2Forward:
         # (tens of milliseconds each time on an H200); flash and memory-efficient kernels do not.
         self._attention_kernels = contextlib.nullcontext if on_cpu else _shape_free_attention
         self.ln_f = (t.ln_f.weight, t.ln_f.bias)
-        # Weights are packed for a full batch of decode rows where MKL can (fp32 on CPU).
-        pack_rows = max_slots if on_cpu and self.dtype == torch.float32 and torch.backends.mkl.is_available() \
+        fp32_cpu = on_cpu and self.dtype == torch.float32
+        self.kernels = cpu_kernels.load() if use_cpu_kernels and fp32_cpu \
+            and cpu_kernels.CpuKernels.supports(self.head_dim) else None
+        # Otherwise weights are packed for a full batch of decode rows where MKL can.
+        pack_rows = max_slots if fp32_cpu and self.kernels is None and torch.backends.mkl.is_available() \
             and max_slots >= INVARIANT_ROWS[0] else 0
 
         def linear(weight, bias):
-            return _Linear(weight, bias, self.invariant, pack_rows)
+            return _Linear(weight, bias, self.invariant, pack_rows, self.kernels)
 
         # On CPU a contiguous [E, vocab] copy of the LM head is faster (about 1.4x at batch 16) and,
         # unlike the [vocab, E] layout, gives a row the same bits at any row count from 2 up. On CUDA
@@ -171,7 +194,7 @@ class GPT2Forward:
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layer)]
         # Per-layer, per-slot views [1, H, P, D], made once: the row-by-row attention would
         # otherwise spend more time slicing than attending.
-        if self.invariant:
+        if self.invariant and self.kernels is None:
             self._k_slots = [list(cache.split(1)) for cache in self.k_cache]
             self._v_slots = [list(cache.split(1)) for cache in self.v_cache]
 
@@ -221,9 +244,13 @@ class GPT2Forward:
         """The transformer blocks over all rows: write each row's keys and values into its slot,
         then attend (decode rows over their slot's prefix, each prompt causally over itself)."""
         for layer, (block, k_cache, v_cache) in enumerate(zip(self.blocks, self.k_cache, self.v_cache)):
-            q, k, v = self._heads(block.qkv(x))
-            k_cache[slot_t, :, pos_t] = k
-            v_cache[slot_t, :, pos_t] = v
+            qkv = block.qkv(x)
+            q, k, v = self._heads(qkv)
+            if self.kernels is not None:  # one call instead of two scatters (~55 us each)
+                self.kernels.store_kv(qkv, k_cache, v_cache, slot_t, pos_t)
+            else:
+                k_cache[slot_t, :, pos_t] = k
+                v_cache[slot_t, :, pos_t] = v
             parts = [decode_attention(q[:b], layer, block.scale)] if b else []
             start = b
             for slot, ids in prompts:
@@ -280,6 +307,11 @@ class GPT2Forward:
         """A function (q [B, H, D], layer, scale) -> [B, E]: each decode row attends over its own
         slot's positions 0..position. Built once per forward, used by every layer."""
         b = len(slots)
+        if self.kernels is not None:
+            slot_t = torch.as_tensor(slots, dtype=torch.long)
+            length_t = torch.as_tensor(positions, dtype=torch.long) + 1
+            return lambda q, layer, scale: self.kernels.decode_attention(
+                q, self.k_cache[layer], self.v_cache[layer], slot_t, length_t, scale, q.new_empty(b, self.n_embd))
         if self.invariant:
             # Row by row over exactly its own prefix: on CPU no slower than one masked call (it
             # reads no padding), and a row's bits cannot depend on the other rows' lengths.
