@@ -41,6 +41,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
+from enclave.gateway import cpu_kernels  # noqa: E402
 from enclave.gateway.engine import Engine, SamplingParams  # noqa: E402
 from enclave.gateway.model import LoadedModel, load_model  # noqa: E402
 
@@ -428,6 +429,9 @@ def main() -> None:
         "ratio_vs_naive": round(ours.ratio_vs_naive, 2),
         "ratio_vs_static_batch": round(ours.ratio_vs_static, 2),
         "decode_bound": bound,
+        # Whether the forward ran our compiled CPU kernels (src/enclave/gateway/cpu_kernels.py) or,
+        # without a compiler, PyTorch's: the numbers differ by about a third.
+        **({"cpu_kernels": cpu_kernels.load() is not None} if device.type == "cpu" else {}),
         **({"http_skipped": http_skipped} if http_skipped else {}),
     }
     if args.json:
@@ -441,6 +445,8 @@ def main() -> None:
               + (f"  ({result.note})" if result.note else ""))
     if http_skipped:
         print(f"HTTP gateway skipped: {http_skipped}")
+    if "cpu_kernels" in summary:
+        print("CPU kernels: " + ("ours (compiled)" if summary["cpu_kernels"] else "PyTorch's (ours could not be built)"))
     print(f"decode bound on {summary['device_name']}: {bound['weight_bytes'] / 1e6:.0f} MB of weights per step / "
           f"{bound['bandwidth_gb_s']} GB/s = {bound['min_step_ms']} ms per step, "
           f"so at most {bound['max_tokens_per_s_at_full_batch']} tokens/s at batch {args.clients}")

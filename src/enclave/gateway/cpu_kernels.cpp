@@ -1,8 +1,9 @@
-// CPU kernels for the gateway's decode step (fp32), compiled on the serving machine by
-// cpu_kernels.py and called through ctypes. See that file for why they exist.
+// CPU kernels for the gateway's GPT-2 forward (fp32), compiled on the serving machine by
+// cpu_kernels.py and called through ctypes: the linear layers, decode attention, the KV-cache
+// store. See that file for why they exist.
 //
-// Both kernels compute every output row with the same sequence of floating-point operations
-// whatever the other rows are: a row's bits never depend on what else is in the batch.
+// Each computes every output row with the same sequence of floating-point operations whatever the
+// other rows are: a row's bits never depend on what else is in the batch.
 //
 // No torch headers: a plain C ABI keeps the build to about a second. OpenMP comes from the libgomp
 // torch has already loaded (same soname), so torch.set_num_threads also sets our thread count.
@@ -75,6 +76,7 @@ static void tile(const float* xt, const float* panels, long k, long k0, long k1,
     for (long i = k0; i < k1; i++) {
         // A decode step reads each weight once, straight from memory: the hardware prefetcher
         // alone leaves the FMA units waiting (37 ms -> 25 ms for GPT-2 124M at 16 rows, 2 cores).
+        // Near a panel's end this points past it, which is harmless: prefetches never fault.
         for (int p = 0; p < P; p++) __builtin_prefetch(panels + p * k * 16 + (i + 128) * 16, 0, 2);
         v16 w[P];
         for (int p = 0; p < P; p++) w[p] = load16(panels + p * k * 16 + i * 16);
@@ -135,6 +137,7 @@ extern "C" int enclave_kernels_abi(void) { return 3; }
 // row stride ldy (may be the residual itself: each value is read before it is written).
 extern "C" void enclave_linear(const float* x, long ldx, long m, long k, const float* packed, const float* bias, long n,
                                float* y, long ldy, int activation, const float* residual, long ldr) {
+    if (m <= 0) return;
     const Epilogue epi = {bias, activation, residual, ldr};
     long tiles = (m + 15) / 16, panels = (n + 15) / 16;
     // Transposed row tiles, [tiles][k][16], zero-padded: made once here, read by every panel.
