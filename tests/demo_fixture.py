@@ -6,16 +6,16 @@ uses it needs a generous `@pytest.mark.timeout` (setup counts towards the test's
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from enclave.demo.model import DemoPaths, build_demo
+from enclave.envsettings import cache_dir
 
 
 def demo_cache_dir() -> Path:
-    return Path(os.environ.get("ENCLAVE_CACHE_DIR", Path.home() / ".cache" / "enclave")) / "demo-model"
+    return cache_dir("demo-model")
 
 
 @pytest.fixture(scope="session")

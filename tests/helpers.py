@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -22,6 +27,22 @@ def free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, log_path: Path, what: str, timeout: float = 60.0,
+                       headers: dict[str, str] | None = None) -> None:
+    """Poll `url` until it answers 200 (a server a test started as `proc`); raise with the tail of
+    its log if it exits first or `timeout` seconds pass."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{Path(log_path).read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not answer in {timeout:.0f} s:\n{Path(log_path).read_text()[-4000:]}")
+        time.sleep(0.25)
 
 
 def add_scholar(engine: Engine, username: str) -> None:

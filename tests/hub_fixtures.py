@@ -10,12 +10,11 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_serving
 
 
 class Hub:
@@ -72,16 +71,7 @@ c.JupyterHub.load_roles = [
                             stdout=log, stderr=subprocess.STDOUT)
     api_url = f"http://127.0.0.1:{port}/hub/api"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{api_url}/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("JupyterHub did not start:\n" + (workdir / "hub.log").read_text()[-3000:])
-            time.sleep(0.25)
+        wait_until_serving(f"{api_url}/", proc, workdir / "hub.log", "JupyterHub")
         yield api_url
     finally:
         proc.terminate()

@@ -17,7 +17,7 @@ import httpx
 
 from enclave.hub.config import EnclaveHubSettings
 from enclave.hub.launch import hub_environment, start_hub, stop_leftover_proxy
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_serving
 
 
 @dataclass
@@ -74,18 +74,7 @@ def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = 
     hub = start_hub(env, Path(settings.state_dir), log_path)
     stack = Stack(settings, settings.public_url, operator_token, log_path)
     try:
-        deadline = time.time() + 90
-        while True:
-            if hub.poll() is not None:
-                raise RuntimeError(f"hub exited with {hub.returncode}:\n{stack.log()[-4000:]}")
-            try:
-                if httpx.get(f"{stack.api}/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"hub did not start:\n{stack.log()[-4000:]}")
-            time.sleep(0.3)
+        wait_until_serving(f"{stack.api}/", hub, log_path, "the hub", timeout=90)
         yield stack
     finally:
         hub.terminate()

@@ -25,7 +25,7 @@ def kernels():
 @pytest.fixture
 def fresh_load(monkeypatch, tmp_path):
     """`load()` from scratch: no memoised result, an empty build cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("ENCLAVE_CACHE_DIR", str(tmp_path))
     cpu_kernels.load.cache_clear()
     yield cpu_kernels.load
     cpu_kernels.load.cache_clear()
@@ -176,12 +176,12 @@ def test_forward_with_kernels_agrees_with_pytorch_and_stays_batch_invariant(kern
 
 def test_load_builds_once_into_the_cache_and_reuses_it(fresh_load, tmp_path):
     assert fresh_load() is not None
-    built = list((tmp_path / "enclave" / "kernels").glob("*.so"))
+    built = list((tmp_path / "kernels").glob("*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     cpu_kernels.load.cache_clear()
     assert fresh_load() is not None
-    assert [p.stat().st_mtime_ns for p in (tmp_path / "enclave" / "kernels").glob("*.so")] == [stamp]
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("*.so")] == [stamp]
 
 
 def test_without_a_compiler_the_forward_falls_back_and_says_why(fresh_load, monkeypatch, caplog, head64_model):

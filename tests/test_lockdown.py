@@ -9,7 +9,6 @@ JupyterLab does (open a small file, round-trip a notebook, upload) keeps working
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import os
@@ -26,7 +25,7 @@ import httpx
 import pytest
 import websocket
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 LOCKDOWN_SRC = REPO / "enclave_image" / "lockdown"
@@ -115,16 +114,8 @@ def server(tmp_path_factory):
         proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
     srv = Server(f"http://127.0.0.1:{port}{BASE}", token, root, log)
     try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"jupyter server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(srv.url + "api/status", headers={"Authorization": f"token {token}"}).status_code == 200:
-                    break
-            if time.time() > deadline:
-                pytest.fail(f"jupyter server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_serving(srv.url + "api/status", proc, log, "the jupyter server",
+                           headers={"Authorization": f"token {token}"})
         assert "enclave lockdown active" in log.read_text()
         yield srv
     finally:

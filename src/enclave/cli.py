@@ -7,21 +7,19 @@ on stderr and exit 2; nothing a user types produces a traceback (set ENCLAVE_DEB
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 try:
     import typer
     from sqlalchemy.exc import IntegrityError, OperationalError
-    from sqlmodel import Session
+    import sqlmodel  # noqa: F401  (present only with the [registry] extra)
 except ImportError as _missing:  # the bare package (notebook client) ships without the operator tools
     _IMPORT_ERROR: ImportError | None = _missing
 else:
@@ -31,6 +29,8 @@ if _IMPORT_ERROR is None:
     from enclave.registry import access, audit, datasets, grants, keys, people, projects
     from enclave.registry.clock import end_of_day, iso, last_day, parse_day
     from enclave.registry.db import check_schema, make_engine, redacted, session_scope, upgrade
+    # A transaction on an initialised registry, committed when the command finishes cleanly.
+    from enclave.registry.db import registry_transaction as registry
     from enclave.registry.errors import RegistryError
 
     app = typer.Typer(
@@ -66,18 +66,6 @@ if _IMPORT_ERROR is None:
         help="The operator on whose authority this runs (recorded in the audit log).")]
     AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
     Slug = Annotated[str, typer.Argument(metavar="SLUG", help="Project slug.")]
-
-
-@contextlib.contextmanager
-def registry() -> Iterator[Session]:
-    """A transaction on an initialised registry; commits when the command finishes cleanly."""
-    engine = make_engine()
-    try:
-        check_schema(engine)
-        with session_scope(engine) as session:
-            yield session
-    finally:
-        engine.dispose()
 
 
 def _until(text: str, what: str = "--until") -> dt.datetime:

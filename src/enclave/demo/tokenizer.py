@@ -7,8 +7,9 @@ merges themselves works, so that is what we do.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from enclave.envsettings import cache_dir
 
 
 class TokenizerFilesMissing(RuntimeError):
@@ -16,7 +17,7 @@ class TokenizerFilesMissing(RuntimeError):
 
 
 def bpe_dir() -> Path:
-    return Path(os.environ.get("ENCLAVE_CACHE_DIR", Path.home() / ".cache" / "enclave")) / "gpt2-bpe"
+    return cache_dir("gpt2-bpe")
 
 
 def gpt2_tokenizer():

@@ -16,9 +16,10 @@ replaces two scatters of ~55 us each per layer with one memcpy loop.
 Every kernel gives a row the same bits whatever else is in the batch, by construction (see the .cpp).
 
 The source is compiled on first use with the machine's C++ compiler (`-O3 -march=native`, no torch
-headers, about 2 s) into ~/.cache/enclave/kernels/, keyed by the source, the flags, the compiler
-and the CPU. Without a compiler, or if the build or its self-check fails, `load()` logs why and
-returns None, and the forward keeps PyTorch's kernels. ENCLAVE_CPU_KERNELS=0 turns them off.
+headers, about 2 s) into `kernels/` of the enclave cache (`enclave.envsettings.cache_dir`), keyed
+by the source, the flags, the compiler and the CPU. Without a compiler, or if the build or its
+self-check fails, `load()` logs why and returns None, and the forward keeps PyTorch's kernels.
+ENCLAVE_CPU_KERNELS=0 turns them off.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from enclave.envsettings import cache_dir
 
 log = logging.getLogger("enclave.gateway")
 
@@ -140,11 +143,6 @@ def _indices(rows: int, *columns: torch.Tensor) -> bool:
     return all(c.dtype == torch.int64 and c.shape == (rows,) and c.is_contiguous() for c in columns)
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "enclave" / "kernels"
-
-
 @functools.cache
 def load() -> CpuKernels | None:
     """The compiled kernels, built on first use; None (with the reason logged) where they can't be."""
@@ -165,7 +163,7 @@ def _build() -> Path:
         raise OSError("no C++ compiler (g++) found")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_flags()]).encode()).hexdigest()
-    target = cache_dir() / f"enclave_cpu_kernels-{key[:16]}.so"
+    target = cache_dir("kernels") / f"enclave_cpu_kernels-{key[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from enclave.envsettings import cache_dir as enclave_cache_dir
+
 IMAGE_REPOSITORY = "enclave-notebook"
 BASE_REPOSITORY = "enclave-base"
 HASH_LENGTH = 12
@@ -94,8 +96,7 @@ def default_repo_root() -> Path:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "enclave" / "image"
+    return enclave_cache_dir("image")
 
 
 def _image_dir(repo_root: Path) -> Path:

@@ -194,6 +194,19 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.close()
 
 
+@contextlib.contextmanager
+def registry_transaction() -> Iterator[Session]:
+    """One transaction on the configured, initialised registry (refused if its schema is missing
+    or behind), with the engine disposed afterwards: what a one-shot CLI command needs."""
+    engine = make_engine()
+    try:
+        check_schema(engine)
+        with session_scope(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__

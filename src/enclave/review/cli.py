@@ -28,17 +28,10 @@ RequestId = Annotated[str, typer.Argument(metavar="ID", help="Export id (exp-...
 Reason = Annotated[str, typer.Option("--reason", help="Why (the author reads it).")]
 
 
-@contextlib.contextmanager
 def _registry():
-    from enclave.registry.db import check_schema, make_engine, session_scope
+    from enclave.registry.db import registry_transaction
 
-    engine = make_engine()
-    try:
-        check_schema(engine)
-        with session_scope(engine) as session:
-            yield session
-    finally:
-        engine.dispose()
+    return registry_transaction()
 
 
 @contextlib.contextmanager

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from enclave.review.ngram import splitmix64
+
 CACHE_VERSION = 1
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
 _CHUNK_VALUES = 1 << 23  # values per vectorised pass while building (~32 MB of float32 windows)
@@ -48,16 +50,6 @@ def weight_files(model_dir: Path) -> list[Path]:
     files = sorted({p for pattern in _WEIGHT_GLOBS for p in Path(model_dir).glob(pattern) if p.is_file()})
     safetensors = [p for p in files if p.suffix == ".safetensors"]
     return safetensors or files  # a directory with both holds the same weights twice
-
-
-def _mix32(codes: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        h = codes ^ (codes >> np.uint64(30))
-        h = h * np.uint64(0xBF58476D1CE4E5B9)
-        h = h ^ (h >> np.uint64(27))
-        h = h * np.uint64(0x94D049BB133111EB)
-        h = h ^ (h >> np.uint64(31))
-    return (h >> np.uint64(32)).astype(np.uint32)
 
 
 def window_keys(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +68,7 @@ def window_keys(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     powers = np.uint64(w) ** np.arange(w, dtype=np.uint64)
     with np.errstate(over="ignore"):
         codes = (order * powers).sum(axis=1, dtype=np.uint64) * np.uint64(w + 1) + (x < 0).sum(axis=1).astype(np.uint64)
-    return _mix32(codes), usable
+    return (splitmix64(codes) >> np.uint64(32)).astype(np.uint32), usable
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ def _pow_table(base: int, length: int) -> np.ndarray:
     return _powers(base, size)[:length]
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads the polynomial hash over all 64 bits (for the bitmap)."""
+def splitmix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over uint64s: spreads a hash over all 64 bits (here the polynomial
+    hash, for the bitmap; the weight fingerprints use its top 32 bits)."""
     with np.errstate(over="ignore"):
         h = h ^ (h >> np.uint64(30))
         h = h * np.uint64(0xBF58476D1CE4E5B9)
@@ -67,7 +68,7 @@ def window_hashes(codes: np.ndarray, n: int, starts: np.ndarray | None = None) -
         np.cumsum(weighted, dtype=np.uint64, out=prefix[1:])
         # sum_j c_j B^-j * B^(i+n-1) = sum_j c_j B^(i+n-1-j): the same value wherever the window sits.
         raw = (prefix[starts + n] - prefix[starts]) * _pow_table(_BASE, length)[starts + n - 1]
-    return _mix(raw)
+    return splitmix64(raw)
 
 
 @dataclass(frozen=True)
