@@ -164,7 +164,7 @@ def tiny_model(folder: Path, seed: int = SEED) -> Path:
 # ----- the systems --------------------------------------------------------------------------------
 
 def run_pipeline(files: dict[str, bytes], context) -> tuple[float, object]:
-    from enclave.review.policy import load_policy
+    from enclave.review.scan.policy import load_policy
     from enclave.review.scan import ExportFile, scan_files
 
     policy = load_policy()
@@ -176,7 +176,7 @@ def run_pipeline(files: dict[str, bytes], context) -> tuple[float, object]:
 
 def run_presidio(texts: list[str]) -> float:
     os.environ.setdefault("TLDEXTRACT_CACHE", tempfile.mkdtemp(prefix="tld-"))
-    from enclave.review import pii
+    from enclave.review.scan import pii
 
     pii._quiet_offline_setup()  # the same offline set-up as ours: no suffix-list download
     from presidio_analyzer import AnalyzerEngine
@@ -232,8 +232,8 @@ def protected_corpus(size_mb: float, seed: int = SEED):
 def bench_index(size_mb: float, queries: int, seed: int = SEED) -> dict:
     import resource
 
-    from enclave.review.ngram import NgramIndex
-    from enclave.review.policy import load_policy
+    from enclave.review.scan.ngram import NgramIndex
+    from enclave.review.scan.policy import load_policy
 
     policy = load_policy().memorisation
     chunks = protected_corpus(size_mb, seed)
@@ -281,10 +281,10 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="bench-review-")
     os.environ["ENCLAVE_HOME"] = home  # caches go to a throwaway enclave home
 
-    from enclave.review.context import ProtectedSource, build_text_index
-    from enclave.review.fingerprint import fingerprint
-    from enclave.review.items import Item
-    from enclave.review.policy import load_policy
+    from enclave.review.scan.context import ProtectedSource, build_text_index
+    from enclave.review.scan.fingerprint import fingerprint
+    from enclave.review.scan.items import Item
+    from enclave.review.scan.policy import load_policy
     from enclave.review.scan import ScanContext
 
     policy = load_policy()

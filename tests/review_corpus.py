@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from enclave.demo import data
-from enclave.review.policy import load_policy
+from enclave.review.scan.policy import load_policy
 from enclave.review.scan import ExportFile, ScanContext, ScanReport, scan_files
 
 POLICY = load_policy()

@@ -14,7 +14,7 @@ from pathlib import Path
 from enclave.registry import grants, people, projects
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
-from enclave.review.findings import Finding, Severity, verdict
+from enclave.review.scan.findings import Finding, Severity, verdict
 from enclave.review.settings import ReviewSettings
 from enclave.review.worker import ScanOutcome
 from tests.helpers import free_port

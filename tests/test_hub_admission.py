@@ -10,7 +10,7 @@ import pytest
 from enclave.registry import audit, grants, people, projects
 from enclave.registry.credentials import check_password, hash_password, set_password, verify_password
 from enclave.registry.db import session_scope
-from enclave.registry.errors import Forbidden, RegistryError
+from enclave.errors import UserError, Forbidden
 from tests.helpers import OPERATOR, approved_project
 from tests.hub_stack import Browser, running_stack, spawn
 
@@ -32,7 +32,7 @@ def test_only_operators_set_passwords(engine):
         people.add_person(s, OPERATOR, "sam", "Sam", "sam@example.org", roles=["scholar"])
     with session_scope(engine) as s, pytest.raises(Forbidden):
         set_password(s, "sam", "sam", "a-long-enough-password")
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="too short"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="too short"):
         set_password(s, OPERATOR, "sam", "short")
     with session_scope(engine) as s:
         generated = set_password(s, OPERATOR, "sam")

@@ -10,7 +10,7 @@ import pytest
 from enclave.registry import access, audit, lifecycle, people, projects
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
-from enclave.registry.errors import AccessDenied, Forbidden, InvalidTransition, RegistryError
+from enclave.errors import UserError, Forbidden, AccessDenied, InvalidTransition
 from enclave.registry.models import ProjectStatus as S
 
 from tests.helpers import OPERATOR, add_scholar, approved_project
@@ -86,7 +86,7 @@ def test_rejection_needs_a_reason_and_is_final(engine):
     add_scholar(engine, "bob")
     with session_scope(engine) as s:
         projects.create_project(s, OPERATOR, "p1", "P1", "bob", "Purpose.")
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="needs a reason"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="needs a reason"):
         projects.transition(s, OPERATOR, "p1", "reject")
     with session_scope(engine) as s:
         projects.transition(s, OPERATOR, "p1", "reject", reason="out of scope")
@@ -103,7 +103,7 @@ def test_only_operators_move_projects(engine):
         with session_scope(engine) as s, pytest.raises(Forbidden):
             projects.transition(s, actor, "p2", "approve", until=_until(3))
     # Nobody, operators included, can claim the system's own expiry move.
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="expire by time"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="expire by time"):
         projects.transition(s, OPERATOR, "p2", "expire")
 
 
@@ -111,9 +111,9 @@ def test_approval_needs_a_future_end_date(engine):
     add_scholar(engine, "dan")
     with session_scope(engine) as s:
         projects.create_project(s, OPERATOR, "p3", "P3", "dan", "Purpose.")
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="not in the future"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="not in the future"):
         projects.transition(s, OPERATOR, "p3", "approve", until=end_of_day(utcnow().date() - dt.timedelta(days=2)))
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="needs an end date"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="needs an end date"):
         projects.transition(s, OPERATOR, "p3", "approve")
     with session_scope(engine) as s:
         assert projects.get_project(s, "p3").status == "proposed"
@@ -164,5 +164,5 @@ def test_extend_moves_the_end_date_of_a_live_project(engine):
     with session_scope(engine) as s:
         assert projects.get_project(s, "ext").expires_at == _until(60)
         projects.transition(s, OPERATOR, "ext", "close")
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="closed"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="closed"):
         projects.extend(s, OPERATOR, "ext", _until(90))

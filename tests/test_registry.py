@@ -17,7 +17,7 @@ from sqlmodel import SQLModel, select
 from enclave.registry import access, audit, datasets, grants, keys, people, projects
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
-from enclave.registry.errors import AccessDenied, Conflict, Forbidden, NotFound, RegistryError
+from enclave.errors import UserError, NotFound, Forbidden, AccessDenied, Conflict
 from enclave.registry.models import AuditEvent, Grant, Person
 
 from tests.helpers import OPERATOR, add_scholar, approved_project
@@ -42,7 +42,7 @@ def test_people_and_roles(engine):
     for bad in [dict(username="Bad Name"), dict(email="nope"), dict(roles=["wizard"]), dict(username="system"),
                 dict(name="  ")]:
         args = dict(username="newbie", name="N", email="n@example.org", roles=["scholar"]) | bad
-        with session_scope(engine) as s, pytest.raises(RegistryError):
+        with session_scope(engine) as s, pytest.raises(UserError):
             people.add_person(s, OPERATOR, args["username"], args["name"], args["email"], roles=args["roles"])
     with session_scope(engine) as s, pytest.raises(Conflict):
         people.add_person(s, OPERATOR, "ana", "Ana", "ana@example.org")
@@ -81,7 +81,7 @@ def test_grants_validate_and_record_changes(engine):
         grants.set_grant(s, OPERATOR, "gp", epsilon=2.5)
     for field, value in [("tokens_total", -1), ("requests_per_minute", 0), ("delta", 1.0), ("cpu", 0),
                          ("epsilon", float("nan")), ("tokens_per_day", 1.5), ("mem_bytes", 1024)]:
-        with session_scope(engine) as s, pytest.raises(RegistryError, match=field):
+        with session_scope(engine) as s, pytest.raises(UserError, match=field):
             grants.set_grant(s, OPERATOR, "gp", **{field: value})
     with session_scope(engine) as s:
         grant = grants.get_grant(s, "gp")
@@ -100,7 +100,7 @@ def test_parse_size(text, expected):
 
 @pytest.mark.parametrize("text", ["", "four", "-1G", "4X", "G"])
 def test_parse_size_rejects(text):
-    with pytest.raises(RegistryError):
+    with pytest.raises(UserError):
         grants.parse_size(text)
 
 
@@ -121,7 +121,7 @@ def test_datasets_are_fingerprinted_and_checked(engine, tmp_path):
         ("census", str(csv_path), [], "already exists"),
         ("bad name!", str(csv_path), [], "bad dataset name"),
     ]:
-        with session_scope(engine) as s, pytest.raises(RegistryError, match=match):
+        with session_scope(engine) as s, pytest.raises(UserError, match=match):
             datasets.register(s, OPERATOR, name, path, qids)
     with session_scope(engine) as s, pytest.raises(Conflict):
         datasets.allow(s, OPERATOR, "census", "dp")
@@ -144,7 +144,7 @@ def test_unreadable_dataset_is_refused():
                     os.setuid(pwd.getpwnam("nobody").pw_uid)
                 datasets.check_readable(str(secret))
                 status = 1
-            except RegistryError as exc:
+            except UserError as exc:
                 status = 0 if "is not readable" in exc.message else 2
             finally:
                 os._exit(status)
@@ -169,9 +169,9 @@ def test_keys_issue_authenticate_revoke_expire(engine):
     for forged in ["enk_" + row.id + "_wrong", "enk_nope_x", "garbage", plaintext + "x"]:
         with session_scope(engine) as s, pytest.raises(AccessDenied):
             keys.authenticate(s, forged)
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="not a member"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="not a member"):
         keys.issue(s, OPERATOR, "lee", "kp")
-    with session_scope(engine) as s, pytest.raises(RegistryError, match="outlive"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="outlive"):
         keys.issue(s, OPERATOR, "kim", "kp", end_of_day(utcnow().date() + dt.timedelta(days=400)))
     with session_scope(engine) as s:
         later = row.expires_at + dt.timedelta(seconds=1)

@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 
 from enclave.demo import data
-from enclave.review import pii
-from enclave.review.context import ModelCallText, ProtectedSource
-from enclave.review.scoring import TokenScores
-from enclave.review.textfold import fold
+from enclave.review.scan import pii
+from enclave.review.scan.context import ModelCallText, ProtectedSource
+from enclave.review.scan.scoring import TokenScores
+from enclave.review.scan.textfold import fold
 from tests.review_corpus import fake_ssns, of, people, people_csv, review_home, scan, zip_bytes  # noqa: F401 (fixture)
 
 SECRET = ("The patient Maria Lopez was admitted on a rainy Tuesday with a fracture of the left wrist, "
@@ -266,7 +266,7 @@ def test_model_signals_are_capped_per_export():
 
 
 def test_a_failing_scorer_is_reported_once():
-    from enclave.review.scoring import ScorerError
+    from enclave.review.scan.scoring import ScorerError
 
     def down(text: str) -> TokenScores:
         raise ScorerError("gateway unreachable for scoring (ConnectError)")
@@ -312,7 +312,7 @@ def test_hex_blobs_plain_and_spaced_are_decoded_and_rescanned():
 
 
 def test_protected_text_index_is_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
-    from enclave.review import context
+    from enclave.review.scan import context
 
     monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
     source = tmp_path / "corpus.txt"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enclave.review import fingerprint
+from enclave.review.scan import fingerprint
 from tests.review_corpus import POLICY, build_tiny_gpt2, of, review_home, scan, tiny_gpt2, wte, zip_bytes  # noqa: F401 (fixtures)
 
 

@@ -10,11 +10,11 @@ import pytest
 from enclave.demo import data
 from enclave.registry import datasets, grants
 from enclave.registry.db import session_scope
-from enclave.review import checks
-from enclave.review.checks.base import Check
-from enclave.review.findings import Verdict
+from enclave.review.scan import checks
+from enclave.review.scan.checks.base import Check
+from enclave.review.scan.findings import Verdict
 from enclave.review.scan import ExportFile, ScanContext, build_context, scan_files
-from enclave.review.scoring import gateway_scorer, local_scorer
+from enclave.review.scan.scoring import gateway_scorer, local_scorer
 from tests.gateway_fixtures import OPERATOR, PROJECT, serve, tiny_model_dir  # noqa: F401 (fixture)
 from tests.review_corpus import POLICY, of, people, people_csv, review_home  # noqa: F401 (fixture)
 
@@ -43,7 +43,7 @@ def test_a_failing_check_blocks_its_file_and_the_scan_goes_on(monkeypatch):
         raise ZeroDivisionError("boom")
 
     monkeypatch.setattr(checks, "CHECKS", [Check("broken", "item", broken, "always fails"), *checks.CHECKS])
-    from enclave.review import scan as scan_module
+    from enclave.review.scan import pipeline as scan_module
 
     monkeypatch.setattr(scan_module, "CHECKS", checks.CHECKS)
     report = scan_files([ExportFile("a.txt", b"hello"), ExportFile("t.csv", b"g,n\na,3\n")], POLICY, ScanContext())

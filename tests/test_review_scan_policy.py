@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave.review.policy import PolicyError, default_policy_path, load_policy
+from enclave.review.scan.policy import PolicyError, default_policy_path, load_policy
 
 DEFAULT = default_policy_path()
 

@@ -9,10 +9,10 @@ from sqlmodel import select
 
 from enclave.registry import audit
 from enclave.registry.db import session_scope
-from enclave.registry.errors import AccessDenied, Conflict, Forbidden, InvalidTransition, NotFound, RegistryError
+from enclave.errors import UserError, NotFound, Forbidden, AccessDenied, Conflict, InvalidTransition
 from enclave.registry.models import AuditEvent
 from enclave.review import service
-from enclave.review.models import ExportState
+from enclave.registry.models import ExportState
 from enclave.review.quarantine import Quarantine, StagedFile
 from enclave.review.release import load_or_create_key, verify
 from enclave.review.worker import run_checks
@@ -124,7 +124,7 @@ def test_two_person_rule_when_a_finding_warns_or_blocks(stack):
     assert second.approved and second.approvals == [RITA, RAVI]
 
     blocked = _submit(stack, {"ssn.txt": b"123-45-6789"}, {"ssn.txt": [block("ssn.txt")]})
-    with pytest.raises(RegistryError, match="blocking findings"):
+    with pytest.raises(UserError, match="blocking findings"):
         _decide(engine, RITA, blocked, "approve")
     _decide(engine, RITA, blocked, "approve", "synthetic test number, not a person")
     assert _state(engine, blocked) == "awaiting_review"
@@ -144,7 +144,7 @@ def test_a_changed_file_resets_its_reviews_and_unchanged_files_keep_them(stack):
     files = {"a.txt": b"alpha", "b.txt": b"beta 555-0100"}
     request_id = _submit(stack, files, {"b.txt": [warn("b.txt")]})
     _decide(engine, RITA, request_id, "approve")
-    with pytest.raises(RegistryError, match="needs a reason"):
+    with pytest.raises(UserError, match="needs a reason"):
         _decide(engine, RAVI, request_id, "request_changes")
     _decide(engine, RAVI, request_id, "request_changes", "drop the phone number from b.txt")
     assert _state(engine, request_id) == "changes_requested"
@@ -189,7 +189,7 @@ def test_illegal_transitions_are_refused_with_the_reason(stack):
     with session_scope(engine) as s, pytest.raises(InvalidTransition, match="it is submitted"):
         service.resubmit(s, AUTHOR, request_id, _stage(quarantine, {"a.txt": b"b"}))
     run_checks(engine, settings, quarantine, request_id, fake_scanner())
-    with pytest.raises(RegistryError, match="decision must be"):
+    with pytest.raises(UserError, match="decision must be"):
         _decide(engine, RITA, request_id, "maybe")
     _decide(engine, RITA, request_id, "reject", "not a research output")
     assert _state(engine, request_id) == "rejected"
@@ -241,9 +241,9 @@ def test_comments_public_and_private(stack):
         service.comment(s, AUTHOR, request_id, "Thanks!")
         with pytest.raises(Forbidden, match="only reviewers"):
             service.comment(s, AUTHOR, request_id, "psst", "private")
-        with pytest.raises(RegistryError, match="visibility"):
+        with pytest.raises(UserError, match="visibility"):
             service.comment(s, RITA, request_id, "x", "secret")
-        with pytest.raises(RegistryError, match="required"):
+        with pytest.raises(UserError, match="required"):
             service.comment(s, RITA, request_id, "   ")
         with pytest.raises(NotFound):
             service.comment(s, OTHER_SCHOLAR, request_id, "hi")
@@ -282,7 +282,7 @@ def test_bad_submissions_are_refused_and_leave_nothing(stack):
     ]
     for overrides, message in cases:
         args = dict(files=good, justification="why", max_files=None) | overrides
-        with session_scope(engine) as s, pytest.raises(RegistryError, match=message):
+        with session_scope(engine) as s, pytest.raises(UserError, match=message):
             service.submit(s, AUTHOR, LAB, args["files"], args["justification"], max_files=args["max_files"])
     with session_scope(engine) as s, pytest.raises(AccessDenied, match="not a member"):
         service.submit(s, OTHER_SCHOLAR, LAB, good, "why")

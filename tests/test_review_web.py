@@ -216,7 +216,7 @@ def test_reviewer_page_shows_table_cells_and_the_diff_after_changes(web):
     _drain(web)
     with session_scope(web.engine) as s:
         # A small-cell finding as the tables check reports it: data row 1 (north), column "count".
-        from enclave.review.models import ExportFinding
+        from enclave.registry.models import ExportFinding
         s.add(ExportFinding(request_id=request_id, version=1, check="tables", severity="block", file="t.csv",
                             location="cell (row 1, col count)", message="count 3 < 10",
                             evidence='{"table": "", "row": 1, "col": "count", "value": 3}'))
@@ -306,7 +306,7 @@ def test_a_restart_finishes_what_a_stopped_service_left(engine, tmp_path):
 def test_highlighting_follows_the_checks_offsets():
     import json as _json
 
-    from enclave.review.models import ExportFinding
+    from enclave.registry.models import ExportFinding
     from enclave.review.render import highlight, preview, text_spans
 
     def finding(i, severity, **evidence):

@@ -31,7 +31,7 @@ if _IMPORT_ERROR is None:
     from enclave.registry.db import check_schema, make_engine, redacted, session_scope, upgrade
     # A transaction on an initialised registry, committed when the command finishes cleanly.
     from enclave.registry.db import registry_transaction as registry
-    from enclave.registry.errors import RegistryError
+    from enclave.errors import UserError, BadInput, SettingsError, AccessDenied
 
     app = typer.Typer(
         help="Model Enclave: run a structured-access release of a language model.",
@@ -186,17 +186,17 @@ if _IMPORT_ERROR is None:
             try:
                 image_id = prepare_docker(settings, enclave_home() / "logs", progress=typer.echo)
             except DockerUnavailable as exc:
-                raise RegistryError(f"{exc}. Without a Docker engine, `enclave up --unisolated` runs a developer "
+                raise BadInput(f"{exc}. Without a Docker engine, `enclave up --unisolated` runs a developer "
                                     "mode with no isolation (never for real data)") from None
             except (HubLaunchError, FirewallError) as exc:
-                raise RegistryError(str(exc)) from None
+                raise BadInput(str(exc)) from None
         else:
             typer.echo(f"WARNING: {BANNER}", err=True)
         env = hub_environment(settings, image_id)
         try:
             hub = start_hub(env, Path(settings.state_dir))
         except HubLaunchError as exc:
-            raise RegistryError(str(exc)) from None
+            raise BadInput(str(exc)) from None
         typer.echo(f"hub: {settings.public_url}  (model gateway for notebooks: http://{settings.service_ip}:{settings.gateway_port}/v1/)")
         for username, password in passwords.items():
             typer.echo(f"  log in as {username:<9} password {password}")
@@ -216,7 +216,7 @@ if _IMPORT_ERROR is None:
                 code = hub.wait()
         stop_leftover_proxy(Path(settings.state_dir))
         if code not in (0, -signal.SIGINT, -signal.SIGTERM):
-            raise RegistryError(f"the hub exited with status {code}; see its log above")
+            raise BadInput(f"the hub exited with status {code}; see its log above")
 
     def _review_command(settings) -> str:
         """`enclave serve review`, for the hub to run as its managed service."""
@@ -272,7 +272,7 @@ if _IMPORT_ERROR is None:
         try:
             settings = GatewaySettings.from_env(model_dir=model_dir, device=device)
         except SettingsError as exc:
-            raise RegistryError(str(exc)) from None
+            raise BadInput(str(exc)) from None
         db = make_engine(settings.db_url)
         try:
             check_schema(db)  # refuse to start on a registry that is missing or behind
@@ -281,7 +281,7 @@ if _IMPORT_ERROR is None:
         try:
             loaded = load_model(settings.model_dir, device=settings.device)
         except ModelLoadError as exc:
-            raise RegistryError(str(exc)) from None
+            raise BadInput(str(exc)) from None
         engine = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue)
         engine.start()
         try:
@@ -619,7 +619,7 @@ if _IMPORT_ERROR is None:
         with registry() as s:
             try:
                 granted = access.resolve(s, username, project)
-            except RegistryError as exc:
+            except UserError as exc:
                 if isinstance(exc, access.AccessDenied):
                     typer.echo(f"refused ({exc.reason}): {exc.message}")
                     raise typer.Exit(3)
@@ -640,7 +640,7 @@ if _IMPORT_ERROR is None:
                 with file.open(encoding="utf-8") as handle:
                     result = audit.verify_records(audit.read_jsonl(handle), anchors)
             except OSError as exc:
-                raise RegistryError(f"cannot read {file}: {exc.strerror}") from None
+                raise BadInput(f"cannot read {file}: {exc.strerror}") from None
         else:
             with registry() as s:
                 result = audit.verify_database(s, anchors)
@@ -698,7 +698,7 @@ def run(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="enclave", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except RegistryError as exc:
+    except UserError as exc:
         print(f"enclave: {exc.message}", file=sys.stderr)
         return 2
     except OperationalError as exc:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-class SettingsError(ValueError):
-    """A setting that cannot be used; the message names the variable and what is wrong."""
+from enclave.errors import SettingsError
 
 
 def env_int(name: str, default: int, smallest: int = 1) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from enclave.registry import grants, people, projects
 from enclave.registry.clock import end_of_day, last_day, utcnow
 from enclave.registry.db import session_scope
-from enclave.registry.errors import NotFound
+from enclave.errors import NotFound
 from enclave.registry.models import ProjectStatus
 
 OPERATOR, REVIEWER, REVIEWER2, SCHOLAR = "operator", "reviewer", "reviewer2", "scholar"

@@ -34,7 +34,7 @@ from enclave.gateway.schemas import (
 from enclave.gateway.settings import GatewaySettings
 from enclave.registry.access import Access
 from enclave.registry.db import check_schema, make_engine, session_scope
-from enclave.registry.errors import AccessDenied, DatabaseUnavailable, RegistryError
+from enclave.errors import UserError, AccessDenied, DatabaseUnavailable
 
 log = logging.getLogger("enclave.gateway")
 PROBABILITY_DIGITS = 3  # significant digits of returned probabilities
@@ -302,8 +302,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def db_down(_request, exc: DatabaseUnavailable):
         return _error(503, "registry_unavailable", exc.message, {"Retry-After": "5"})
 
-    @app.exception_handler(RegistryError)
-    async def registry_error(_request, exc: RegistryError):
+    @app.exception_handler(UserError)
+    async def registry_error(_request, exc: UserError):
         return _error(400, "bad_request", exc.message)
 
     @app.exception_handler(RequestValidationError)

@@ -18,7 +18,7 @@ import httpx
 from sqlmodel import Session
 
 from enclave.registry import access, keys
-from enclave.registry.errors import AccessDenied
+from enclave.errors import AccessDenied
 
 KEY_PREFIX = keys.PREFIX
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from enclave.envsettings import SettingsError, env_int
+from enclave.envsettings import env_int
+from enclave.errors import SettingsError
 from enclave.registry.db import database_url
 
 

@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from enclave.registry.access import Access, resolve
 from enclave.registry.datasets import datasets_for
-from enclave.registry.errors import AccessDenied
+from enclave.errors import AccessDenied
 from enclave.registry.models import Membership, Project, ProjectStatus, Role
 from enclave.registry.people import find_person
 from enclave.registry.projects import status_of

@@ -18,7 +18,7 @@ from traitlets import Integer, List, Unicode, default
 
 from enclave.hub.admission import SessionPlan, live_projects, session_plan
 from enclave.hub.registry_link import RegistryLink
-from enclave.registry.errors import AccessDenied
+from enclave.errors import AccessDenied
 
 # Scopes a notebook's $JUPYTERHUB_API_TOKEN carries: post activity, reach its own server, and call
 # the gateway and the review service. Nothing that reads other users or administers the hub.

@@ -24,7 +24,7 @@ from enclave.registry import audit
 from enclave.registry.access import resolve
 from enclave.registry.clock import utcnow
 from enclave.registry.db import make_engine, session_scope
-from enclave.registry.errors import AccessDenied
+from enclave.errors import AccessDenied
 
 log = logging.getLogger("enclave.warden")
 ACTOR = "system"

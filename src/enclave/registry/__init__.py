@@ -1,8 +1,4 @@
-"""The system of record: people, projects, grants, keys and the hash-chained audit log.
+"""The system of record: people, projects, grants, keys, every table, and the hash-chained audit log.
 
-Imports nothing else of ours; every service builds on it.
+Imports nothing of ours but `enclave.errors`; every service builds on it.
 """
-
-from enclave.registry.errors import AccessDenied, NotFound, RegistryError
-
-__all__ = ["AccessDenied", "NotFound", "RegistryError"]

@@ -10,7 +10,7 @@ import datetime as dt
 from sqlmodel import Session, select
 
 from enclave.registry.clock import iso, utcnow
-from enclave.registry.errors import AccessDenied
+from enclave.errors import AccessDenied
 from enclave.registry.models import Grant, Membership, Person, Project, ProjectStatus, Role
 
 

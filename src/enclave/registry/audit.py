@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 
 from enclave.registry.clock import iso, utcnow
 from enclave.registry.db import is_postgres
-from enclave.registry.errors import RegistryError
+from enclave.errors import BadInput
 from enclave.registry.models import AuditEvent
 
 GENESIS_HASH = "0" * 64
@@ -157,14 +157,14 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RegistryError(f"line {number} of the export is not JSON: {exc.msg}") from None
+            raise BadInput(f"line {number} of the export is not JSON: {exc.msg}") from None
         if not isinstance(record, dict):
-            raise RegistryError(f"line {number} of the export is not a JSON object")
+            raise BadInput(f"line {number} of the export is not a JSON object")
         yield record
 
 
 def parse_anchor(text_value: str) -> tuple[int, str]:
     seq_text, sep, hash_value = text_value.partition(":")
     if not sep or not seq_text.isdigit() or len(hash_value) != 64 or any(c not in "0123456789abcdef" for c in hash_value):
-        raise RegistryError(f"bad anchor {text_value!r}: expected SEQ:HASH with a 64-hex-digit SHA-256")
+        raise BadInput(f"bad anchor {text_value!r}: expected SEQ:HASH with a 64-hex-digit SHA-256")
     return int(seq_text), hash_value

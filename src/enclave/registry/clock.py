@@ -24,12 +24,12 @@ def iso(ts: dt.datetime | None) -> str | None:
 
 
 def parse_day(text: str, what: str = "date") -> dt.date:
-    from enclave.registry.errors import RegistryError
+    from enclave.errors import BadInput
 
     try:
         return dt.date.fromisoformat(text)
     except (TypeError, ValueError):
-        raise RegistryError(f"bad {what} {text!r}: expected YYYY-MM-DD") from None
+        raise BadInput(f"bad {what} {text!r}: expected YYYY-MM-DD") from None
 
 
 def end_of_day(day: dt.date) -> dt.datetime:

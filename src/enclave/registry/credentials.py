@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from enclave.registry import audit
 from enclave.registry.clock import utcnow
-from enclave.registry.errors import RegistryError
+from enclave.errors import BadInput
 from enclave.registry.models import Credential
 from enclave.registry.people import get_person, require_role
 
@@ -58,7 +58,7 @@ def set_password(session: Session, actor: str, username: str, password: str | No
     if password is None:
         password = generate_password()
     if len(password) < MIN_LENGTH:
-        raise RegistryError(f"password too short: use at least {MIN_LENGTH} characters")
+        raise BadInput(f"password too short: use at least {MIN_LENGTH} characters")
     credential = session.get(Credential, person.id)
     if credential is None:
         credential = Credential(person_id=person.id, password_hash="", set_by=actor)

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from enclave.registry import audit
-from enclave.registry.errors import Conflict, NotFound, RegistryError
+from enclave.errors import BadInput, NotFound, Conflict
 from enclave.registry.models import Dataset, DatasetAccess, Project, Sensitivity
 from enclave.registry.people import require_role
 
@@ -39,9 +39,9 @@ def check_readable(path: str) -> Path:
     """The absolute path, if it exists and this process can read it (and list it, for a folder)."""
     resolved = Path(path).expanduser().resolve()
     if not resolved.exists():
-        raise RegistryError(f"dataset path {path!r} does not exist")
+        raise BadInput(f"dataset path {path!r} does not exist")
     if not os.access(resolved, os.R_OK) or (resolved.is_dir() and not os.access(resolved, os.X_OK)):
-        raise RegistryError(f"dataset path {path!r} is not readable")
+        raise BadInput(f"dataset path {path!r} is not readable")
     return resolved
 
 
@@ -51,9 +51,9 @@ def register(
 ) -> Dataset:
     require_role(session, actor)
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise RegistryError(f"bad dataset name {name!r}: use letters, digits, '-', '_' and '.'")
+        raise BadInput(f"bad dataset name {name!r}: use letters, digits, '-', '_' and '.'")
     if sensitivity not in {s.value for s in Sensitivity}:
-        raise RegistryError(f"unknown sensitivity {sensitivity!r}: choose from {', '.join(s.value for s in Sensitivity)}")
+        raise BadInput(f"unknown sensitivity {sensitivity!r}: choose from {', '.join(s.value for s in Sensitivity)}")
     resolved = check_readable(path)
     if session.exec(select(Dataset).where(Dataset.name == name)).first():
         raise Conflict(f"dataset {name!r} already exists")
@@ -62,11 +62,11 @@ def register(
         columns = _csv_columns(resolved) if resolved.is_file() else None
         sha256, size = _fingerprint(resolved)
     except OSError as exc:
-        raise RegistryError(f"dataset path {path!r} is not readable: {exc.strerror}") from None
+        raise BadInput(f"dataset path {path!r} is not readable: {exc.strerror}") from None
     if columns is not None:
         unknown = [q for q in qids if q not in columns]
         if unknown:
-            raise RegistryError(f"quasi-identifier {unknown[0]!r} is not a column of {resolved.name} (columns: {', '.join(columns)})")
+            raise BadInput(f"quasi-identifier {unknown[0]!r} is not a column of {resolved.name} (columns: {', '.join(columns)})")
     dataset = Dataset(name=name, path=str(resolved), sensitivity=sensitivity, quasi_identifiers=",".join(qids),
                       sha256=sha256, size_bytes=size, registered_by=actor)
     session.add(dataset)

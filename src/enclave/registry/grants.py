@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from enclave.registry import audit
 from enclave.registry.clock import iso, utcnow
-from enclave.registry.errors import Conflict, NotFound, RegistryError
+from enclave.errors import BadInput, NotFound, Conflict
 from enclave.registry.lifecycle import TERMINAL
 from enclave.registry.models import Grant
 from enclave.registry.people import require_role
@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
     """Docker-style sizes: `4G`, `512m`, `1.5GiB`, or plain bytes. Units are binary (1G = 2^30)."""
     match = _SIZE_RE.match(str(text))
     if not match:
-        raise RegistryError(f"bad size {text!r}: use a number with an optional unit, e.g. 4G or 512M")
+        raise BadInput(f"bad size {text!r}: use a number with an optional unit, e.g. 4G or 512M")
     number, unit = float(match.group(1)), match.group(2).lower()
     return int(number * {"": 1, "k": 1024, "m": MIB, "g": GIB, "t": 1024 * GIB}[unit])
 
@@ -70,15 +70,15 @@ def format_size(n: int) -> str:
 def validate(field: str, value: Any) -> Any:
     kind, smallest, exclusive = LIMITS[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
-        raise RegistryError(f"{field} must be a number")
+        raise BadInput(f"{field} must be a number")
     if kind is int and float(value) != int(value):
-        raise RegistryError(f"{field} must be a whole number, not {value}")
+        raise BadInput(f"{field} must be a whole number, not {value}")
     value = kind(value)
     if value < smallest or (exclusive and value == smallest):
         bound = f"more than {smallest:g}" if exclusive else f"at least {smallest:g}"
-        raise RegistryError(f"{field} must be {bound}, not {value:g}")
+        raise BadInput(f"{field} must be {bound}, not {value:g}")
     if field == "delta" and value >= 1:
-        raise RegistryError(f"delta must be below 1, not {value:g}")
+        raise BadInput(f"delta must be below 1, not {value:g}")
     return value
 
 
@@ -93,7 +93,7 @@ def set_grant(session: Session, actor: str, slug: str, **changes: Any) -> Grant:
         raise Conflict(f"cannot change the grant of project {slug!r}: it is {status.value}")
     unknown = set(changes) - set(LIMITS)
     if unknown:
-        raise RegistryError(f"unknown grant field {sorted(unknown)[0]!r}")
+        raise BadInput(f"unknown grant field {sorted(unknown)[0]!r}")
     changes = {field: validate(field, value) for field, value in changes.items() if value is not None}
     grant = session.get(Grant, project.id)
     created = grant is None

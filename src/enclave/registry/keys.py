@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from enclave.registry import audit
 from enclave.registry.clock import iso, last_day, utcnow
-from enclave.registry.errors import AccessDenied, Conflict, NotFound, RegistryError
+from enclave.errors import BadInput, NotFound, AccessDenied, Conflict
 from enclave.registry.lifecycle import TERMINAL
 from enclave.registry.models import ApiKey, Membership, Person, Project
 from enclave.registry.people import get_person, require_role
@@ -43,15 +43,15 @@ def issue(
     if status in TERMINAL:
         raise Conflict(f"cannot issue a key for project {slug!r}: it is {status.value}")
     if session.get(Membership, (project.id, person.id)) is None:
-        raise RegistryError(f"{username!r} is not a member of {slug!r}")
+        raise BadInput(f"{username!r} is not a member of {slug!r}")
     if expires_at is None:
         expires_at = now + DEFAULT_LIFETIME
         if project.expires_at is not None:
             expires_at = min(expires_at, project.expires_at)
     if expires_at <= now:
-        raise RegistryError(f"the key's last day {last_day(expires_at)} is not in the future")
+        raise BadInput(f"the key's last day {last_day(expires_at)} is not in the future")
     if project.expires_at is not None and expires_at > project.expires_at:
-        raise RegistryError(f"a key cannot outlive its project: the last day of {slug!r} is {last_day(project.expires_at)}")
+        raise BadInput(f"a key cannot outlive its project: the last day of {slug!r} is {last_day(project.expires_at)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(id=key_id, person_id=person.id, project_id=project.id, secret_sha256=_digest(secret),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from enclave.registry.errors import InvalidTransition
+from enclave.errors import InvalidTransition
 from enclave.registry.models import ProjectStatus as S
 
 

@@ -7,7 +7,7 @@ import re
 from sqlmodel import Session, select
 
 from enclave.registry import audit
-from enclave.registry.errors import Conflict, Forbidden, NotFound, RegistryError
+from enclave.errors import BadInput, NotFound, Forbidden, Conflict
 from enclave.registry.models import Person, Role
 
 # JupyterHub normalises names to lower case and puts them in URLs and container names.
@@ -18,11 +18,11 @@ SYSTEM_ACTOR = "system"
 
 def validate_username(username: str) -> str:
     if not USERNAME_RE.match(username or ""):
-        raise RegistryError(
+        raise BadInput(
             f"bad user name {username!r}: use 1-64 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     if username == SYSTEM_ACTOR:
-        raise RegistryError(f"{SYSTEM_ACTOR!r} is reserved for actions the enclave takes by itself")
+        raise BadInput(f"{SYSTEM_ACTOR!r} is reserved for actions the enclave takes by itself")
     return username
 
 
@@ -30,7 +30,7 @@ def parse_roles(roles: list[str] | tuple[str, ...]) -> list[str]:
     valid = {r.value for r in Role}
     bad = [r for r in roles if r not in valid]
     if bad:
-        raise RegistryError(f"unknown role {bad[0]!r}: choose from {', '.join(sorted(valid))}")
+        raise BadInput(f"unknown role {bad[0]!r}: choose from {', '.join(sorted(valid))}")
     return sorted(set(roles))
 
 
@@ -76,12 +76,12 @@ def add_person(
         require_role(session, actor)
     validate_username(username)
     if not name.strip():
-        raise RegistryError("a person needs a name (--name)")
+        raise BadInput("a person needs a name (--name)")
     if not EMAIL_RE.match(email or ""):
-        raise RegistryError(f"bad e-mail address {email!r}")
+        raise BadInput(f"bad e-mail address {email!r}")
     role_list = parse_roles(roles)
     if not role_list:
-        raise RegistryError("a person needs at least one role")
+        raise BadInput("a person needs at least one role")
     if find_person(session, username):
         raise Conflict(f"user {username!r} already exists")
     person = Person(username=username, name=name.strip(), email=email, affiliation=affiliation, roles=",".join(role_list))
@@ -103,7 +103,7 @@ def set_roles(session: Session, actor: str, username: str, add: list[str], remov
     before = person.role_set
     after = (before | set(parse_roles(add))) - set(parse_roles(remove))
     if not after:
-        raise RegistryError(f"{username!r} would hold no role; a person needs at least one")
+        raise BadInput(f"{username!r} would hold no role; a person needs at least one")
     if Role.operator.value in before and Role.operator.value not in after and _operator_count(session) <= 1:
         raise Conflict(f"{username!r} is the last operator; add another operator first")
     if after == before:

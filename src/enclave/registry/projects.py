@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from enclave.registry import audit
 from enclave.registry.clock import iso, last_day, utcnow
-from enclave.registry.errors import Conflict, NotFound, RegistryError
+from enclave.errors import BadInput, NotFound, Conflict
 from enclave.registry.lifecycle import EXPIRABLE, TERMINAL, check_transition, effective_status
 from enclave.registry.models import Grant, Membership, Person, Project, ProjectStatus, Role
 from enclave.registry.people import SYSTEM_ACTOR, get_person, require_role
@@ -36,14 +36,14 @@ def create_project(
 ) -> Project:
     require_role(session, actor)
     if not SLUG_RE.match(slug or ""):
-        raise RegistryError(f"bad project slug {slug!r}: use 2-63 lower-case letters, digits and '-'")
+        raise BadInput(f"bad project slug {slug!r}: use 2-63 lower-case letters, digits and '-'")
     if not title.strip():
-        raise RegistryError("a project needs a title (--title)")
+        raise BadInput("a project needs a title (--title)")
     if not purpose.strip():
-        raise RegistryError("a project needs a stated purpose (--purpose)")
+        raise BadInput("a project needs a stated purpose (--purpose)")
     pi_person = get_person(session, pi)
     if not pi_person.has_role(Role.scholar):
-        raise RegistryError(f"the PI {pi!r} must hold the scholar role")
+        raise BadInput(f"the PI {pi!r} must hold the scholar role")
     if session.exec(select(Project).where(Project.slug == slug)).first():
         raise Conflict(f"project {slug!r} already exists")
     project = Project(
@@ -69,7 +69,7 @@ def transition(
     project = get_project(session, slug)
     if action == "expire":
         if actor != SYSTEM_ACTOR:
-            raise RegistryError("projects expire by time; to end one early use close or revoke")
+            raise BadInput("projects expire by time; to end one early use close or revoke")
     else:
         require_role(session, actor)
     current = ProjectStatus(project.status)
@@ -79,12 +79,12 @@ def transition(
         current = ProjectStatus.expired
     step = check_transition(slug, current, action)
     if step.needs_reason and not reason.strip():
-        raise RegistryError(f"{action} needs a reason (--reason)")
+        raise BadInput(f"{action} needs a reason (--reason)")
     if action == "approve":
         if until is None:
-            raise RegistryError("approval needs an end date (--until YYYY-MM-DD)")
+            raise BadInput("approval needs an end date (--until YYYY-MM-DD)")
         if until <= now:
-            raise RegistryError(f"the end date {last_day(until)} is not in the future")
+            raise BadInput(f"the end date {last_day(until)} is not in the future")
     return _apply(session, project, step, actor, reason.strip(), until, now)
 
 
@@ -114,7 +114,7 @@ def extend(session: Session, actor: str, slug: str, until: dt.datetime, now: dt.
     if status not in EXPIRABLE:
         raise Conflict(f"cannot extend project {slug!r}: it is {status.value}")
     if until <= now:
-        raise RegistryError(f"the end date {last_day(until)} is not in the future")
+        raise BadInput(f"the end date {last_day(until)} is not in the future")
     before = project.expires_at
     project.expires_at, project.updated_at = until, now
     session.add(project)
@@ -146,7 +146,7 @@ def add_member(session: Session, actor: str, slug: str, username: str, now: dt.d
     _require_open(project, now or utcnow(), f"add {username!r}")
     person = get_person(session, username)
     if not person.has_role(Role.scholar):
-        raise RegistryError(f"{username!r} must hold the scholar role to join a project")
+        raise BadInput(f"{username!r} must hold the scholar role to join a project")
     if session.get(Membership, (project.id, person.id)):
         raise Conflict(f"{username!r} is already a member of {slug!r}")
     membership = Membership(project_id=project.id, person_id=person.id, added_by=actor)

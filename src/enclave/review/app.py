@@ -39,13 +39,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from enclave.registry import access
 from enclave.registry.clock import iso
 from enclave.registry.db import check_schema, make_engine, session_scope
-from enclave.registry.errors import (
-    AccessDenied, Conflict, DatabaseUnavailable, Forbidden, NotFound, RegistryError,
-)
+from enclave.errors import UserError, BadInput, SettingsError, NotFound, Forbidden, AccessDenied, Conflict, Unavailable, DatabaseUnavailable
 from enclave.registry.models import Role
 from enclave.registry.people import find_person
 from enclave.review import render, service
-from enclave.review.models import ExportState
+from enclave.registry.models import ExportState
 from enclave.review.quarantine import Quarantine, QuarantineCorrupt, StagedFile, TooLarge
 from enclave.review.release import key_id, load_or_create_key, public_pem
 from enclave.review.settings import ReviewSettings
@@ -442,7 +440,7 @@ async def _read_upload(request: Request, state: ReviewState, settings: ReviewSet
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
-            raise RegistryError("bad Content-Length")
+            raise BadInput("bad Content-Length")
         if int(length) > cap:
             raise TooLarge(f"the upload is {int(length)} bytes; an export may carry at most "
                            f"{settings.max_request_bytes} bytes")
@@ -451,19 +449,19 @@ async def _read_upload(request: Request, state: ReviewState, settings: ReviewSet
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise RegistryError(f"bad upload: {exc.message}") from None
+        raise BadInput(f"bad upload: {exc.message}") from None
     try:
         fields: dict[str, str] = {}
         uploads: list[UploadFile] = []
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name != "files":
-                    raise RegistryError(f"unexpected file field {name!r}: send files as 'files'")
+                    raise BadInput(f"unexpected file field {name!r}: send files as 'files'")
                 uploads.append(value)
             elif name in ("justification", "context", "note"):
                 fields[name] = value
             else:
-                raise RegistryError(f"unexpected form field {name[:40]!r}")
+                raise BadInput(f"unexpected form field {name[:40]!r}")
         total = 0
         for upload in uploads:
             size = upload.size or 0
@@ -475,7 +473,7 @@ async def _read_upload(request: Request, state: ReviewState, settings: ReviewSet
         staged = []
         for upload in uploads:
             if not upload.filename:
-                raise RegistryError("a file was sent without a file name")
+                raise BadInput("a file was sent without a file name")
             sha, size = await run_in_threadpool(state.quarantine.put_file, upload.file, limit=settings.max_file_bytes)
             staged.append(StagedFile(upload.filename, sha, size))
         return fields, staged
@@ -553,9 +551,9 @@ def _install_error_handlers(app: FastAPI, settings: ReviewSettings) -> None:
         return refuse(request, 403, exc.reason, exc.message)
 
     # The service's own refusals: status, error code, extra headers. (Starlette picks the handler
-    # of the most specific class, so RegistryError only catches what nothing above it names.)
+    # of the most specific class, so UserError only catches what nothing above it names.)
     def refusal_for(status: int, code: str, headers: dict | None = None):
-        async def handle(request: Request, exc: RegistryError):
+        async def handle(request: Request, exc: UserError):
             return refuse(request, status, code, exc.message, headers)
         return handle
 
@@ -565,7 +563,7 @@ def _install_error_handlers(app: FastAPI, settings: ReviewSettings) -> None:
         (Conflict, 409, "conflict", None),
         (TooLarge, 413, "too_large", None),
         (DatabaseUnavailable, 503, "unavailable", {"Retry-After": "5"}),
-        (RegistryError, 400, "bad_request", None),
+        (UserError, 400, "bad_request", None),
     ):
         app.add_exception_handler(exc_class, refusal_for(status, code, headers))
 
@@ -603,7 +601,7 @@ def serve_review(host: str = "127.0.0.1", port: int = 8002, settings: ReviewSett
     try:
         settings = settings or ReviewSettings.from_env()
     except SettingsError as exc:
-        raise RegistryError(str(exc)) from None  # one line from `enclave`, not a traceback
+        raise BadInput(str(exc)) from None  # one line from `enclave`, not a traceback
     db = make_engine(settings.db_url)
     try:
         check_schema(db)  # refuse to start on a registry that is missing or behind

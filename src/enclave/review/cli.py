@@ -47,7 +47,7 @@ def _engine() -> Iterator:
 
 
 def _need_actor(actor: str | None) -> str:
-    from enclave.registry.errors import Forbidden
+    from enclave.errors import BadInput, SettingsError, Forbidden
 
     if not actor:
         raise Forbidden("who is reviewing? pass --as USER or set ENCLAVE_REVIEWER")
@@ -65,19 +65,19 @@ def _release(engine, request_id: str, actor: str, by_reviewer: bool) -> str:
     from enclave.review.release import load_or_create_key
     from enclave.review.settings import ReviewSettings, SettingsError
     from enclave.review.workflow import Actor
-    from enclave.registry.errors import RegistryError
+    from enclave.errors import UserError
 
     try:
         settings = ReviewSettings.from_env()
     except SettingsError as exc:
-        raise RegistryError(str(exc)) from None
+        raise BadInput(str(exc)) from None
     kind = Actor.reviewer if by_reviewer else Actor.system
     service.release_request(engine, Quarantine(settings.quarantine_dir), load_or_create_key(settings.signing_key_file),
                             settings.release_dir, request_id, actor=actor if by_reviewer else "system", actor_kind=kind)
     from enclave.registry.db import session_scope
 
     with session_scope(engine) as s:
-        from enclave.review.models import ExportRelease
+        from enclave.registry.models import ExportRelease
 
         return s.get(ExportRelease, request_id).path
 
@@ -91,7 +91,7 @@ def review_list(
     """The review queue: exports you may review (never your own or your projects')."""
     from enclave.registry.clock import iso
     from enclave.review import service
-    from enclave.review.models import ExportState
+    from enclave.registry.models import ExportState
 
     actor = _need_actor(as_)
     states = [s.value for s in ExportState] if all_states else state

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from enclave.registry.errors import RegistryError
+from enclave.errors import UserError, BadInput
 
 CHUNK = 1024 * 1024
 MAX_NAME_BYTES = 255
@@ -30,7 +30,7 @@ class QuarantineCorrupt(Exception):
     """A blob's bytes no longer match its name: someone or something changed the quarantine."""
 
 
-class TooLarge(RegistryError):
+class TooLarge(UserError):
     """An upload exceeds a size cap (HTTP 413)."""
 
 
@@ -51,19 +51,19 @@ def export_name(raw: str) -> str:
     or bidirectional-override characters that make a name look like something else.
     """
     if not isinstance(raw, str) or not raw:
-        raise RegistryError("a file has no name")
+        raise BadInput("a file has no name")
     name = unicodedata.normalize("NFC", raw)
     shown = ascii(raw)[:80]
     if name in (".", ".."):
-        raise RegistryError(f"bad file name {shown}: not a file")
+        raise BadInput(f"bad file name {shown}: not a file")
     if "/" in name or "\\" in name:
-        raise RegistryError(f"bad file name {shown}: send bare file names, not paths")
+        raise BadInput(f"bad file name {shown}: send bare file names, not paths")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
-        raise RegistryError(f"bad file name {shown}: control or invisible formatting characters")
+        raise BadInput(f"bad file name {shown}: control or invisible formatting characters")
     if name != name.strip():
-        raise RegistryError(f"bad file name {shown}: leading or trailing spaces")
+        raise BadInput(f"bad file name {shown}: leading or trailing spaces")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise RegistryError(f"bad file name {shown}: longer than {MAX_NAME_BYTES} bytes")
+        raise BadInput(f"bad file name {shown}: longer than {MAX_NAME_BYTES} bytes")
     return name
 
 
@@ -73,7 +73,7 @@ def check_unique(names: Iterable[str]) -> None:
     for name in names:
         key = name.casefold()
         if key in seen:
-            raise RegistryError(f"two files are named {name!r} (names must differ in more than case)")
+            raise BadInput(f"two files are named {name!r} (names must differ in more than case)")
         seen[key] = name
 
 

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from enclave.registry.errors import RegistryError
+from enclave.errors import UserError, BadInput
 from enclave.review.quarantine import Quarantine, _fsync_dir
 
 FORMAT = "enclave-release/1"
@@ -42,7 +42,7 @@ FILES_DIR = "files"
 CHUNK = 1024 * 1024
 
 
-class ReleaseError(RegistryError):
+class ReleaseError(UserError):
     """The manifest cannot be checked at all (missing, unreadable, malformed): exit 2."""
 
 
@@ -115,7 +115,7 @@ def write_release(root: Path, project: str, request_id: str, files: list[Release
     project_dir.mkdir(parents=True, exist_ok=True)
     final = project_dir / request_id
     if final.exists():
-        raise RegistryError(f"the release store already holds {final}")
+        raise BadInput(f"the release store already holds {final}")
     staging = project_dir / f".staging-{request_id}-{secrets.token_hex(4)}"
     (staging / FILES_DIR).mkdir(parents=True)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from enclave.review.models import ExportFinding
+from enclave.registry.models import ExportFinding
 
 MAX_PREVIEW_CHARS = 200_000
 MAX_TABLE_ROWS = 500
@@ -140,7 +140,7 @@ def _cell_marks(findings: list[ExportFinding], header: list[str]) -> dict[tuple[
 def table_preview(text: str, name: str, findings: list[ExportFinding]) -> Preview | None:
     """A CSV/TSV as a table with its flagged cells marked, parsed by the checks' own parser so
     that row and column numbers mean the same here as in their findings."""
-    from enclave.review.tables import TableError, parse_delimited
+    from enclave.review.scan.tables import TableError, parse_delimited
 
     try:
         table = parse_delimited(text, "", "\t" if name.lower().endswith(".tsv") else None)

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from enclave.review.findings import Finding, Severity, verdict
+from enclave.review.scan.findings import Finding, Severity, verdict
 
 _SEVERITY_ORDER = {"block": 0, "warn": 1, "info": 2}
 
@@ -96,9 +96,9 @@ def scan_command(
              "scores passages for memorisation. Repeatable.")] = None,
 ) -> None:
     """Run every automated disclosure check on files, offline. Exit 0 pass/review, 1 block, 2 error."""
-    from enclave.review.policy import PolicyError, load_policy
+    from enclave.review.scan.policy import PolicyError, load_policy
     from enclave.review.scan import build_context, scan_files
-    from enclave.review.scoring import ScorerError, has_tokenizer, local_scorer
+    from enclave.review.scan.scoring import ScorerError, has_tokenizer, local_scorer
 
     try:
         policy = load_policy(policy_file)
@@ -111,7 +111,7 @@ def scan_command(
     for directory in model or []:
         if not directory.is_dir():
             _fail(f"--model: not a folder: {directory}")
-        from enclave.review.fingerprint import weight_files
+        from enclave.review.scan.fingerprint import weight_files
 
         if not weight_files(directory):
             _fail(f"--model: no weights (*.safetensors, pytorch_model*.bin) in {directory}")

@@ -21,11 +21,11 @@ from sqlmodel import Session, select
 
 from enclave.registry import access, audit
 from enclave.registry.clock import iso, utcnow
-from enclave.registry.errors import Conflict, Forbidden, NotFound, RegistryError
+from enclave.errors import UserError, BadInput, NotFound, Forbidden, Conflict
 from enclave.registry.models import Membership, Person, Project, Role
 from enclave.registry.people import SYSTEM_ACTOR, find_person
-from enclave.review.findings import Finding, Severity
-from enclave.review.models import (
+from enclave.review.scan.findings import Finding, Severity
+from enclave.registry.models import (
     Decision, ExportComment, ExportFile, ExportFinding, ExportRelease, ExportRequest, ExportReview, ExportState,
     Visibility,
 )
@@ -110,19 +110,19 @@ def current_findings(session: Session, request: ExportRequest) -> list[ExportFin
 def _clean_text(value: str | None, what: str, limit: int, required: bool) -> str:
     text = (value or "").strip()
     if required and not text:
-        raise RegistryError(f"{what} is required")
+        raise BadInput(f"{what} is required")
     if len(text) > limit:
-        raise RegistryError(f"{what} is longer than {limit} characters")
+        raise BadInput(f"{what} is longer than {limit} characters")
     if "\x00" in text:
-        raise RegistryError(f"{what} contains a NUL character")
+        raise BadInput(f"{what} contains a NUL character")
     return text
 
 
 def _check_files(files: list[StagedFile], max_files: int | None) -> list[StagedFile]:
     if not files:
-        raise RegistryError("an export needs at least one file")
+        raise BadInput("an export needs at least one file")
     if max_files is not None and len(files) > max_files:
-        raise RegistryError(f"an export may hold at most {max_files} files, not {len(files)}")
+        raise BadInput(f"an export may hold at most {max_files} files, not {len(files)}")
     checked = [dataclasses.replace(f, name=export_name(f.name)) for f in files]
     check_unique(f.name for f in checked)
     return checked
@@ -207,7 +207,7 @@ def comment(session: Session, username: str, request_id: str, body: str, visibil
     try:
         vis = Visibility(visibility)
     except ValueError:
-        raise RegistryError(f"visibility must be public or private, not {visibility!r}") from None
+        raise BadInput(f"visibility must be public or private, not {visibility!r}") from None
     if vis is Visibility.private and actor is not Actor.reviewer:
         raise Forbidden("only reviewers write private comments")
     body = _clean_text(body, "a comment", MAX_COMMENT_CHARS, True)
@@ -337,7 +337,7 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
     try:
         choice = Decision(decision)
     except ValueError:
-        raise RegistryError(f"decision must be approve, request_changes or reject, not {decision!r}") from None
+        raise BadInput(f"decision must be approve, request_changes or reject, not {decision!r}") from None
     reason = _clean_text(reason, "the reason", MAX_COMMENT_CHARS, False)
     needed = request.approvals_needed or 1
     current = ExportState(request.state)
@@ -352,7 +352,7 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
             raise Conflict(f"you have already approved version {request.version} of export {request.id}; "
                            "the next approval must come from another reviewer")
         if not reason and any(f.severity == Severity.block.value for f in current_findings(session, request)):
-            raise RegistryError("this export has blocking findings: give a reason why it may leave anyway")
+            raise BadInput("this export has blocking findings: give a reason why it may leave anyway")
         # A reviewer whose approval of unchanged files carried over from an earlier version may
         # confirm it on this one; they still count once.
         after = before if username in before else [*before, username]
@@ -365,7 +365,7 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
         return DecisionResult(request, after, needed)
     step = check_transition(request.id, current, choice.value, actor)
     if step.needs_reason and not reason:
-        raise RegistryError(f"{choice.value.replace('_', ' ')} needs a reason the author will read")
+        raise BadInput(f"{choice.value.replace('_', ' ')} needs a reason the author will read")
     session.add(ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,
                              decision=choice.value, reason=reason, created_at=now))
     _move(session, request, step, username, now, {"reason": reason})
@@ -505,7 +505,7 @@ class RequestView:
     def can(self, action: str) -> bool:
         try:
             check_transition(self.request.id, self.state, action, self.stance)
-        except RegistryError:
+        except UserError:
             return False
         return True
 
@@ -613,7 +613,7 @@ def review_queue(session: Session, username: str, states: list[str] | None = Non
     wanted = states or [ExportState.awaiting_review.value]
     bad = [s for s in wanted if s not in {e.value for e in ExportState}]
     if bad:
-        raise RegistryError(f"unknown state {bad[0]!r}: choose from {', '.join(e.value for e in ExportState)}")
+        raise BadInput(f"unknown state {bad[0]!r}: choose from {', '.join(e.value for e in ExportState)}")
     own_projects = set(session.exec(select(Membership.project_id).where(Membership.person_id == person.id)).all())
     rows = session.exec(select(ExportRequest).where(ExportRequest.state.in_(wanted))
                         .order_by(ExportRequest.created_at)).all()

@@ -7,7 +7,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from enclave.envsettings import SettingsError, env_int
+from enclave.envsettings import env_int
+from enclave.errors import SettingsError
 from enclave.registry.db import database_url, enclave_home
 
 MIB = 1024**2

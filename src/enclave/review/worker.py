@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from enclave.registry.db import session_scope
 from enclave.review import service
-from enclave.review.findings import Finding, Severity, verdict
+from enclave.review.scan.findings import Finding, Severity, verdict
 from enclave.review.quarantine import Quarantine
 from enclave.review.settings import ReviewSettings
 
@@ -66,7 +66,7 @@ def pipeline_scanner(db: Engine, settings: ReviewSettings, quarantine: Quarantin
     """Run every automated check (`enclave.review.scan`) with the project's context: its registered
     datasets, model calls and export allowance (from `build_context`), plus what only this service
     knows: the files it has released before (for differencing) and how many bytes those were."""
-    from enclave.review.policy import load_policy
+    from enclave.review.scan.policy import load_policy
     from enclave.review.scan import ExportFile as ScanFile, build_context, scan_files
 
     policy = load_policy(settings.policy_file)
@@ -94,7 +94,7 @@ def _scorer(gateway_url: str | None, gateway_token: str | None, model_dir: str |
     """The perplexity scorer the checks use, if one is configured: the gateway over HTTP (the
     design's way: review never loads the model itself) or a local model directory (needs torch).
     Made once per process; returns (scorer or None, why not)."""
-    from enclave.review.scoring import ScorerError, gateway_scorer, local_scorer
+    from enclave.review.scan.scoring import ScorerError, gateway_scorer, local_scorer
 
     try:
         if gateway_url and gateway_token:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from enclave.registry.errors import Forbidden, InvalidTransition
+from enclave.errors import Forbidden, InvalidTransition
 from enclave.registry.models import Person, Role
-from enclave.review.models import ExportState as S
+from enclave.registry.models import ExportState as S
 
 
 class Actor(str, enum.Enum):

@@ -3,10 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import enclave.registry.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-# The review service's tables live in the registry database (migration 0004) so that a request and
-# its audit event commit together; it imports only the registry and SQLModel.
-import enclave.review.models  # noqa: F401
+import enclave.registry.models  # noqa: F401  (registers every table, exports' and metering's too)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -18,7 +18,7 @@ down_revision = '0003'
 branch_labels = None
 depends_on = None
 
-# Spelled out rather than imported from enclave.review.models: a migration must not change when
+# Spelled out rather than imported from enclave.registry.models: a migration must not change when
 # the models do.
 APPEND_ONLY_TABLES = ('export_file', 'export_finding', 'export_review', 'export_comment')
 

@@ -1,0 +1,13 @@
+"""The disclosure-check library: pure functions over an export's bytes, a policy and a
+`ScanContext` the caller gives it. It never looks anything up (no registry, no service, no
+gateway, no environment): whoever calls it gathers the context. See `pipeline` for how a scan runs
+and `checks/` for the checks, one module each, registered in one list.
+
+    from enclave.review.scan import ExportFile, ScanContext, scan_files, load_policy
+"""
+
+from enclave.review.scan.pipeline import (  # noqa: F401  (the library's public face)
+    ExportFile, FileSummary, ModelCallText, Policy, ProtectedSource, ScanContext, ScanReport, TokenScores,
+    build_context, gateway_scorer, load_policy, local_scorer, scan_files,
+)
+from enclave.review.scan.pipeline import __all__  # noqa: F401

@@ -1,0 +1,340 @@
+"""Record linkage: does an export hold several quasi-identifiers of one protected record?
+
+Sweeney showed that ZIP code, date of birth and sex single out most Americans; a name with a date
+of birth does so outright. So the question is not whether a value of a protected dataset appears
+(the value "F" appears everywhere) but whether enough values *of one record* appear close together.
+
+Values are compared in the folded view (`textfold`), so case, spacing, punctuation and look-alike
+characters do not matter; dates are compared as calendar dates, whatever their format
+(1961-03-02, 03/02/1961, 2 March 1961, 19610302); a name spelt out letter by letter still matches.
+Values shared by many records (sex, a common ZIP code) never start a match, they only confirm one
+found through a rarer value, so the work stays proportional to the rare values found.
+
+"Close together" means within `window` characters for the policy's combinations (name + date of
+birth stays a disclosure when a line break is put between them), and additionally on one line for
+the any-`min_values` rule, whose weaker values (sex, occupation, income) would otherwise add up
+across the rows of a table to a person who is in none of them.
+"""
+from __future__ import annotations
+
+import bisect
+import csv
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from enclave.review.scan.charruns import code_points
+from enclave.review.scan.textfold import SEP, Folded, fold
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
+_SEX = {"f": "f", "female": "f", "woman": "f", "w": "f", "m": "m", "male": "m", "man": "m"}
+_MONTH_WORD = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*"
+# Over folded text (lower case; every run of punctuation or space is one or more spaces). One
+# pattern with alternatives, because each scan of the text costs the same whatever it looks for.
+_DATES = re.compile(
+    r"(?<![0-9a-z])(?:"
+    r"(?P<ymd_y>\d{4}) +(?P<ymd_m>\d{1,2}) +(?P<ymd_d>\d{1,2})"
+    r"|(?P<xyz_a>\d{1,2}) +(?P<xyz_b>\d{1,2}) +(?P<xyz_y>\d{4})"
+    r"|(?P<dmy_d>\d{1,2})(?:st|nd|rd|th)? +(?:of +)?(?P<dmy_m>" + _MONTH_WORD + r") +(?P<dmy_y>\d{4})"
+    r"|(?P<mdy_m>" + _MONTH_WORD + r") +(?P<mdy_d>\d{1,2}) +(?P<mdy_y>\d{4})"
+    r"|(?P<c_y>(?:19|20)\d{2})(?P<c_m>\d{2})(?P<c_d>\d{2})"
+    r")(?![0-9a-z])")
+
+
+def _date_key(y: int, m: int, d: int) -> str | None:
+    try:
+        return "d:" + dt.date(y, m, d).strftime("%Y%m%d")
+    except ValueError:
+        return None
+
+
+def parse_date(value: str) -> str | None:
+    """The date key of a protected value, if it is a date in a format we read."""
+    found = dates_in(fold(value).text)
+    keys = {k for _, _, k in found}
+    return keys.pop() if len(keys) == 1 else None
+
+
+def dates_in(folded_text: str) -> list[tuple[int, int, str]]:
+    """(start, end, date key) for every date written in the folded text (ambiguous ones both ways)."""
+    out = []
+    seen: set[tuple[int, int]] = set()
+    for m in _date_matches(folded_text):
+        if m.span() in seen:
+            continue
+        seen.add(m.span())
+        g = m.groupdict()
+        if g["ymd_y"]:
+            candidates = [(int(g["ymd_y"]), int(g["ymd_m"]), int(g["ymd_d"]))]
+        elif g["xyz_y"]:  # 03/02/1961: March 2 (US) or 3 February (elsewhere)
+            y, a, b = int(g["xyz_y"]), int(g["xyz_a"]), int(g["xyz_b"])
+            candidates = [(y, a, b), (y, b, a)]
+        elif g["dmy_y"]:
+            candidates = [(int(g["dmy_y"]), _MONTHS[g["dmy_m"][:3]], int(g["dmy_d"]))]
+        elif g["mdy_y"]:
+            candidates = [(int(g["mdy_y"]), _MONTHS[g["mdy_m"][:3]], int(g["mdy_d"]))]
+        else:
+            candidates = [(int(g["c_y"]), int(g["c_m"]), int(g["c_d"]))]
+        for y, mo, d in candidates:
+            key = _date_key(y, mo, d)
+            if key:
+                out.append((m.start(), m.end(), key))
+    return out
+
+
+# Every date we read has a four-digit year in it (or is an eight-digit yyyymmdd).
+_YEAR = re.compile(r"(?<![0-9])(?:1[89]|20)\d\d(?:\d{4})?(?![0-9])")
+_DATE_REACH = 40  # characters a date can extend either side of its year ("2nd of September 1961")
+
+
+def _date_matches(folded_text: str):
+    """`_DATES` matches, looked for only around four-digit years (a digit-led pattern `re` finds
+    fast), instead of trying month names at every letter of the text."""
+    windows: list[list[int]] = []
+    for m in _YEAR.finditer(folded_text):
+        a, b = max(0, m.start() - _DATE_REACH), m.end() + _DATE_REACH
+        if windows and a <= windows[-1][1]:
+            windows[-1][1] = b
+        else:
+            windows.append([a, b])
+    for a, b in windows:
+        # With pos/endpos (unlike a slice) the lookbehind still sees the text before the window;
+        # windows reach far enough past the year that the lookahead sees real text too.
+        for m in _DATES.finditer(folded_text, a, min(b, len(folded_text))):
+            yield m
+
+
+def _value_keys(kind: str, value: str) -> list[str]:
+    if kind == "date":
+        key = parse_date(value)
+        return [key] if key else []
+    if kind == "sex":
+        sex = _SEX.get(fold(value).text.strip())
+        return [f"s:{sex}"] if sex else []
+    tokens = fold(value).text.split()
+    if not tokens:
+        return []
+    keys = ["t:" + " ".join(tokens)]
+    if len(tokens) > 1:
+        keys.append("t:" + "".join(tokens))  # "MariaLopez", "M a r i a  L o p e z"
+    if len(tokens) == 1 and tokens[0].isdigit() and len(tokens[0]) >= 4:
+        digits = tokens[0]  # 100500 is also written 100,500
+        groups = [digits[max(0, i - 3):i] for i in range(len(digits), 0, -3)][::-1]
+        keys.append("t:" + " ".join(groups))
+    return keys
+
+
+def _column_kind(values: list[str]) -> str:
+    sample = [v for v in values[:500] if v.strip()]
+    if not sample:
+        return "text"
+    if all(fold(v).text.strip() in _SEX for v in sample):
+        return "sex"
+    if sum(parse_date(v) is not None for v in sample) >= 0.8 * len(sample):
+        return "date"
+    return "text"
+
+
+@dataclass
+class RecordIndex:
+    """Quasi-identifier values of one protected dataset, keyed by their folded form."""
+
+    dataset: str
+    columns: list[str]
+    rows: list[list[str]]  # the QI values of each record, for reviewers' evidence
+    record_keys: list[list[list[str]]]  # record -> column -> value keys
+    postings: dict[str, list[int]]  # value key -> record * ncols + column
+    max_tokens: int  # longest token phrase among the keys
+    first_tokens: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_rows(cls, dataset: str, columns: list[str], rows: list[list[str]]) -> "RecordIndex":
+        kinds = [_column_kind([r[c] for r in rows]) for c in range(len(columns))]
+        postings: dict[str, list[int]] = {}
+        record_keys = []
+        max_tokens = 1
+        first_tokens: set[str] = set()
+        ncols = len(columns)
+        for r, row in enumerate(rows):
+            per_column = []
+            for c, value in enumerate(row):
+                keys = _value_keys(kinds[c], value)
+                per_column.append(keys)
+                for key in keys:
+                    postings.setdefault(key, []).append(r * ncols + c)
+                    if key.startswith("t:"):
+                        words = key[2:].split(" ")
+                        max_tokens = max(max_tokens, len(words))
+                        first_tokens.add(words[0])
+            record_keys.append(per_column)
+        return cls(dataset, columns, rows, record_keys, postings, max_tokens, first_tokens)
+
+    @classmethod
+    def from_csv(cls, dataset: str, path: Path, quasi_identifiers: Iterable[str]) -> "RecordIndex":
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = [h.strip() for h in next(reader, [])]
+            named = list(quasi_identifiers)
+            # No names given: every column is a quasi-identifier (a CSV named with --protect).
+            wanted = [q for q in named if q in header] if named else header
+            at = [header.index(q) for q in wanted]
+            rows = [[row[i].strip() if i < len(row) else "" for i in at] for row in reader if row]
+        return cls.from_rows(dataset, wanted, rows)
+
+
+@dataclass(frozen=True)
+class Linked:
+    dataset: str
+    record_number: int  # 1-based data row of the protected file
+    record: dict[str, str]
+    matched: tuple[str, ...]
+    start: int  # span of the matched values in the original text
+    end: int
+
+
+def _occurrences(index: RecordIndex, folded: Folded, text_tokens: list[str], token_starts: np.ndarray,
+                 token_ends: np.ndarray, folded_text: str) -> dict[str, list[tuple[int, int]]]:
+    """Value key -> sorted (start, end) folded spans where the export writes it."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    postings = index.postings
+
+    def add(key: str, start: int, end: int) -> None:
+        if key in postings:
+            found.setdefault(key, []).append((start, end))
+
+    first = index.first_tokens
+    n_tokens = len(text_tokens)
+    # Set operations run in C; the loop below then touches only tokens that can start a value.
+    wanted = (first | _SEX.keys()) & set(text_tokens)
+    if wanted:
+        for i, token in enumerate(text_tokens):
+            if token not in wanted:
+                continue
+            if token in first:
+                for width in range(1, min(index.max_tokens, n_tokens - i) + 1):
+                    add("t:" + " ".join(text_tokens[i:i + width]), int(token_starts[i]), int(token_ends[i + width - 1]))
+            sex = _SEX.get(token)
+            if sex:
+                add(f"s:{sex}", int(token_starts[i]), int(token_ends[i]))
+    # Letters spelt out one by one ("m a r i a l o p e z") also make a word.
+    lengths = token_ends - token_starts
+    singles = np.flatnonzero(lengths == 1)
+    if singles.shape[0] >= 3:
+        breaks = np.flatnonzero(np.diff(singles) != 1)
+        run_starts = np.concatenate(([0], breaks + 1))
+        run_ends = np.concatenate((breaks + 1, [singles.shape[0]]))
+        for a, b in zip(run_starts.tolist(), run_ends.tolist()):
+            if b - a >= 3:
+                first_token, last_token = int(singles[a]), int(singles[b - 1])
+                joined = "".join(text_tokens[first_token:last_token + 1])
+                add("t:" + joined, int(token_starts[first_token]), int(token_ends[last_token]))
+    for start, end, key in dates_in(folded_text):
+        add(key, start, end)
+    for spans in found.values():
+        spans.sort()
+    return found
+
+
+def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[list[str]], window: int,
+         max_postings: int, k_anonymity: int = 2) -> list[Linked]:
+    """Records of `index` with enough quasi-identifiers close together in `text`."""
+    folded = fold(text, separators=True)
+    codes = folded.codes
+    if codes.shape[0] == 0:
+        return []
+    is_word = codes != SEP
+    edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
+    token_starts = np.flatnonzero(edges == 1)
+    token_ends = np.flatnonzero(edges == -1)
+    folded_text = folded.text
+    tokens = folded_text.split()
+    if len(tokens) != token_starts.shape[0]:  # cannot happen: both split on the same separator
+        raise AssertionError("token boundaries disagree")
+    found = _occurrences(index, folded, tokens, token_starts, token_ends, folded_text)
+    if not found:
+        return []
+    ncols = len(index.columns)
+    usable = [combo for combo in combinations if all(c in index.columns for c in combo)]
+    # Line of a folded position, for the any-`min_values` rule: values of different people on
+    # neighbouring lines (table rows, listed records) must not add up to one person.
+    newlines = np.flatnonzero(code_points(text) == 10).tolist() if "\n" in text else []
+    offsets = folded.offsets
+
+    def line(pos: int) -> int:
+        return bisect.bisect_right(newlines, int(offsets[min(pos, len(offsets) - 1)]))
+
+    reported: set[int] = set()
+    out: list[Linked] = []
+    anchors = sorted((span, key) for key, spans in found.items() if len(index.postings[key]) <= max_postings
+                     for span in spans)
+    for (a_start, a_end), key in anchors:
+        for posting in index.postings[key]:
+            record = posting // ncols
+            if record in reported:
+                continue
+            close_by: dict[str, list[tuple[int, int]]] = {}
+            for c in range(ncols):
+                for value_key in index.record_keys[record][c]:
+                    spans = found.get(value_key)
+                    if not spans:
+                        continue
+                    k = bisect.bisect_left(spans, (a_start - window, -1))
+                    close = [s for s in spans[k:k + 64] if s[0] <= a_end + window]
+                    if close:
+                        close_by[index.columns[c]] = close
+                        break
+            # Most anchors (a ZIP code that is also part of some number) stop here, before any
+            # line arithmetic.
+            if len(close_by) < min(min_values, min((len(c) for c in usable), default=min_values)):
+                continue
+            anchor_line = line(a_start)
+            near: dict[str, tuple[int, int]] = {}
+            same_line: set[str] = set()
+            for name, close in close_by.items():
+                # The occurrence nearest the anchor, on its line if there is one there.
+                best = min(close, key=lambda s: (line(s[0]) != anchor_line, abs(s[0] - a_start)))
+                near[name] = best
+                if line(best[0]) == anchor_line:
+                    same_line.add(name)
+            combo = next((combo for combo in usable if set(combo) <= set(near)), None)
+            if combo is None and (len(same_line) < min_values
+                                  or _group_size(index, record, same_line) >= k_anonymity):
+                continue
+            matched = [c for c in index.columns if c in near and (combo is not None and c in combo or c in same_line)]
+            lo = min(near[c][0] for c in matched)
+            hi = max(near[c][1] for c in matched)
+            reported.add(record)
+            start, end = folded.span(lo, hi, len(text))
+            out.append(Linked(index.dataset, record + 1, dict(zip(index.columns, index.rows[record])),
+                              tuple(matched), start, end))
+    return _strongest(out)
+
+
+def _group_size(index: RecordIndex, record: int, columns: set[str]) -> int:
+    """How many records share this record's values in `columns` (k-anonymity's equivalence class)."""
+    ncols = len(index.columns)
+    group: set[int] | None = None
+    for c, name in enumerate(index.columns):
+        if name not in columns:
+            continue
+        holders = {p // ncols for key in index.record_keys[record][c] for p in index.postings[key] if p % ncols == c}
+        group = holders if group is None else group & holders
+    return len(group or ())
+
+
+def _strongest(found: list[Linked]) -> list[Linked]:
+    """Drop a match that lies inside a stronger one: a line that states one person's whole record
+    also matches, in part, other people who share some of its values; that is the same disclosure."""
+    kept: list[Linked] = []
+    for link_ in sorted(found, key=lambda f: (-len(f.matched), f.start)):
+        if not any(k.start <= link_.start and link_.end <= k.end and len(k.matched) > len(link_.matched) for k in kept):
+            kept.append(link_)
+    kept.sort(key=lambda f: f.start)
+    return kept
+    return out

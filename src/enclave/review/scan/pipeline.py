@@ -1,0 +1,184 @@
+"""The scan pipeline: every automated check over every file of an export.
+
+The review service and `enclave review scan` both call this; its interface is fixed:
+
+    from enclave.review.scan import ExportFile, ScanContext, ScanReport, scan_files, build_context
+    from enclave.review.scan.policy import Policy, load_policy   # load_policy(path=None) -> Policy
+
+    ExportFile(name, data)          # name as the scholar gave it (relative path); `size` optional:
+                                    # the real size of a file refused unread (over the size limit)
+    ScanContext(protected=[ProtectedSource...], model_dirs=[Path...], scorer=None | Callable[[str], TokenScores],
+                model_calls=[ModelCallText...], prior_releases=[ExportFile...],
+                egress_used_bytes=0, egress_allowed_bytes=None)
+    build_context(session_or_none, project_slug_or_none, *, protect_files=[], model_dirs=[], scorer=None)
+        # with a registry session and a project: the registered datasets the project may use
+        # (Dataset.path; Dataset.quasi_identifier_list for record linkage), its model calls
+        # (prompt and outputs, for provenance) and its grant's export allowance. Bytes already
+        # exported and earlier releases are the service's to fill in (dataclasses.replace).
+    scan_files(files, policy, context) -> ScanReport
+    ScanReport(verdict, findings, files).to_json() -> {"verdict": "pass"|"review"|"block", "findings": [...]}
+
+How it runs: each file becomes an `Item`; every registered item check (`checks.CHECKS`) runs on
+it; archive members and decoded blobs that checks hand back are queued and scanned the same way;
+then the export checks run. A check that fails with an exception does not stop the scan: its
+failure is a blocking finding on that file, because a file a check could not read has not been
+checked. Context that could not be used (an unreadable dataset, a model that cannot be
+fingerprinted, a scorer that is down) is reported as a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enclave.review.scan.checks import CHECKS
+from enclave.review.scan.checks.base import make_finding
+from enclave.review.scan.context import Env, ModelCallText, ProtectedSource, ScanContext
+from enclave.review.scan.findings import Finding, Severity, Verdict, verdict
+from enclave.review.scan.items import Item
+from enclave.review.scan.policy import Policy, load_policy
+from enclave.review.scan.scoring import Scorer, TokenScores, gateway_scorer, local_scorer
+
+__all__ = ["ExportFile", "FileSummary", "ModelCallText", "Policy", "ProtectedSource", "ScanContext", "ScanReport",
+           "TokenScores", "build_context", "gateway_scorer", "load_policy", "local_scorer", "scan_files"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    name: str
+    data: bytes
+    size: int | None = None  # set when `data` was not read in full (the file is over the size limit)
+
+    @classmethod
+    def from_path(cls, path: Path, name: str, max_bytes: int) -> "ExportFile":
+        """Read a file, unless it is bigger than `max_bytes`: then keep only its size (no 1 GB reads)."""
+        size = path.stat().st_size
+        if size > max_bytes:
+            return cls(name, b"", size)
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:  # it grew while we looked
+            return cls(name, b"", len(data))
+        return cls(name, data)
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    name: str
+    size: int
+    kind: str
+    format: str
+    sha256: str | None  # None for a file refused unread
+    origin: str  # "file", "member" or "decoded"
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    verdict: Verdict
+    findings: list[Finding]
+    files: list[FileSummary] = field(default_factory=list)
+    policy_version: str = ""
+
+    def to_json(self, evidence: bool = False) -> dict[str, Any]:
+        """{"verdict", "findings": [{"check", "severity", "file", "location", "message"}]}; with
+        `evidence`, each finding also carries its evidence (for reviewers only: it can quote
+        protected records)."""
+        out = []
+        for f in self.findings:
+            d = f.to_json()
+            if not evidence:
+                d.pop("evidence", None)
+            out.append(d)
+        return {"verdict": self.verdict.value, "findings": out}
+
+
+def _summary(item: Item) -> FileSummary:
+    digest = None if item.unread else hashlib.sha256(item.data).hexdigest()
+    return FileSummary(item.name, item.size, item.kind.value, item.sniffed.format if not item.unread else "unread",
+                       digest, item.origin)
+
+
+def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | None = None) -> ScanReport:
+    """Run every registered check over `files` (and everything inside them)."""
+    env = Env(policy, context or ScanContext())
+    top = []
+    for f in files:
+        size = f.size if f.size is not None else len(f.data)
+        # Never scan more than the policy allows, even if the caller read it all.
+        data = f.data if size <= policy.files.max_file_bytes else b""
+        top.append(Item(f.name, data, size))
+    findings: list[Finding] = []
+    summaries: list[FileSummary] = []
+    queue: deque[Item] = deque(top)
+    item_checks = [c for c in CHECKS if c.scope == "item"]
+    while queue:
+        item = queue.popleft()
+        summaries.append(_summary(item))
+        for check in item_checks:
+            try:
+                result = check.run(item, env)
+            except Exception as exc:  # a check's bug must not let the file through unchecked
+                log.exception("check %s failed on %s", check.name, item.name)
+                findings.append(Finding(check.name, Severity.block, item.name, "whole file",
+                                        f"the check failed ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                                        "this file was not checked by it", {"error": exc.__class__.__name__}))
+                continue
+            findings.extend(result.findings)
+            queue.extend(result.children)
+    for check in (c for c in CHECKS if c.scope == "export"):
+        try:
+            findings.extend(check.run(top, env).findings)
+        except Exception as exc:
+            log.exception("export check %s failed", check.name)
+            findings.append(Finding(check.name, Severity.block, "(export)", "whole export",
+                                    f"the check failed ({exc.__class__.__name__}: {str(exc)[:200]})", {}))
+    for problem in dict.fromkeys(env.problems):
+        found = make_finding("context", "warn", "(export)", "scan context", problem)
+        if found:
+            findings.append(found)
+    if env.passages_skipped:
+        found = make_finding("model_signals", "info", "(export)", "whole export",
+                             f"{env.passages_skipped} passages were not scored: the limit is "
+                             f"{policy.memorisation.model.max_passages} per export")
+        if found:
+            findings.append(found)
+    return ScanReport(verdict(findings), findings, summaries, policy.version)
+
+
+def build_context(session: Any = None, project_slug: str | None = None, *, protect_files: list[str | Path] = (),
+                  model_dirs: list[str | Path] = (), scorer: Scorer | None = None) -> ScanContext:
+    """A ScanContext from the registry (when given a session and a project) and explicit extras."""
+    protected = [ProtectedSource.from_path(p) for p in protect_files]
+    calls: list[ModelCallText] = []
+    allowed = None
+    if session is not None and project_slug:
+        from sqlmodel import select
+
+        from enclave.registry import datasets as registry_datasets
+        from enclave.registry.models import Grant, ModelCall
+        from enclave.registry.projects import get_project
+
+        project = get_project(session, project_slug)
+        for dataset in registry_datasets.datasets_for(session, project):
+            qis = dataset.quasi_identifier_list
+            protected.append(ProtectedSource(dataset.name, Path(dataset.path), None, tuple(qis) if qis else None))
+        rows = session.exec(select(ModelCall).where(ModelCall.project_id == project.id)
+                            .order_by(ModelCall.created_at)).all()
+        for call in rows:
+            try:
+                outputs = json.loads(call.outputs or "[]")
+            except ValueError:
+                outputs = []
+            for output in outputs if isinstance(outputs, list) else []:
+                if isinstance(output, str) and output:
+                    calls.append(ModelCallText(call.id, call.prompt, output))
+        grant = session.get(Grant, project.id)
+        allowed = grant.export_bytes if grant is not None else None
+    return ScanContext(protected=protected, model_dirs=[Path(d) for d in model_dirs], scorer=scorer,
+                       model_calls=calls, egress_allowed_bytes=allowed)
