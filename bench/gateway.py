@@ -104,7 +104,7 @@ def resolve_model(spec: str, scratch: Path) -> Path:
         return build_random_124m(scratch / "random-124m")
     if spec == "demo":
         from enclave.demo.model import build_demo
-        from enclave.registry.db import enclave_home
+        from enclave.envsettings import enclave_home
 
         return build_demo(enclave_home() / "demo", progress=False).model_dir  # cached after the first build
     return Path(spec)
@@ -315,7 +315,7 @@ def _share_demo_build(home: Path) -> None:
     """`enclave up` also builds the demo model: point the temporary home at the build cached in the
     usual enclave home (made there once if missing), so no run trains it again."""
     from enclave.demo.model import build_demo
-    from enclave.registry.db import enclave_home
+    from enclave.envsettings import enclave_home
 
     built = build_demo(enclave_home() / "demo", progress=False).root
     (home / "demo").symlink_to(built.resolve(), target_is_directory=True)

@@ -30,7 +30,11 @@ if _IMPORT_ERROR is None:
     from enclave.registry.clock import end_of_day, iso, last_day, parse_day
     from enclave.registry.db import check_schema, make_engine, redacted, session_scope, upgrade
     # A transaction on an initialised registry, committed when the command finishes cleanly.
-    from enclave.registry.db import registry_transaction as registry
+    from enclave.envsettings import database_url
+    from enclave.registry.db import registry_transaction
+
+    def registry():
+        return registry_transaction(database_url())
     from enclave.errors import UserError, BadInput, SettingsError, AccessDenied
 
     app = typer.Typer(
@@ -100,7 +104,7 @@ if _IMPORT_ERROR is None:
         email: Annotated[Optional[str], typer.Option(help="The operator's e-mail (default: USER@localhost.localdomain).")] = None,
     ) -> None:
         """Create the registry (migrations) and its first operator. Safe to re-run."""
-        engine = make_engine()
+        engine = make_engine(database_url())
         try:
             upgrade(engine)
             with session_scope(engine) as session:
@@ -117,7 +121,7 @@ if _IMPORT_ERROR is None:
     @db_app.command("upgrade")
     def db_upgrade(revision: Annotated[str, typer.Argument(metavar="REVISION", help="Target revision.")] = "head") -> None:
         """Apply schema migrations up to REVISION (default: the newest)."""
-        engine = make_engine()
+        engine = make_engine(database_url())
         try:
             upgrade(engine, revision)
             from enclave.registry.db import current_revision
@@ -131,7 +135,7 @@ if _IMPORT_ERROR is None:
         """Show the schema revision of the registry database."""
         from enclave.registry.db import current_revision, head_revision
 
-        engine = make_engine()
+        engine = make_engine(database_url())
         try:
             typer.echo(f"{current_revision(engine) or '(empty)'} (code expects {head_revision()})")
         finally:
@@ -148,7 +152,7 @@ if _IMPORT_ERROR is None:
         from enclave.demo.seed import DEMO_PEOPLE, seed_demo, seed_demo_dataset
         from enclave.registry.credentials import set_password
 
-        engine = make_engine()
+        engine = make_engine(database_url())
         try:
             upgrade(engine)
             for line in seed_demo(engine):
@@ -176,7 +180,7 @@ if _IMPORT_ERROR is None:
         from enclave.hub.launch import (DockerUnavailable, HubLaunchError, hub_environment, prepare_docker, start_hub,
                                         stop_leftover_proxy)
         from enclave.hub.network import FirewallError
-        from enclave.registry.db import enclave_home
+        from enclave.envsettings import enclave_home
 
         settings = EnclaveHubSettings(mode="unisolated" if unisolated else "docker", public_url=public_url,
                                       model_dir=model_dir or os.environ.get("ENCLAVE_MODEL_DIR", ""))
@@ -247,7 +251,7 @@ if _IMPORT_ERROR is None:
 
     def _build_demo(out: Path | None, force: bool):
         from enclave.demo.model import build_demo
-        from enclave.registry.db import enclave_home
+        from enclave.envsettings import enclave_home
 
         return build_demo(out or enclave_home() / "demo", progress=True, force=force)
 

@@ -7,7 +7,7 @@ import os
 
 from enclave.envsettings import env_int
 from enclave.errors import SettingsError
-from enclave.registry.db import database_url
+from enclave.envsettings import database_url
 
 
 @dataclasses.dataclass(frozen=True)

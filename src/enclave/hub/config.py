@@ -52,7 +52,7 @@ class EnclaveHubSettings(Configurable):
 
     @default("state_dir")
     def _d_state(self):
-        from enclave.registry.db import enclave_home
+        from enclave.envsettings import enclave_home
 
         return _env("ENCLAVE_HUB_STATE", str(enclave_home() / "hub"))
 

@@ -83,7 +83,7 @@ def prepare_docker(settings: EnclaveHubSettings, log_dir: Path, progress=print) 
 
 
 def hub_environment(settings: EnclaveHubSettings, image_id: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    from enclave.registry.db import database_url, enclave_home
+    from enclave.envsettings import database_url, enclave_home
 
     env = dict(os.environ)
     # Absolute: the hub and its services run in the state directory, where a relative

@@ -24,7 +24,7 @@ class RegistryLink(LoggingConfigurable):
 
     @default("enclave_db_url")
     def _default_enclave_db_url(self) -> str:
-        from enclave.registry.db import database_url
+        from enclave.envsettings import database_url
 
         return os.environ.get("ENCLAVE_DB_URL") or database_url()
 

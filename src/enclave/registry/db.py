@@ -28,17 +28,6 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
-def enclave_home() -> Path:
-    return Path(os.environ.get("ENCLAVE_HOME", "./var")).resolve()
-
-
-def database_url() -> str:
-    url = os.environ.get("ENCLAVE_DB_URL")
-    if url:
-        return normalise_url(url)
-    return f"sqlite:///{enclave_home() / 'enclave.db'}"
-
-
 def normalise_url(url: str) -> str:
     """Accept the URL spellings operators paste from elsewhere; use psycopg 3 for PostgreSQL."""
     if url.startswith("postgres://"):
@@ -55,8 +44,12 @@ def redacted(url: str) -> str:
         return url
 
 
-def make_engine(url: str | None = None) -> Engine:
-    url = normalise_url(url) if url else database_url()
+def make_engine(url: str) -> Engine:
+    """An engine for `url` (the caller's settings say which database; the registry reads no
+    environment)."""
+    if not url:
+        raise DatabaseUnavailable("no database URL given")
+    url = normalise_url(url)
     try:
         parsed = make_url(url)
     except Exception:
@@ -195,10 +188,10 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 @contextlib.contextmanager
-def registry_transaction() -> Iterator[Session]:
-    """One transaction on the configured, initialised registry (refused if its schema is missing
-    or behind), with the engine disposed afterwards: what a one-shot CLI command needs."""
-    engine = make_engine()
+def registry_transaction(url: str) -> Iterator[Session]:
+    """One transaction on the initialised registry at `url` (refused if its schema is missing or
+    behind), with the engine disposed afterwards: what a one-shot CLI command needs."""
+    engine = make_engine(url)
     try:
         check_schema(engine)
         with session_scope(engine) as session:

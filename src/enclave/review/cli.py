@@ -29,16 +29,18 @@ Reason = Annotated[str, typer.Option("--reason", help="Why (the author reads it)
 
 
 def _registry():
+    from enclave.envsettings import database_url
     from enclave.registry.db import registry_transaction
 
-    return registry_transaction()
+    return registry_transaction(database_url())
 
 
 @contextlib.contextmanager
 def _engine() -> Iterator:
+    from enclave.envsettings import database_url
     from enclave.registry.db import check_schema, make_engine
 
-    engine = make_engine()
+    engine = make_engine(database_url())
     try:
         check_schema(engine)
         yield engine
@@ -65,7 +67,7 @@ def _release(engine, request_id: str, actor: str, by_reviewer: bool) -> str:
     from enclave.review.release import load_or_create_key
     from enclave.review.settings import ReviewSettings, SettingsError
     from enclave.review.workflow import Actor
-    from enclave.errors import UserError
+    from enclave.errors import BadInput
 
     try:
         settings = ReviewSettings.from_env()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from enclave.envsettings import env_int
 from enclave.errors import SettingsError
-from enclave.registry.db import database_url, enclave_home
+from enclave.envsettings import database_url, enclave_home
 
 MIB = 1024**2
 

@@ -10,11 +10,8 @@ target_metadata = SQLModel.metadata
 
 
 def run_migrations_online() -> None:
-    engine = config.attributes.get("engine")
-    if engine is None:
-        from enclave.registry.db import make_engine
-
-        engine = make_engine()
+    # Always handed an engine by `enclave.registry.db.upgrade`: the registry reads no environment.
+    engine = config.attributes["engine"]
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -119,7 +119,7 @@ _provenance_indexes = _Lru(16)
 
 
 def cache_root() -> Path:
-    from enclave.registry.db import enclave_home
+    from enclave.envsettings import enclave_home
 
     return enclave_home() / "cache" / "review"
 

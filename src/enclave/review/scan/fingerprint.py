@@ -344,7 +344,7 @@ def _content_digest(files: list[Path]) -> str:
 
 
 def cache_dir() -> Path:
-    from enclave.registry.db import enclave_home
+    from enclave.envsettings import enclave_home
 
     return enclave_home() / "cache" / "review" / "fingerprints"
 

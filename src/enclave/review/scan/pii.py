@@ -65,7 +65,7 @@ class Hit:
 
 
 def _quiet_offline_setup() -> None:
-    from enclave.registry.db import enclave_home
+    from enclave.envsettings import enclave_home
 
     cache = enclave_home() / "cache" / "review" / "tldextract"
     os.environ.setdefault("TLDEXTRACT_CACHE", str(cache))
