@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from enclave.registry import access, audit, lifecycle, people, projects
+from enclave.registry import access, audit, lifecycle, people, projects, views
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
 from enclave.errors import UserError, Forbidden, AccessDenied, InvalidTransition
@@ -71,7 +71,7 @@ def test_full_lifecycle_is_recorded(engine):
         with session_scope(engine) as s:
             assert projects.transition(s, OPERATOR, "study", action, **kwargs).status == expected
     with session_scope(engine) as s:
-        record = projects.project_json(s, projects.get_project(s, "study"))
+        record = views.project_json(s, projects.get_project(s, "study"))
         events = [audit.event_record(e) for e in audit.iter_events(s)]
     assert record["status"] == "revoked" and record["status_reason"] == "breach of terms"
     assert record["approved_by"] == OPERATOR and record["members"] == ["alice"]
@@ -131,7 +131,7 @@ def test_expiry_is_enforced_by_time_without_any_command(engine):
         with pytest.raises(AccessDenied) as refused:
             access.resolve(s, "erin", "short", now=later)
         assert refused.value.reason == "expired"
-        assert projects.project_json(s, projects.get_project(s, "short"), now=later)["status"] == "expired"
+        assert views.project_json(s, projects.get_project(s, "short"), now=later)["status"] == "expired"
     # Any later move records the expiry first (as the system), then refuses; a sweep that runs
     # afterwards finds nothing left to do.
     with session_scope(engine) as s, pytest.raises(InvalidTransition, match="expired is final"):

@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-from enclave.registry import access, audit, datasets, grants, keys, people, projects
+from enclave.registry import access, audit, datasets, grants, keys, people, projects, views
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
 from enclave.errors import UserError, NotFound, Forbidden, AccessDenied, Conflict
@@ -114,7 +114,7 @@ def test_datasets_are_fingerprinted_and_checked(engine, tmp_path):
         datasets.allow(s, OPERATOR, "census", "dp")
     with session_scope(engine) as s:
         assert datasets.dataset_json(s, datasets.get_dataset(s, "census"))["projects"] == ["dp"]
-        assert projects.project_json(s, projects.get_project(s, "dp"))["datasets"] == ["census"]
+        assert views.project_json(s, projects.get_project(s, "dp"))["datasets"] == ["census"]
     for name, path, qids, match in [
         ("x", str(tmp_path / "missing.csv"), [], "does not exist"),
         ("y", str(csv_path), ["postcode"], "not a column"),

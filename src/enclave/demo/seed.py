@@ -11,7 +11,7 @@ import datetime as dt
 
 from sqlalchemy.engine import Engine
 
-from enclave.registry import grants, people, projects
+from enclave.registry import grants, lifecycle, people, projects
 from enclave.registry.clock import end_of_day, last_day, utcnow
 from enclave.registry.db import session_scope
 from enclave.errors import NotFound
@@ -51,7 +51,7 @@ def seed_demo(engine: Engine, now: dt.datetime | None = None) -> list[str]:
             project = projects.create_project(s, actor, PROJECT, "Demo: what does the model remember?", SCHOLAR,
                                               "Measure memorisation of synthetic records in the demo GPT-2.")
             report.append(f"proposed project {PROJECT}")
-        if projects.status_of(project, now) is ProjectStatus.proposed:
+        if lifecycle.status_of(project, now) is ProjectStatus.proposed:
             projects.transition(s, actor, PROJECT, "approve", until=end_of_day((now + dt.timedelta(days=365)).date()))
             report.append(f"approved project {PROJECT}")
         try:
@@ -59,7 +59,7 @@ def seed_demo(engine: Engine, now: dt.datetime | None = None) -> list[str]:
         except NotFound:
             grants.set_grant(s, actor, PROJECT, **DEMO_GRANT)
             report.append(f"set the grant of {PROJECT}")
-        status = projects.status_of(project, now).value
+        status = lifecycle.status_of(project, now).value
         expires = last_day(project.expires_at) or "-"
     report.append(f"project {PROJECT}: {status} until {expires}; members: {SCHOLAR} (PI); reviewers: {REVIEWER}, {REVIEWER2}; operator: {OPERATOR}")
     return report

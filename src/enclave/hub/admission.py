@@ -13,7 +13,7 @@ from enclave.registry.datasets import datasets_for
 from enclave.errors import AccessDenied
 from enclave.registry.models import Membership, Project, ProjectStatus, Role
 from enclave.registry.people import find_person
-from enclave.registry.projects import status_of
+from enclave.registry.lifecycle import status_of
 
 # Who may log in to the hub at all: scholars to work, reviewers to reach the review UI through
 # hub OAuth, operators for the admin page.

@@ -11,6 +11,7 @@ from sqlmodel import Session, select
 
 from enclave.registry.clock import iso, utcnow
 from enclave.errors import AccessDenied
+from enclave.registry.lifecycle import status_of
 from enclave.registry.models import Grant, Membership, Person, Project, ProjectStatus, Role
 
 
@@ -32,8 +33,6 @@ _REFUSALS = {
 
 def resolve(session: Session, username: str, slug: str | None = None, now: dt.datetime | None = None) -> Access:
     """The person's access through `slug` (or through their only live project), or AccessDenied."""
-    from enclave.registry.projects import status_of
-
     now = now or utcnow()
     person = session.exec(select(Person).where(Person.username == username)).first()
     if person is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from enclave.errors import BadInput
+
 UTC = dt.timezone.utc
 
 
@@ -24,8 +26,6 @@ def iso(ts: dt.datetime | None) -> str | None:
 
 
 def parse_day(text: str, what: str = "date") -> dt.date:
-    from enclave.errors import BadInput
-
     try:
         return dt.date.fromisoformat(text)
     except (TypeError, ValueError):

@@ -16,7 +16,7 @@ from enclave.registry import audit
 from enclave.registry.clock import utcnow
 from enclave.errors import BadInput
 from enclave.registry.models import Credential
-from enclave.registry.people import get_person, require_role
+from enclave.registry.people import find_person, get_person, require_role
 
 # RFC 7914's interactive-login parameters: 16 MiB and about 50 ms per check here.
 _N, _R, _P = 2**14, 8, 1
@@ -72,8 +72,6 @@ def set_password(session: Session, actor: str, username: str, password: str | No
 
 
 def check_password(session: Session, username: str, password: str) -> bool:
-    from enclave.registry.people import find_person
-
     person = find_person(session, username)
     if person is None:
         hash_password(password)  # same cost whether or not the user exists: no user enumeration by timing

@@ -12,7 +12,9 @@ from sqlmodel import Session, select
 from enclave.registry import audit
 from enclave.errors import BadInput, NotFound, Conflict
 from enclave.registry.models import Dataset, DatasetAccess, Project, Sensitivity
+from enclave.registry.lifecycle import require_live
 from enclave.registry.people import require_role
+from enclave.registry.projects import get_project
 
 
 def _fingerprint(path: Path) -> tuple[str | None, int | None]:
@@ -84,14 +86,10 @@ def get_dataset(session: Session, name: str) -> Dataset:
 
 
 def allow(session: Session, actor: str, name: str, slug: str) -> DatasetAccess:
-    from enclave.registry.lifecycle import TERMINAL
-    from enclave.registry.projects import get_project, status_of
-
     require_role(session, actor)
     dataset = get_dataset(session, name)
     project = get_project(session, slug)
-    if status_of(project) in TERMINAL:
-        raise Conflict(f"cannot give project {slug!r} a dataset: it is {status_of(project).value}")
+    require_live(project, f"give it dataset {name!r}")
     if session.get(DatasetAccess, (dataset.id, project.id)):
         raise Conflict(f"project {slug!r} may already use dataset {name!r}")
     access = DatasetAccess(dataset_id=dataset.id, project_id=project.id, granted_by=actor)
@@ -102,8 +100,6 @@ def allow(session: Session, actor: str, name: str, slug: str) -> DatasetAccess:
 
 
 def disallow(session: Session, actor: str, name: str, slug: str) -> None:
-    from enclave.registry.projects import get_project
-
     require_role(session, actor)
     dataset = get_dataset(session, name)
     project = get_project(session, slug)

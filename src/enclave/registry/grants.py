@@ -10,10 +10,11 @@ from sqlmodel import Session
 
 from enclave.registry import audit
 from enclave.registry.clock import iso, utcnow
-from enclave.errors import BadInput, NotFound, Conflict
-from enclave.registry.lifecycle import TERMINAL
+from enclave.errors import BadInput, NotFound
+from enclave.registry.lifecycle import require_live
 from enclave.registry.models import Grant
 from enclave.registry.people import require_role
+from enclave.registry.projects import get_project
 
 GIB = 1024**3
 MIB = 1024**2
@@ -84,13 +85,9 @@ def validate(field: str, value: Any) -> Any:
 
 def set_grant(session: Session, actor: str, slug: str, **changes: Any) -> Grant:
     """Create or change a project's grant; unset fields keep their value (or get DEFAULTS)."""
-    from enclave.registry.projects import get_project, status_of
-
     require_role(session, actor)
     project = get_project(session, slug)
-    status = status_of(project)
-    if status in TERMINAL:
-        raise Conflict(f"cannot change the grant of project {slug!r}: it is {status.value}")
+    require_live(project, "change its grant")
     unknown = set(changes) - set(LIMITS)
     if unknown:
         raise BadInput(f"unknown grant field {sorted(unknown)[0]!r}")
@@ -116,8 +113,6 @@ def set_grant(session: Session, actor: str, slug: str, **changes: Any) -> Grant:
 
 
 def get_grant(session: Session, slug: str) -> Grant:
-    from enclave.registry.projects import get_project
-
     grant = session.get(Grant, get_project(session, slug).id)
     if grant is None:
         raise NotFound(f"project {slug!r} has no grant yet: set one with `enclave grant set {slug}`")

@@ -16,9 +16,10 @@ from sqlmodel import Session, select
 from enclave.registry import audit
 from enclave.registry.clock import iso, last_day, utcnow
 from enclave.errors import BadInput, NotFound, AccessDenied, Conflict
-from enclave.registry.lifecycle import TERMINAL
+from enclave.registry.lifecycle import require_live
 from enclave.registry.models import ApiKey, Membership, Person, Project
 from enclave.registry.people import get_person, require_role
+from enclave.registry.projects import get_project
 
 PREFIX = "enk_"
 DEFAULT_LIFETIME = dt.timedelta(days=90)
@@ -33,15 +34,11 @@ def issue(
     now: dt.datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Make a key; returns the row and the plaintext, which is never stored or shown again."""
-    from enclave.registry.projects import get_project, status_of
-
     now = now or utcnow()
     require_role(session, actor)
     person = get_person(session, username)
     project = get_project(session, slug)
-    status = status_of(project, now)
-    if status in TERMINAL:
-        raise Conflict(f"cannot issue a key for project {slug!r}: it is {status.value}")
+    require_live(project, f"issue a key for {username!r}", now)
     if session.get(Membership, (project.id, person.id)) is None:
         raise BadInput(f"{username!r} is not a member of {slug!r}")
     if expires_at is None:
@@ -96,8 +93,6 @@ def authenticate(session: Session, presented: str, now: dt.datetime | None = Non
 
 
 def list_keys(session: Session, username: str | None = None, slug: str | None = None) -> list[ApiKey]:
-    from enclave.registry.projects import get_project
-
     query = select(ApiKey).order_by(ApiKey.created_at)
     if username:
         query = query.where(ApiKey.person_id == get_person(session, username).id)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from enclave.errors import InvalidTransition
-from enclave.registry.models import ProjectStatus as S
+from enclave.errors import Conflict, InvalidTransition
+from enclave.registry.clock import utcnow
+from enclave.registry.models import Project, ProjectStatus as S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,20 @@ def check_transition(slug: str, current: S, action: str) -> Transition:
         hint = f"from {current.value} you may: {', '.join(allowed)}" if allowed else f"{current.value} is final"
         raise InvalidTransition(f"cannot {action} project {slug!r}: it is {current.value} ({hint})")
     return transition
+
+
+def status_of(project: Project, now: dt.datetime | None = None) -> S:
+    """The status of `project` that counts now (see `effective_status`)."""
+    return effective_status(S(project.status), project.expires_at, now or utcnow())
+
+
+def require_live(project: Project, doing: str, now: dt.datetime | None = None) -> S:
+    """Refuse `doing` on a project whose life is over (rejected, revoked, expired, closed): the one
+    guard every change to a project's members, datasets, grant and keys goes through."""
+    status = status_of(project, now)
+    if status in TERMINAL:
+        raise Conflict(f"cannot {doing}: project {project.slug!r} is {status.value}")
+    return status
 
 
 def effective_status(status: S, expires_at: dt.datetime | None, now: dt.datetime) -> S:

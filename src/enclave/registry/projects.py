@@ -10,8 +10,8 @@ from sqlmodel import Session, select
 from enclave.registry import audit
 from enclave.registry.clock import iso, last_day, utcnow
 from enclave.errors import BadInput, NotFound, Conflict
-from enclave.registry.lifecycle import EXPIRABLE, TERMINAL, check_transition, effective_status
-from enclave.registry.models import Grant, Membership, Person, Project, ProjectStatus, Role
+from enclave.registry.lifecycle import EXPIRABLE, check_transition, require_live, status_of
+from enclave.registry.models import Membership, Person, Project, ProjectStatus, Role
 from enclave.registry.people import SYSTEM_ACTOR, get_person, require_role
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -24,10 +24,6 @@ def get_project(session: Session, slug: str) -> Project:
     if project is None:
         raise NotFound(f"unknown project {slug!r}")
     return project
-
-
-def status_of(project: Project, now: dt.datetime | None = None) -> ProjectStatus:
-    return effective_status(ProjectStatus(project.status), project.expires_at, now or utcnow())
 
 
 def create_project(
@@ -134,16 +130,10 @@ def expire_due(session: Session, now: dt.datetime | None = None) -> list[str]:
     return [p.slug for p in due]
 
 
-def _require_open(project: Project, now: dt.datetime, doing: str) -> None:
-    status = status_of(project, now)
-    if status in TERMINAL:
-        raise Conflict(f"cannot {doing}: project {project.slug!r} is {status.value}")
-
-
 def add_member(session: Session, actor: str, slug: str, username: str, now: dt.datetime | None = None) -> Membership:
     require_role(session, actor)
     project = get_project(session, slug)
-    _require_open(project, now or utcnow(), f"add {username!r}")
+    require_live(project, f"add {username!r}", now)
     person = get_person(session, username)
     if not person.has_role(Role.scholar):
         raise BadInput(f"{username!r} must hold the scholar role to join a project")
@@ -179,29 +169,3 @@ def members(session: Session, project: Project) -> list[Person]:
 
 def list_projects(session: Session) -> list[Project]:
     return list(session.exec(select(Project).order_by(Project.slug)).all())
-
-
-def project_json(session: Session, project: Project, now: dt.datetime | None = None) -> dict:
-    from enclave.registry.grants import grant_json
-    from enclave.registry.datasets import datasets_for
-
-    now = now or utcnow()
-    pi = session.get(Person, project.pi_id)
-    grant = session.get(Grant, project.id)
-    return {
-        "slug": project.slug,
-        "title": project.title,
-        "purpose": project.purpose,
-        "pi": pi.username if pi else None,
-        "status": status_of(project, now).value,
-        "status_reason": project.status_reason,
-        "terms_version": project.terms_version,
-        "created_at": iso(project.created_at),
-        "approved_by": project.approved_by,
-        "approved_at": iso(project.approved_at),
-        "expires_at": iso(project.expires_at),
-        "until": last_day(project.expires_at),
-        "members": [p.username for p in members(session, project)],
-        "datasets": [d.name for d in datasets_for(session, project)],
-        "grant": grant_json(grant) if grant else None,
-    }
