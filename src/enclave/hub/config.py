@@ -10,9 +10,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from typing import Mapping
+
 from traitlets import Bool, Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
+from enclave.envsettings import enclave_home
+from enclave.errors import SettingsError
 from enclave.hub.network import EnclaveNetwork
 from enclave.hub.spawner import SERVER_TOKEN_SCOPES
 
@@ -20,105 +24,83 @@ BANNER = ("DEVELOPER MODE (--unisolated): notebooks run as local processes with 
           "or file isolation. Never use it with real data.")
 
 
-def _env(name: str, fallback: str = "") -> str:
-    return os.environ.get(name, fallback)
-
-
 class EnclaveHubSettings(Configurable):
-    mode = Enum(["docker", "unisolated"], help="docker: locked-down containers; unisolated: developer mode.").tag(config=True)
-    state_dir = Unicode(help="Where the hub keeps its database, cookie secret and logs.").tag(config=True)
-    public_url = Unicode(help="Where browsers reach the hub (the proxy's public address).").tag(config=True)
-    hub_port = Integer(8081, help="Hub API port, on the enclave bridge address (docker) or loopback.").tag(config=True)
-    proxy_api_port = Integer(8003, help="configurable-http-proxy's API port (loopback only).").tag(config=True)
-    gateway_port = Integer(8001, help="Model gateway port, as a hub service.").tag(config=True)
-    review_port = Integer(8002, help="Review service port, as a hub service.").tag(config=True)
-    image = Unicode(help="Notebook image, pinned by ID (sha256:...).").tag(config=True)
-    network_name = Unicode("enclave-net", help="Internal Docker network of the notebooks.").tag(config=True)
-    bridge = Unicode("enclave0", help="Linux bridge of that network (the firewall matches on it).").tag(config=True)
-    subnet = Unicode("172.30.0.0/24", help="Subnet of that network.").tag(config=True)
-    model_dir = Unicode(help="GPT-2 model directory the gateway serves.").tag(config=True)
-    gateway_command = Unicode(help="Command line that runs the gateway (default: this Python's `enclave serve gateway`).").tag(config=True)
-    review_command = Unicode(help="Command line that runs the review service; empty: no review service.").tag(config=True)
-    idle_timeout = Integer(3600, help="Seconds of inactivity after which jupyterhub-idle-culler stops a server.").tag(config=True)
-    warden_interval = Integer(15, help="Seconds between the warden's registry re-checks of running servers.").tag(config=True)
+    """The hub's deployment facts. Each trait is declared once, with its default and, in its
+    `env` tag, the variable the launcher passes it in (`to_environment` writes them, the hub
+    process reads them back at start-up); explicit constructor or config values win."""
+
+    mode = Enum(["docker", "unisolated"], "docker",
+                help="docker: locked-down containers; unisolated: developer mode.").tag(config=True, env="ENCLAVE_HUB_MODE")
+    state_dir = Unicode(help="Where the hub keeps its database, cookie secret and logs (default: $ENCLAVE_HOME/hub)."
+                        ).tag(config=True, env="ENCLAVE_HUB_STATE")
+    public_url = Unicode("http://127.0.0.1:8000", help="Where browsers reach the hub (the proxy's public address)."
+                         ).tag(config=True, env="ENCLAVE_HUB_PUBLIC_URL")
+    hub_port = Integer(8081, help="Hub API port, on the enclave bridge address (docker) or loopback."
+                       ).tag(config=True, env="ENCLAVE_HUB_PORT")
+    proxy_api_port = Integer(8003, help="configurable-http-proxy's API port (loopback only)."
+                             ).tag(config=True, env="ENCLAVE_HUB_PROXY_API_PORT")
+    gateway_port = Integer(8001, help="Model gateway port, as a hub service.").tag(config=True, env="ENCLAVE_GATEWAY_PORT")
+    review_port = Integer(8002, help="Review service port, as a hub service.").tag(config=True, env="ENCLAVE_REVIEW_PORT")
+    image = Unicode(help="Notebook image, pinned by ID (sha256:...).").tag(config=True, env="ENCLAVE_NOTEBOOK_IMAGE")
+    network_name = Unicode("enclave-net", help="Internal Docker network of the notebooks."
+                           ).tag(config=True, env="ENCLAVE_NETWORK")
+    bridge = Unicode("enclave0", help="Linux bridge of that network (the firewall matches on it)."
+                     ).tag(config=True, env="ENCLAVE_BRIDGE")
+    subnet = Unicode("172.30.0.0/24", help="Subnet of that network.").tag(config=True, env="ENCLAVE_SUBNET")
+    model_dir = Unicode(help="GPT-2 model directory the gateway serves.").tag(config=True, env="ENCLAVE_MODEL_DIR")
+    gateway_command = Unicode(help="Command line that runs the gateway (default: this Python's `enclave serve gateway`)."
+                              ).tag(config=True, env="ENCLAVE_GATEWAY_COMMAND")
+    review_command = Unicode(help="Command line that runs the review service; empty: no review service."
+                             ).tag(config=True, env="ENCLAVE_REVIEW_COMMAND")
+    idle_timeout = Integer(3600, help="Seconds of inactivity after which jupyterhub-idle-culler stops a server."
+                           ).tag(config=True, env="ENCLAVE_IDLE_TIMEOUT")
+    warden_interval = Integer(15, help="Seconds between the warden's registry re-checks of running servers."
+                              ).tag(config=True, env="ENCLAVE_WARDEN_INTERVAL")
     work_volume_template = Unicode(
         "enclave-work-{username}", help="Docker volume holding each scholar's ~/work ({username} expands)."
-    ).tag(config=True)
-    gateway = Bool(True, help="Run the model gateway as a hub-managed service.").tag(config=True)
+    ).tag(config=True, env="ENCLAVE_WORK_VOLUME_TEMPLATE")
+    gateway = Bool(True, help="Run the model gateway as a hub-managed service.").tag(config=True, env="ENCLAVE_HUB_GATEWAY")
+    enclave_home = Unicode(help="The enclave's home directory, passed on to the services (default: $ENCLAVE_HOME)."
+                           ).tag(config=True, env="ENCLAVE_HOME")
+    db_url = Unicode(help="The registry database, passed on to the services (default: $ENCLAVE_DB_URL, else SQLite "
+                          "under the enclave home).").tag(config=True, env="ENCLAVE_DB_URL")
+    operator_token = Unicode(help="API token of the `enclave-operator` hub service (operators' tooling and the "
+                                  "end-to-end tests drive the hub REST API with it); empty: no such service."
+                             ).tag(config=True, env="ENCLAVE_HUB_OPERATOR_TOKEN")
 
-    @default("mode")
-    def _d_mode(self):
-        return _env("ENCLAVE_HUB_MODE", "docker")
+    def __init__(self, environ: Mapping[str, str] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        environ = os.environ if environ is None else environ
+        configured = set(kwargs) | set(self.config.get(type(self).__name__, {}))
+        for name, trait in self.traits(env=lambda v: v is not None).items():
+            raw = environ.get(trait.metadata["env"])
+            if name in configured or raw is None or raw == "":
+                continue
+            if isinstance(trait, Bool):
+                value = raw.strip().lower() not in ("0", "false", "no")
+            elif isinstance(trait, Integer):
+                try:
+                    value = int(raw)
+                except ValueError:
+                    raise SettingsError(f"{trait.metadata['env']} must be a whole number, not {raw!r}") from None
+            else:
+                value = raw
+            setattr(self, name, value)
 
     @default("state_dir")
     def _d_state(self):
-        from enclave.envsettings import enclave_home
+        return str(Path(self.enclave_home or enclave_home()) / "hub")
 
-        return _env("ENCLAVE_HUB_STATE", str(enclave_home() / "hub"))
-
-    @default("public_url")
-    def _d_public(self):
-        return _env("ENCLAVE_HUB_PUBLIC_URL", "http://127.0.0.1:8000")
-
-    @default("hub_port")
-    def _d_hub_port(self):
-        return int(_env("ENCLAVE_HUB_PORT", "8081"))
-
-    @default("proxy_api_port")
-    def _d_proxy_port(self):
-        return int(_env("ENCLAVE_HUB_PROXY_API_PORT", "8003"))
-
-    @default("gateway_port")
-    def _d_gateway_port(self):
-        return int(_env("ENCLAVE_GATEWAY_PORT", "8001"))
-
-    @default("review_port")
-    def _d_review_port(self):
-        return int(_env("ENCLAVE_REVIEW_PORT", "8002"))
-
-    @default("image")
-    def _d_image(self):
-        return _env("ENCLAVE_NOTEBOOK_IMAGE")
-
-    @default("network_name")
-    def _d_net(self):
-        return _env("ENCLAVE_NETWORK", "enclave-net")
-
-    @default("bridge")
-    def _d_bridge(self):
-        return _env("ENCLAVE_BRIDGE", "enclave0")
-
-    @default("subnet")
-    def _d_subnet(self):
-        return _env("ENCLAVE_SUBNET", "172.30.0.0/24")
-
-    @default("model_dir")
-    def _d_model(self):
-        return _env("ENCLAVE_MODEL_DIR")
-
-    @default("gateway_command")
-    def _d_gwcmd(self):
-        return _env("ENCLAVE_GATEWAY_COMMAND")
-
-    @default("review_command")
-    def _d_rvcmd(self):
-        return _env("ENCLAVE_REVIEW_COMMAND")
-
-    @default("idle_timeout")
-    def _d_idle(self):
-        return int(_env("ENCLAVE_IDLE_TIMEOUT", "3600"))
-
-    @default("warden_interval")
-    def _d_warden(self):
-        return int(_env("ENCLAVE_WARDEN_INTERVAL", "15"))
-
-    @default("work_volume_template")
-    def _d_work_volume(self):
-        return _env("ENCLAVE_WORK_VOLUME_TEMPLATE", "enclave-work-{username}")
-
-    @default("gateway")
-    def _d_gateway(self):
-        return _env("ENCLAVE_HUB_GATEWAY", "1") not in ("0", "false", "no")
+    def to_environment(self) -> dict[str, str]:
+        """The settings as the variables the hub process reads back (empty values left out)."""
+        out = {}
+        for name, trait in self.traits(env=lambda v: v is not None).items():
+            value = getattr(self, name)
+            if isinstance(trait, Bool):
+                out[trait.metadata["env"]] = "1" if value else "0"
+            elif value not in ("", None):
+                out[trait.metadata["env"]] = str(value)
+        return out
 
     @property
     def network(self) -> EnclaveNetwork:
@@ -137,7 +119,6 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     state.mkdir(parents=True, exist_ok=True)
     ip = s.service_ip
     python = sys.executable
-    enclave_db = os.environ.get("ENCLAVE_DB_URL", "")
 
     c.JupyterHub.bind_url = s.public_url
     c.JupyterHub.hub_bind_url = f"http://{ip}:{s.hub_port}"
@@ -174,9 +155,9 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     getattr(c, spawner_cls).gateway_url = f"http://{ip}:{s.gateway_port}"
     getattr(c, spawner_cls).review_url = f"http://{ip}:{s.review_port}" if s.review_command else ""
 
-    env_common = {"ENCLAVE_DB_URL": enclave_db} if enclave_db else {}
-    if os.environ.get("ENCLAVE_HOME"):
-        env_common["ENCLAVE_HOME"] = os.environ["ENCLAVE_HOME"]
+    env_common = {"ENCLAVE_DB_URL": s.db_url} if s.db_url else {}
+    if s.enclave_home:
+        env_common["ENCLAVE_HOME"] = s.enclave_home
     if s.model_dir:
         env_common["ENCLAVE_MODEL_DIR"] = s.model_dir
     services = [
@@ -195,13 +176,14 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     if s.review_command:
         review_env = dict(env_common)
         if s.model_dir:
-            # The memorisation checks score exports with the served model itself (local, no quota),
-            # and fingerprint its weights (ENCLAVE_MODEL_DIR).
+            # The review service scores exports in-process with the served model, read-only (no
+            # quota: reviewers' checks must not be charged to a scholar's grant), and fingerprints
+            # its weights (ENCLAVE_MODEL_DIR).
             review_env.setdefault("ENCLAVE_REVIEW_SCORER_MODEL", s.model_dir)
         services.append({"name": "review", "url": f"http://{ip}:{s.review_port}",
                          "command": shlex.split(s.review_command), "environment": review_env,
                          "oauth_no_confirm": True})
-    operator_token = os.environ.get("ENCLAVE_HUB_OPERATOR_TOKEN")
+    operator_token = s.operator_token
     if operator_token:
         # Operators' tooling (and the end-to-end tests) drive the hub REST API with this token.
         services.append({"name": "enclave-operator", "api_token": operator_token})

@@ -3,13 +3,13 @@ loop (JupyterHub is single-threaded asyncio; a slow query must not stall every u
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Callable, TypeVar
 
 from sqlmodel import Session
 from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from enclave.envsettings import database_url
 from enclave.registry.db import make_engine, session_scope
 
 T = TypeVar("T")
@@ -24,9 +24,7 @@ class RegistryLink(LoggingConfigurable):
 
     @default("enclave_db_url")
     def _default_enclave_db_url(self) -> str:
-        from enclave.envsettings import database_url
-
-        return os.environ.get("ENCLAVE_DB_URL") or database_url()
+        return database_url()
 
     def registry_engine(self):
         url = self.enclave_db_url

@@ -23,6 +23,7 @@ import httpx
 from enclave.registry import audit
 from enclave.registry.access import resolve
 from enclave.registry.clock import utcnow
+from enclave.envsettings import database_url, env_str
 from enclave.registry.db import make_engine, session_scope
 from enclave.errors import AccessDenied
 
@@ -99,18 +100,18 @@ def sweep(hub: httpx.Client, engine) -> list[tuple[RunningServer, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="enclave-warden", description=__doc__.splitlines()[0])
-    parser.add_argument("--interval", type=float, default=float(os.environ.get("ENCLAVE_WARDEN_INTERVAL", "15")),
-                        help="seconds between sweeps (default 15)")
+    parser.add_argument("--interval", type=float, default=15.0, help="seconds between sweeps (default 15)")
     parser.add_argument("--once", action="store_true", help="sweep once and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[warden %(asctime)s] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     hub_pid = os.getppid()
-    api_url, token = os.environ.get("JUPYTERHUB_API_URL"), os.environ.get("JUPYTERHUB_API_TOKEN")
+    # The warden's settings, read once: the hub passes its API to the services it manages.
+    api_url, token = env_str("JUPYTERHUB_API_URL"), env_str("JUPYTERHUB_API_TOKEN")
     if not api_url or not token:
         print("enclave-warden: JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN must be set (run it as a hub service)", file=sys.stderr)
         return 2
-    engine = make_engine(os.environ.get("ENCLAVE_DB_URL") or None)
+    engine = make_engine(database_url())
     with httpx.Client(base_url=api_url.rstrip("/"), headers={"Authorization": f"token {token}"}, timeout=30) as hub:
         while True:
             try:
