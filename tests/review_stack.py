@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from enclave.errors import Unauthenticated
 from enclave.registry import grants, people, projects
 from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import session_scope
@@ -78,8 +79,6 @@ class FakeIdentity:
         self.tokens = tokens
 
     def username(self, token: str) -> str:
-        from enclave.review.web_auth import Unauthenticated
-
         try:
             return self.tokens[token]
         except KeyError:

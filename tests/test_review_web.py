@@ -14,13 +14,14 @@ from enclave.registry.db import session_scope
 from enclave.review import service
 from enclave.review.app import create_app
 from enclave.review.release import key_id, load_or_create_key, verify
-from enclave.review.web_auth import SESSION_COOKIE, Signer, load_or_create_secret
+from enclave.web.browser_session import Signer, load_or_create_secret
 
 from tests.review_stack import (
     AUTHOR, LAB, MEMBER_REVIEWER, OTHER_SCHOLAR, REVIEWERS, FakeIdentity, block, fake_scanner, seed, settings_for,
 )
 
 P = "/services/review"
+SESSION_COOKIE = "enclave-review-session"  # the name browsers already hold
 RITA, RAVI = REVIEWERS
 XSS = "<script>alert(1)</script>"
 # File names cannot hold "/", so the name's payload closes an attribute and opens an element instead.
@@ -208,6 +209,15 @@ def test_pages_without_a_session_go_to_the_hub_login(web):
     # Old signed sessions expire.
     web.cookies.set(SESSION_COOKIE, web.signer.sign(SESSION_COOKIE, f"tok-{RITA}", now=1000), path=f"{P}/")
     assert web.get(f"{P}/").status_code == 303
+
+
+def test_logout_needs_the_csrf_token_and_ends_the_session(web):
+    csrf = _login(web, RITA)
+    assert web.post(f"{P}/logout", data={"csrf": "0" * 64}).status_code == 403
+    out = web.post(f"{P}/logout", data={"csrf": csrf})
+    assert out.status_code == 200 and "Logged out" in out.text
+    cookie = out.headers["set-cookie"]
+    assert cookie.startswith(f'{SESSION_COOKIE}=""') and "Max-Age=0" in cookie and f"Path={P}/" in cookie
 
 
 def test_reviewer_page_shows_table_cells_and_the_diff_after_changes(web):

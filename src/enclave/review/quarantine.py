@@ -20,18 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from enclave.errors import UserError, BadInput
+from enclave.errors import BadInput, TooLarge
 
 CHUNK = 1024 * 1024
 MAX_NAME_BYTES = 255
 
 
 class QuarantineCorrupt(Exception):
-    """A blob's bytes no longer match its name: someone or something changed the quarantine."""
-
-
-class TooLarge(UserError):
-    """An upload exceeds a size cap (HTTP 413)."""
+    """A blob's bytes no longer match its name: someone or something changed the quarantine.
+    Not a user error: the HTTP app answers 500 and an operator must look."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,22 +1,23 @@
-"""The review service's configuration, from the environment (JupyterHub passes the JUPYTERHUB_*
-variables to the services it manages; the ENCLAVE_* ones are ours)."""
+"""The review service's configuration, read from the environment once, at start-up
+(`ReviewSettings.from_env`; JupyterHub passes the JUPYTERHUB_* variables to the services it
+manages, the ENCLAVE_* ones are ours). Everything below the service is handed these values."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
-from enclave.envsettings import env_int
+from enclave.envsettings import database_url, enclave_home, env_flag, env_int, env_paths, env_str
 from enclave.errors import SettingsError
-from enclave.envsettings import database_url, enclave_home
 
 MIB = 1024**2
 
 
-def _paths(name: str) -> tuple[str, ...]:
-    raw = os.environ.get(name, "")
-    return tuple(p for p in raw.split(os.pathsep) if p)
+def _layout(home: Path) -> dict[str, Path]:
+    """Where the service keeps its state under the enclave home, unless told otherwise."""
+    return dict(quarantine_dir=home / "review" / "quarantine", release_dir=home / "releases",
+                signing_key_file=home / "review" / "signing-key.pem",
+                cookie_secret_file=home / "review" / "cookie-secret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,34 +65,35 @@ class ReviewSettings:
 
     @classmethod
     def from_env(cls, **overrides) -> "ReviewSettings":
+        """The service's one reading of the environment, at start-up; `overrides` (not None) win."""
         home = Path(overrides.pop("home", None) or enclave_home()).resolve()
-        review_home = home / "review"
-        base_url = os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/review/"
+        layout = _layout(home)
         values = dict(
             db_url=database_url(),
             home=home,
-            quarantine_dir=Path(os.environ.get("ENCLAVE_QUARANTINE_DIR") or review_home / "quarantine"),
-            release_dir=Path(os.environ.get("ENCLAVE_RELEASE_DIR") or home / "releases"),
-            signing_key_file=Path(os.environ.get("ENCLAVE_REVIEW_KEY_FILE") or review_home / "signing-key.pem"),
-            cookie_secret_file=Path(os.environ.get("ENCLAVE_REVIEW_COOKIE_SECRET_FILE") or review_home / "cookie-secret"),
-            hub_api_url=os.environ.get("JUPYTERHUB_API_URL") or None,
-            hub_api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-            service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME") or "review",
-            base_url=base_url,
-            oauth_client_id=os.environ.get("JUPYTERHUB_CLIENT_ID") or "service-review",
-            oauth_callback_url=os.environ.get("JUPYTERHUB_OAUTH_CALLBACK_URL") or "",
-            oauth_authorize_url=os.environ.get("ENCLAVE_REVIEW_OAUTH_AUTHORIZE_URL") or "",
-            max_file_bytes=env_int("ENCLAVE_REVIEW_MAX_FILE_BYTES", 16 * MIB),
-            max_request_bytes=env_int("ENCLAVE_REVIEW_MAX_REQUEST_BYTES", 64 * MIB),
-            max_files=env_int("ENCLAVE_REVIEW_MAX_FILES", 50),
-            policy_file=os.environ.get("ENCLAVE_REVIEW_POLICY") or None,
-            model_dirs=_paths("ENCLAVE_REVIEW_MODEL_DIRS") or _paths("ENCLAVE_MODEL_DIR"),
-            protect_files=_paths("ENCLAVE_REVIEW_PROTECT"),
-            scorer_gateway_url=os.environ.get("ENCLAVE_REVIEW_GATEWAY_URL") or None,
-            scorer_gateway_token=os.environ.get("ENCLAVE_REVIEW_GATEWAY_TOKEN") or None,
-            scorer_model_dir=os.environ.get("ENCLAVE_REVIEW_SCORER_MODEL") or None,
-            always_two_reviewers=os.environ.get("ENCLAVE_REVIEW_ALWAYS_TWO", "").lower() in ("1", "true", "yes"),
-            session_max_age_s=env_int("ENCLAVE_REVIEW_SESSION_MAX_AGE", 8 * 3600, smallest=60),
+            quarantine_dir=Path(env_str("ENCLAVE_QUARANTINE_DIR") or layout["quarantine_dir"]),
+            release_dir=Path(env_str("ENCLAVE_RELEASE_DIR") or layout["release_dir"]),
+            signing_key_file=Path(env_str("ENCLAVE_REVIEW_KEY_FILE") or layout["signing_key_file"]),
+            cookie_secret_file=Path(env_str("ENCLAVE_REVIEW_COOKIE_SECRET_FILE") or layout["cookie_secret_file"]),
+            hub_api_url=env_str("JUPYTERHUB_API_URL"),
+            hub_api_token=env_str("JUPYTERHUB_API_TOKEN", cls.hub_api_token),
+            service_name=env_str("JUPYTERHUB_SERVICE_NAME", cls.service_name),
+            base_url=env_str("JUPYTERHUB_SERVICE_PREFIX", cls.base_url),
+            oauth_client_id=env_str("JUPYTERHUB_CLIENT_ID", cls.oauth_client_id),
+            oauth_callback_url=env_str("JUPYTERHUB_OAUTH_CALLBACK_URL", cls.oauth_callback_url),
+            oauth_authorize_url=env_str("ENCLAVE_REVIEW_OAUTH_AUTHORIZE_URL", cls.oauth_authorize_url),
+            max_file_bytes=env_int("ENCLAVE_REVIEW_MAX_FILE_BYTES", cls.max_file_bytes),
+            max_request_bytes=env_int("ENCLAVE_REVIEW_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            max_files=env_int("ENCLAVE_REVIEW_MAX_FILES", cls.max_files),
+            # The scan library's `load_policy` is given this path; it reads no environment itself.
+            policy_file=env_str("ENCLAVE_REVIEW_POLICY"),
+            model_dirs=env_paths("ENCLAVE_REVIEW_MODEL_DIRS") or env_paths("ENCLAVE_MODEL_DIR"),
+            protect_files=env_paths("ENCLAVE_REVIEW_PROTECT"),
+            scorer_gateway_url=env_str("ENCLAVE_REVIEW_GATEWAY_URL"),
+            scorer_gateway_token=env_str("ENCLAVE_REVIEW_GATEWAY_TOKEN"),
+            scorer_model_dir=env_str("ENCLAVE_REVIEW_SCORER_MODEL"),
+            always_two_reviewers=env_flag("ENCLAVE_REVIEW_ALWAYS_TWO"),
+            session_max_age_s=env_int("ENCLAVE_REVIEW_SESSION_MAX_AGE", cls.session_max_age_s, smallest=60),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -102,10 +104,7 @@ class ReviewSettings:
     def for_home(cls, home: Path, db_url: str, **overrides) -> "ReviewSettings":
         """Everything under one directory (tests, the CLI with an explicit home)."""
         home = Path(home).resolve()
-        values = dict(
-            db_url=db_url, home=home, quarantine_dir=home / "review" / "quarantine", release_dir=home / "releases",
-            signing_key_file=home / "review" / "signing-key.pem", cookie_secret_file=home / "review" / "cookie-secret",
-        )
+        values = dict(db_url=db_url, home=home, **_layout(home))
         values.update(overrides)
         settings = cls(**values)
         settings.validate()

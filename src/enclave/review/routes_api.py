@@ -1,0 +1,126 @@
+"""The review service's JSON API, for notebooks (`enclave.client`) and tools, authenticated by a
+hub token in the Authorization header.
+
+Submission: authenticate and ask the registry *before* reading the body, stream the multipart body
+under the size caps into the quarantine, then record request + files + audit event in one
+transaction and answer at once with the id; the background worker runs the checks. There is no
+route that returns a quarantined file's bytes: files leave only through release.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from enclave.registry import access
+from enclave.registry.models import ExportState
+from enclave.review import service
+from enclave.review.deps import ApiCaller, State, registered
+from enclave.review.release import key_id, public_pem
+from enclave.review.uploads import read_upload
+from enclave.review.workflow import check_transition
+
+router = APIRouter()
+
+
+class CommentBody(BaseModel):
+    body: str = Field(min_length=1, max_length=service.MAX_COMMENT_CHARS)
+    visibility: str = "public"
+
+
+class DecisionBody(BaseModel):
+    decision: str
+    reason: str = Field(default="", max_length=service.MAX_COMMENT_CHARS)
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/api/limits", summary="Size caps for one submission")
+async def limits(state: State) -> dict:
+    settings = state.settings
+    return {"max_file_bytes": settings.max_file_bytes, "max_request_bytes": settings.max_request_bytes,
+            "max_files": settings.max_files}
+
+
+@router.get("/api/release-key", summary="The public key that signs release manifests (PEM)")
+async def release_key(state: State) -> Response:
+    public = state.signing_key.public_key()
+    return PlainTextResponse(public_pem(public).decode("ascii"), media_type="application/x-pem-file",
+                             headers={"X-Key-Id": key_id(public)})
+
+
+@router.post("/api/exports", status_code=202, summary="Submit files for output review")
+async def submit_export(request: Request, state: State, username: ApiCaller) -> dict:
+    project = (request.headers.get("x-enclave-project") or "").strip() or None
+    # The registry decides before a single byte of the body is read.
+    await state.run(lambda s: access.resolve(s, username, project))
+    fields, staged = await read_upload(request, state.quarantine, state.settings)
+    created = await state.run(lambda s: service.submit(
+        s, username, project, staged, fields.get("justification", ""), fields.get("context", ""),
+        max_files=state.settings.max_files))
+    state.worker.enqueue(created.id)
+    return {"id": created.id, "state": created.state, "version": created.version,
+            "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in staged],
+            "url": f"{state.settings.prefix}/requests/{created.id}"}
+
+
+def _check_resubmit(session, username: str, request_id: str) -> None:
+    """Only the author of a request waiting for changes may upload to it."""
+    request = service.get_request(session, request_id)
+    _, actor = service.standing(session, request, username)
+    check_transition(request.id, ExportState(request.state), "resubmit", actor)
+
+
+@router.post("/api/exports/{request_id}/resubmit", status_code=202, summary="New files after changes were requested")
+async def resubmit_export(request_id: str, request: Request, state: State, username: ApiCaller) -> dict:
+    # Checked before the body is read, like a first submission.
+    await state.run(lambda s: _check_resubmit(s, username, request_id))
+    fields, staged = await read_upload(request, state.quarantine, state.settings)
+    updated = await state.run(lambda s: service.resubmit(s, username, request_id, staged, fields.get("note", ""),
+                                                         max_files=state.settings.max_files))
+    state.worker.enqueue(updated.id)
+    return {"id": updated.id, "state": updated.state, "version": updated.version}
+
+
+@router.get("/api/exports", summary="Your exports")
+async def list_exports(state: State, username: ApiCaller) -> dict:
+    def work(s):
+        registered(s, username)
+        return [r.to_json() for r in service.list_own(s, username)]
+
+    return {"exports": await state.run(work)}
+
+
+@router.get("/api/exports/{request_id}", summary="One export: status, files, public comments")
+async def get_export(request_id: str, state: State, username: ApiCaller) -> dict:
+    def work(s):
+        registered(s, username)
+        return service.view(s, username, request_id).to_json()
+
+    return await state.run(work)
+
+
+@router.post("/api/exports/{request_id}/withdraw", summary="Withdraw your export")
+async def withdraw_export(request_id: str, state: State, username: ApiCaller) -> dict:
+    done = await state.run(lambda s: service.withdraw(s, username, request_id))
+    return {"id": done.id, "state": done.state}
+
+
+@router.post("/api/exports/{request_id}/comments", status_code=201, summary="Comment on an export")
+async def comment_export(request_id: str, body: CommentBody, state: State, username: ApiCaller) -> dict:
+    row = await state.run(lambda s: service.comment(s, username, request_id, body.body, body.visibility))
+    return {"id": row.id, "visibility": row.visibility}
+
+
+@router.post("/api/exports/{request_id}/decision", summary="A reviewer's decision")
+async def decide_export(request_id: str, body: DecisionBody, state: State, username: ApiCaller) -> dict:
+    result = await state.run(lambda s: service.decide(s, username, request_id, body.decision, body.reason))
+    if result.approved:
+        await run_in_threadpool(state.release_if_approved, request_id)
+    final = await state.run(lambda s: service.get_request(s, request_id))
+    return {"id": request_id, "state": final.state, "approvals": result.approvals, "needed": result.needed}
