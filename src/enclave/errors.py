@@ -8,7 +8,8 @@ a bug: a 500 with no detail for HTTP, a short message for the CLI (ENCLAVE_DEBUG
     UserError
     ├── BadInput            malformed or out-of-range input (400)
     │   ├── SettingsError       a setting that cannot be used
-    │   └── TooLarge            more bytes than allowed (413)
+    │   ├── TooLarge            more bytes than allowed (413)
+    │   └── UnsupportedMediaType  a body in a format the endpoint does not take (415)
     ├── Unauthenticated     no credentials, or credentials nobody issued (401)
     ├── NotFound            an unknown person, project, dataset, key, request (404)
     ├── Refused             well-formed, but not allowed now (403)
@@ -52,6 +53,12 @@ class TooLarge(BadInput):
     """More bytes (or files, or tokens) than one request may carry."""
 
     code = "too_large"
+
+
+class UnsupportedMediaType(BadInput):
+    """A body in a format the endpoint does not take (an upload that is not multipart/form-data)."""
+
+    code = "unsupported_media_type"
 
 
 class Unauthenticated(UserError):

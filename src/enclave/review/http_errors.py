@@ -25,9 +25,9 @@ from enclave.web.errors import refusal
 log = logging.getLogger("enclave.review")
 
 HEADINGS = {400: "That did not work", 401: "Please log in", 403: "Not allowed", 404: "Not found",
-            409: "Not possible now", 413: "Too large", 503: "Unavailable"}
-# Refusals by HTTP itself (no such route, wrong media type) and their machine-readable codes.
-HTTP_CODES = {404: "not_found", 415: "unsupported_media_type"}
+            409: "Not possible now", 413: "Too large", 415: "Not a file upload", 503: "Unavailable"}
+# Refusals by HTTP itself (no such route, wrong method) and their machine-readable codes.
+HTTP_CODES = {404: "not_found"}
 
 
 def install_error_handlers(app: FastAPI, prefix: str) -> None:

@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from enclave.errors import BadInput, TooLarge
+from enclave.errors import BadInput, TooLarge, UnsupportedMediaType
 from enclave.review.quarantine import Quarantine, StagedFile
 from enclave.review.settings import ReviewSettings
 
@@ -37,8 +36,7 @@ async def read_upload(request: Request, quarantine: Quarantine,
     """Parse a multipart upload under the caps and put every file in the quarantine."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        # A refusal of HTTP itself (like an unknown path), answered 415 unsupported_media_type.
-        raise HTTPException(415, "send the files as multipart/form-data")
+        raise UnsupportedMediaType("send the files as multipart/form-data")
     cap = settings.max_request_bytes + FORM_OVERHEAD_BYTES
     length = request.headers.get("content-length")
     if length is not None:

@@ -13,13 +13,14 @@ import math
 
 from enclave.errors import (
     AccessDenied, BadInput, Conflict, Forbidden, NotFound, QuotaExhausted, RateLimited, Refused, TooLarge,
-    Unauthenticated, Unavailable, UserError,
+    Unauthenticated, Unavailable, UnsupportedMediaType, UserError,
 )
 
 # Most specific first: the first class the error is an instance of decides.
 STATUS: tuple[tuple[type[UserError], int], ...] = (
     (Unauthenticated, 401),
     (TooLarge, 413),
+    (UnsupportedMediaType, 415),
     (BadInput, 400),
     (NotFound, 404),
     (QuotaExhausted, 402),
