@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 
 from enclave.demo import data
-from enclave.review.scan.policy import load_policy
-from enclave.review.scan import ExportFile, ScanContext, ScanReport, scan_files
+from enclave.review.scan import DEFAULT_POLICY, ExportFile, ScanCache, ScanContext, ScanReport, load_policy, scan_files
 
-POLICY = load_policy()
+POLICY = load_policy(DEFAULT_POLICY)
+# Shared by the scans of a test run, as the review service shares one per process: the tiny
+# model's fingerprint and the Presidio analyser are built once. Memory only.
+CACHE = ScanCache()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def review_home(tmp_path_factory):
-    """Caches (fingerprints, n-gram indexes, tldextract) go to a temporary ENCLAVE_HOME, never ./var."""
+    """Whatever defaults to $ENCLAVE_HOME (the CLI's scan cache, say) goes to a temporary one, never ./var."""
     import os
 
     home = tmp_path_factory.mktemp("review-home")
@@ -123,7 +125,7 @@ def result(data: dict) -> dict:
 def scan(files: dict[str, bytes | str], policy=None, **context) -> ScanReport:
     exported = [ExportFile(name, content.encode() if isinstance(content, str) else content)
                 for name, content in files.items()]
-    return scan_files(exported, policy or POLICY, ScanContext(**context))
+    return scan_files(exported, policy or POLICY, ScanContext(**{"cache": CACHE, **context}))
 
 
 def of(report: ScanReport, check: str, severity: str | None = None) -> list:

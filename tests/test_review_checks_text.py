@@ -152,9 +152,10 @@ def test_the_gate_changes_nothing_presidio_would_find():
         "\n".join(data.filler_paragraphs(30)) + "\nlast line: 0.5 1.25 3.125 and 212.555.0199",
     ]
     total = 0
+    analyzer = pii.build_analyzer(["US", "GB"])
     for text in texts:
-        whole = pii.find(text, entities, min_score=0.4, phone_regions=["US", "GB"], gate=False)
-        gated = pii.find(text, entities, min_score=0.4, phone_regions=["US", "GB"])
+        whole = pii.find(text, entities, min_score=0.4, phone_regions=["US", "GB"], gate=False, analyzer=analyzer)
+        gated = pii.find(text, entities, min_score=0.4, phone_regions=["US", "GB"], analyzer=analyzer)
         assert gated == whole
         total += len(gated)
     assert total >= 20
@@ -166,8 +167,8 @@ def test_presidio_never_touches_the_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    pii.analyzer.cache_clear()
-    hits = pii.find("mail a.person@university.ac.uk", ["EMAIL_ADDRESS"], min_score=0.4, phone_regions=["US"])
+    hits = pii.find("mail a.person@university.ac.uk", ["EMAIL_ADDRESS"], min_score=0.4, phone_regions=["US"],
+                    analyzer=pii.build_analyzer(["US"]))  # built here, while the network is refused
     assert [h.entity for h in hits] == ["EMAIL_ADDRESS"]
 
 
@@ -311,18 +312,29 @@ def test_hex_blobs_plain_and_spaced_are_decoded_and_rescanned():
     assert all("!hex@line 1" in f.file for f in of(report, "identifiers"))
 
 
-def test_protected_text_index_is_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
+def test_protected_text_index_is_cached_in_memory_and_on_disk(tmp_path):
     from enclave.review.scan import context
+    from enclave.review.scan.cache import ScanCache
 
-    monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
     source = tmp_path / "corpus.txt"
     source.write_text(SECRET * 20)
     sources = [ProtectedSource.from_path(source)]
-    context._text_indexes.data.clear()
-    first = context.build_text_index(sources, 32, 8)
-    assert context.build_text_index(sources, 32, 8) is first
-    [cached] = (tmp_path / "home" / "cache" / "review" / "ngram").glob("*.npz")
-    context._text_indexes.data.clear()
-    again = context.build_text_index(sources, 32, 8)
+    cache = ScanCache(disk_dir=tmp_path / "cache")
+    first = context.build_text_index(sources, 32, 8, cache)
+    assert context.build_text_index(sources, 32, 8, cache) is first
+    [cached] = (tmp_path / "cache" / "ngram").glob("*.npz")
+    again = context.build_text_index(sources, 32, 8, ScanCache(disk_dir=tmp_path / "cache"))  # a new process
     assert again is not first and (again.keys == first.keys).all()
     assert again.query(SECRET, 40)
+
+
+def test_a_scan_without_a_cache_directory_writes_nothing(tmp_path):
+    from enclave.review.scan import context
+    from enclave.review.scan.cache import ScanCache
+
+    source = tmp_path / "corpus.txt"
+    source.write_text(SECRET * 20)
+    before = sorted(tmp_path.rglob("*"))
+    index = context.build_text_index([ProtectedSource.from_path(source)], 32, 8, ScanCache())
+    assert index.query(SECRET, 40)
+    assert sorted(tmp_path.rglob("*")) == before

@@ -105,16 +105,17 @@ def test_short_runs_are_not_compared(tiny_gpt2):
     assert not of(report, "weight_vectors")
 
 
-def test_fingerprints_are_cached_in_memory_and_on_disk(tiny_gpt2, tmp_path, monkeypatch):
-    monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
-    fingerprint._memory.clear()
+def test_fingerprints_are_cached_in_memory_and_on_disk(tiny_gpt2, tmp_path):
+    from enclave.review.scan.cache import ScanCache
+
+    cache = ScanCache(disk_dir=tmp_path / "cache")
     w = POLICY.weights
-    first = fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length)
-    assert fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length) is first
-    cached = list((tmp_path / "home" / "cache" / "review" / "fingerprints").glob("*.npz"))
+    first = fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length, cache=cache)
+    assert fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length, cache=cache) is first
+    cached = list((tmp_path / "cache" / "fingerprints").glob("*.npz"))
     assert len(cached) == 1
-    fingerprint._memory.clear()
-    again = fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length)
+    again = fingerprint.fingerprint(tiny_gpt2, w.window, w.index_stride, w.min_vector_length,
+                                    cache=ScanCache(disk_dir=tmp_path / "cache"))  # a new process: from disk
     assert again is not first and np.array_equal(again.keys, first.keys)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from enclave.review.scan.policy import PolicyError, default_policy_path, load_policy
+from enclave.review.scan.policy import DEFAULT_POLICY, PolicyError, load_policy
 
-DEFAULT = default_policy_path()
+DEFAULT = DEFAULT_POLICY
 
 
 def edited(tmp_path: Path, old: str, new: str) -> Path:
@@ -20,17 +20,26 @@ def edited(tmp_path: Path, old: str, new: str) -> Path:
 
 
 def test_the_shipped_policy_loads_with_its_version_and_hash():
-    policy = load_policy()
+    assert DEFAULT == Path(__file__).resolve().parents[1] / "output_review" / "policy.toml"
+    policy = load_policy(DEFAULT)
     assert policy.version and policy.tables.min_count == 10
     assert policy.sha256 == hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
+    assert policy.path == str(DEFAULT)
     assert policy.identifiers.entities["US_SSN"] == "block"
     assert policy.workflow.always_two_reviewers is False
 
 
 def test_environment_names_another_policy(tmp_path, monkeypatch):
+    """$ENCLAVE_REVIEW_POLICY is read by the service's settings, which hand the path to load_policy;
+    the library itself never reads the environment."""
+    from enclave.review.settings import ReviewSettings
+
     path = edited(tmp_path, 'version = "', 'version = "site-')
     monkeypatch.setenv("ENCLAVE_REVIEW_POLICY", str(path))
-    assert load_policy().version.startswith("site-")
+    monkeypatch.delenv("JUPYTERHUB_API_URL", raising=False)
+    assert not load_policy(DEFAULT).version.startswith("site-")
+    settings = ReviewSettings.from_env(home=tmp_path / "home")
+    assert load_policy(settings.policy_file).version.startswith("site-")
 
 
 @pytest.mark.parametrize("old, new, message", [

@@ -5,13 +5,17 @@ held: it may take a while), then findings + checking -> awaiting_review (one tra
 request withdrawn or resubmitted meanwhile is left alone. If the pipeline itself fails, the request
 still goes to reviewers, with a blocking finding that says the checks failed: nothing passes
 unchecked, and nothing is stuck.
+
+The pipeline's context comes from `scan_context.build_scan_context`, its indexes from one
+`ScanCache` per worker (in memory, and on disk under `<home>/cache/review/`), and its perplexity
+scorer is loaded once per worker: in-process, from the read-only model directory named by
+`ENCLAVE_REVIEW_SCORER_MODEL` (the hub sets it to the served model), or, on a review host without
+torch, the gateway's score endpoint (`ENCLAVE_REVIEW_GATEWAY_URL` and a token).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -22,8 +26,11 @@ from sqlalchemy.engine import Engine
 
 from enclave.registry.db import session_scope
 from enclave.review import service
-from enclave.review.scan.findings import Finding, Severity, verdict
 from enclave.review.quarantine import Quarantine
+from enclave.review.scan import DEFAULT_POLICY, ExportFile, Policy, ScanCache, Scorer, load_policy, scan_files
+from enclave.review.scan.findings import Finding, Severity, verdict
+from enclave.review.scan.scoring import ScorerError, gateway_scorer, local_scorer
+from enclave.review.scan_context import build_scan_context
 from enclave.review.settings import ReviewSettings
 
 log = logging.getLogger("enclave.review.worker")
@@ -43,64 +50,58 @@ class ScanOutcome:
 Scanner = Callable[[Engine, ReviewSettings, Quarantine, service.CheckJob, list[tuple[str, bytes]]], ScanOutcome]
 
 
-def _policy_identity(policy, settings: ReviewSettings) -> tuple[str | None, str | None, bool]:
-    """Version, file hash and two-person setting of the policy, asked defensively: the policy
-    object belongs to the scan pipeline and may name these differently as it grows."""
-    version = next((str(getattr(policy, a)) for a in ("version", "policy_version") if getattr(policy, a, None)), None)
-    digest = next((str(getattr(policy, a)) for a in ("sha256", "file_sha256", "hash") if getattr(policy, a, None)), None)
-    if digest is None:
-        path = next((getattr(policy, a) for a in ("path", "source", "file") if getattr(policy, a, None)), None)
-        if path is not None and Path(path).is_file():
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    always = settings.always_two_reviewers
-    for holder in (policy, getattr(policy, "review", None), getattr(policy, "workflow", None)):
-        for attr in ("always_two_reviewers", "two_person_always", "two_person"):
-            value = getattr(holder, attr, None) if holder is not None else None
-            if value is True or (isinstance(value, str) and value.lower() == "always"):
-                always = True
-    return version, digest, always
+def _policy_identity(policy: Policy) -> tuple[str, str | None, bool]:
+    """The policy's version and file hash (for the request and its manifest), and whether it asks
+    for two approvals on every request."""
+    return policy.version, policy.sha256 or None, policy.workflow.always_two_reviewers
 
 
-def pipeline_scanner(db: Engine, settings: ReviewSettings, quarantine: Quarantine, job: service.CheckJob,
-                     files: list[tuple[str, bytes]]) -> ScanOutcome:
-    """Run every automated check (`enclave.review.scan`) with the project's context: its registered
-    datasets, model calls and export allowance (from `build_context`), plus what only this service
-    knows: the files it has released before (for differencing) and how many bytes those were."""
-    from enclave.review.scan.policy import load_policy
-    from enclave.review.scan import ExportFile as ScanFile, build_context, scan_files
+class PipelineScanner:
+    """The real `Scanner`: every automated check (`enclave.review.scan`) over an export, with the
+    project's context. It keeps, for the life of the process, what is costly to make: the scan
+    cache and the perplexity scorer (made on first use, from the settings of that call)."""
 
-    policy = load_policy(settings.policy_file)
-    scorer, scorer_problem = _scorer(settings.scorer_gateway_url, settings.scorer_gateway_token,
-                                     settings.scorer_model_dir)
-    with session_scope(db) as session:
-        context = build_context(session, job.project_slug, protect_files=list(settings.protect_files),
-                                model_dirs=list(settings.model_dirs), scorer=scorer)
-        prior = service.released_files(session, job.project_id)
-    context = dataclasses.replace(
-        context, prior_releases=[ScanFile(name, quarantine.read(sha)) for name, sha, _ in prior],
-        egress_used_bytes=sum(size for _, _, size in prior))
-    report = scan_files([ScanFile(name, data) for name, data in files], policy, context)
-    findings = list(report.findings)
-    if scorer_problem:
-        findings.append(Finding(check="model_signals", severity=Severity.warn, file="(export)", location="scan context",
-                                message=f"model-based memorisation signals were not computed: {scorer_problem}"))
-    version, digest, always = _policy_identity(policy, settings)
-    return ScanOutcome(findings=findings, verdict=verdict(findings).value, policy_version=version,
-                       policy_sha256=digest, always_two=always)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: ScanCache | None = None
+        self._scorer: tuple[Scorer | None, str | None] | None = None
+
+    def __call__(self, db: Engine, settings: ReviewSettings, quarantine: Quarantine, job: service.CheckJob,
+                 files: list[tuple[str, bytes]]) -> ScanOutcome:
+        policy = load_policy(settings.policy_file or DEFAULT_POLICY)
+        cache, (scorer, scorer_problem) = self._process_state(settings)
+        with session_scope(db) as session:
+            context = build_scan_context(session, job.project_slug, quarantine=quarantine,
+                                         protect_files=settings.protect_files, model_dirs=settings.model_dirs,
+                                         scorer=scorer, cache=cache)
+        report = scan_files([ExportFile(name, data) for name, data in files], policy, context)
+        findings = list(report.findings)
+        if scorer_problem:
+            findings.append(Finding(check="model_signals", severity=Severity.warn, file="(export)",
+                                    location="scan context",
+                                    message=f"model-based memorisation signals were not computed: {scorer_problem}"))
+        version, digest, always = _policy_identity(policy)
+        return ScanOutcome(findings=findings, verdict=verdict(findings).value, policy_version=version,
+                           policy_sha256=digest, always_two=always or settings.always_two_reviewers)
+
+    def _process_state(self, settings: ReviewSettings) -> tuple[ScanCache, tuple[Scorer | None, str | None]]:
+        with self._lock:
+            if self._cache is None:
+                self._cache = ScanCache(disk_dir=settings.home / "cache" / "review")
+            if self._scorer is None:
+                self._scorer = make_scorer(settings)
+            return self._cache, self._scorer
 
 
-@functools.lru_cache(maxsize=2)
-def _scorer(gateway_url: str | None, gateway_token: str | None, model_dir: str | None):
-    """The perplexity scorer the checks use, if one is configured: the gateway over HTTP (the
-    design's way: review never loads the model itself) or a local model directory (needs torch).
-    Made once per process; returns (scorer or None, why not)."""
-    from enclave.review.scan.scoring import ScorerError, gateway_scorer, local_scorer
-
+def make_scorer(settings: ReviewSettings) -> tuple[Scorer | None, str | None]:
+    """The perplexity scorer the checks use, if one is configured, and why not if it failed: the
+    gateway over HTTP when its URL and a token are set (a review host without torch), else the
+    model directory scored in-process (needs torch)."""
     try:
-        if gateway_url and gateway_token:
-            return gateway_scorer(gateway_url, gateway_token), None
-        if model_dir:
-            return local_scorer(Path(model_dir)), None
+        if settings.scorer_gateway_url and settings.scorer_gateway_token:
+            return gateway_scorer(settings.scorer_gateway_url, settings.scorer_gateway_token), None
+        if settings.scorer_model_dir:
+            return local_scorer(Path(settings.scorer_model_dir)), None
     except ScorerError as exc:
         log.error("no scorer: %s", exc)
         return None, str(exc)
@@ -115,12 +116,14 @@ def failed_checks(exc: BaseException) -> ScanOutcome:
 
 
 def run_checks(db: Engine, settings: ReviewSettings, quarantine: Quarantine, request_id: str,
-               scanner: Scanner = pipeline_scanner) -> str | None:
-    """Check one request; returns its new state, or None if it needed no checks any more."""
+               scanner: Scanner | None = None) -> str | None:
+    """Check one request; returns its new state, or None if it needed no checks any more.
+    Without a `scanner`, a `PipelineScanner` of its own (no cache kept past this call)."""
     with session_scope(db) as session:
         job = service.start_check(session, request_id)
     if job is None:
         return None
+    scanner = scanner or PipelineScanner()
     try:
         files = [(name, quarantine.read(sha)) for name, sha in job.files]
         outcome = scanner(db, settings, quarantine, job, files)
@@ -138,7 +141,8 @@ class CheckWorker:
 
     def __init__(self, db: Engine, settings: ReviewSettings, quarantine: Quarantine, scanner: Scanner | None = None):
         self.db, self.settings, self.quarantine = db, settings, quarantine
-        self.scanner = scanner or pipeline_scanner
+        # One pipeline per worker, so one scan cache and one scorer per process.
+        self.scanner = scanner or PipelineScanner()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-checks")
         self._futures: set[Future] = set()
         self._queued: set[str] = set()

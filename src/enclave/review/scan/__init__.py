@@ -3,11 +3,11 @@
 gateway, no environment): whoever calls it gathers the context. See `pipeline` for how a scan runs
 and `checks/` for the checks, one module each, registered in one list.
 
-    from enclave.review.scan import ExportFile, ScanContext, scan_files, load_policy
+    from enclave.review.scan import DEFAULT_POLICY, ExportFile, ScanCache, ScanContext, load_policy, scan_files
 """
 
 from enclave.review.scan.pipeline import (  # noqa: F401  (the library's public face)
-    ExportFile, FileSummary, ModelCallText, Policy, ProtectedSource, ScanContext, ScanReport, TokenScores,
-    build_context, gateway_scorer, load_policy, local_scorer, scan_files,
+    DEFAULT_POLICY, ExportFile, FileSummary, ModelCallText, Policy, ProtectedSource, ScanCache, ScanContext,
+    ScanReport, Scorer, TokenScores, gateway_scorer, load_policy, local_scorer, scan_files,
 )
 from enclave.review.scan.pipeline import __all__  # noqa: F401

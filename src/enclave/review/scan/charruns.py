@@ -20,6 +20,8 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
+# A pure function of a string; callers only read the table (`in_class` copies it before changing
+# it), so it is built once per character class rather than per text.
 @functools.lru_cache(maxsize=32)
 def ascii_class(chars: str) -> np.ndarray:
     """A lookup table over ASCII (plus one slot for everything else): True for `chars`."""

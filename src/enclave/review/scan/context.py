@@ -1,12 +1,14 @@
 """What the checks need besides the exported files, and the indexes built from it.
 
 `ScanContext` is plain data (protected corpora, model directories, a scorer, the project's model
-calls, its earlier releases, its egress account). `Env` pairs it with a policy and builds the
+calls, its earlier releases, its egress account) and the `ScanCache` to reuse indexes from. The
+library is given it and never looks anything up; the review service builds it in one place
+(`enclave.review.scan_context.build_scan_context`). `Env` pairs it with a policy and builds the
 expensive things lazily: the n-gram index over protected text, the record-linkage indexes, the
-provenance index over model calls and the weight fingerprints. Those are cached across scans in
-this process (keyed by file path, size and mtime, or by content for in-memory text) and, for the
-big ones, on disk under `$ENCLAVE_HOME/cache/review/` keyed by content hash, so that the review
-service does not rebuild them per request.
+provenance index over model calls and the weight fingerprints. Those are kept in the context's
+cache (keyed by file path, size and mtime, or by content for in-memory text) and, for the big
+ones, in the cache's disk directory keyed by content hash, so that the review service does not
+rebuild them per request.
 
 A protected source that cannot be read is not fatal: the scan goes on without it and says so in a
 finding, because a reviewer must know which checks did not run.
@@ -15,15 +17,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from enclave.review.scan import fingerprint as fingerprints_mod
+from enclave.review.scan import pii
 from enclave.review.scan.archives import Budget
+from enclave.review.scan.cache import ScanCache
 from enclave.review.scan.linkage import RecordIndex
 from enclave.review.scan.ngram import NgramIndex, read_chunks
 from enclave.review.scan.policy import Policy
@@ -83,6 +84,8 @@ class ModelCallText:
 
 @dataclass(frozen=True)
 class ScanContext:
+    """Everything a scan needs besides the files and the policy; all of it is optional."""
+
     protected: list[ProtectedSource] = field(default_factory=list)
     model_dirs: list[Path] = field(default_factory=list)
     scorer: Scorer | None = None
@@ -90,38 +93,8 @@ class ScanContext:
     prior_releases: list[Any] = field(default_factory=list)  # list[ExportFile]
     egress_used_bytes: int = 0
     egress_allowed_bytes: int | None = None
-
-
-# ----- caches shared by every scan in this process -----------------------------------------------
-
-class _Lru:
-    def __init__(self, size: int):
-        self.size = size
-        self.data: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get_or_build(self, key, build: Callable[[], Any]):
-        with self.lock:
-            if key in self.data:
-                self.data.move_to_end(key)
-                return self.data[key]
-        value = build()
-        with self.lock:
-            self.data[key] = value
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
-        return value
-
-
-_text_indexes = _Lru(4)
-_record_indexes = _Lru(16)
-_provenance_indexes = _Lru(16)
-
-
-def cache_root() -> Path:
-    from enclave.envsettings import enclave_home
-
-    return enclave_home() / "cache" / "review"
+    # Indexes reused across scans; the default keeps them for this context only, in memory.
+    cache: ScanCache = field(default_factory=ScanCache, compare=False, repr=False)
 
 
 def _source_chunks(source: ProtectedSource):
@@ -147,14 +120,15 @@ def _content_digest(sources: list[ProtectedSource], *params) -> str:
     return digest.hexdigest()
 
 
-def build_text_index(sources: list[ProtectedSource], n: int, stride: int, *, disk_cache: bool = True) -> NgramIndex:
-    """The n-gram index over protected sources: memory, then disk, then built."""
+def build_text_index(sources: list[ProtectedSource], n: int, stride: int, cache: ScanCache) -> NgramIndex:
+    """The n-gram index over protected sources: from `cache` (memory, then its disk directory), or
+    built and kept there. An index of text given only in memory is never written to disk."""
     key = (tuple(s.stamp() for s in sources), n, stride)
 
     def build() -> NgramIndex:
         path = None
-        if disk_cache and any(s.text is None for s in sources):
-            path = cache_root() / "ngram" / f"{_content_digest(sources, n, stride, 1)}.npz"
+        if cache.disk_dir is not None and any(s.text is None for s in sources):
+            path = cache.disk_path("ngram", f"{_content_digest(sources, n, stride, 1)}.npz")
             if path.is_file():
                 try:
                     return NgramIndex.load(path)
@@ -168,7 +142,7 @@ def build_text_index(sources: list[ProtectedSource], n: int, stride: int, *, dis
                 pass  # an unwritable cache only costs time next run
         return index
 
-    return _text_indexes.get_or_build(key, build)
+    return cache.text_indexes.get_or_build(key, build)
 
 
 @dataclass
@@ -205,7 +179,7 @@ class Env:
             return None
         m = self.policy.memorisation
         try:
-            return build_text_index(usable, m.ngram_chars, m.index_stride)
+            return build_text_index(usable, m.ngram_chars, m.index_stride, self.context.cache)
         except OSError as exc:
             self.problems.append(f"protected text could not be indexed ({exc.strerror or exc}); overlap was not checked")
             return None
@@ -222,7 +196,7 @@ class Env:
                 try:
                     st = path.stat()
                     key = (str(path), st.st_size, st.st_mtime_ns, source.quasi_identifiers, source.name)
-                    index = _record_indexes.get_or_build(
+                    index = self.context.cache.record_indexes.get_or_build(
                         key, lambda p=path, s=source: RecordIndex.from_csv(s.name, p, s.quasi_identifiers or ()))
                     if index.columns:  # a file of a dataset folder without the dataset's QI columns
                         out.append(index)
@@ -241,7 +215,7 @@ class Env:
         for c in calls:
             digest.update(c.call_id.encode() + b"\0" + c.output.encode("utf-8", "surrogatepass") + b"\0")
         key = (digest.hexdigest(), p.ngram_chars)
-        return _provenance_indexes.get_or_build(
+        return self.context.cache.provenance_indexes.get_or_build(
             key, lambda: NgramIndex.build(((c.call_id, [c.output]) for c in calls), p.ngram_chars, 1))
 
     @functools.cached_property
@@ -250,11 +224,17 @@ class Env:
         out = []
         for model_dir in self.context.model_dirs:
             try:
-                out.append(fingerprints_mod.fingerprint(Path(model_dir), w.window, w.index_stride, w.min_vector_length))
+                out.append(fingerprints_mod.fingerprint(Path(model_dir), w.window, w.index_stride, w.min_vector_length,
+                                                        cache=self.context.cache))
             except (fingerprints_mod.FingerprintError, OSError, ValueError) as exc:
                 self.problems.append(f"model {str(model_dir)!r} could not be fingerprinted ({exc}); "
                                      "exported numbers were not compared with its weights")
         return out
+
+    def pii_analyzer(self, phone_regions: list[str]) -> pii.Analyzer:
+        """The Presidio analyser for these phone regions, from the cache (building one takes a while)."""
+        regions = tuple(phone_regions)
+        return self.context.cache.analyzers.get_or_build(regions, lambda: pii.build_analyzer(regions))
 
     @functools.cached_property
     def prior_tables(self) -> list[tuple[str, Any]]:

@@ -1,6 +1,6 @@
 """What every check returns, and how findings combine into a verdict.
 
-Shared by the scan pipeline (`review.scan`), the checks (`review.checks.*`), the workflow and the
+Shared by the scan pipeline (`scan.pipeline`), the checks (`scan.checks.*`), the workflow and the
 reviewer UI, so that all of them speak about one export in the same terms.
 """
 from __future__ import annotations

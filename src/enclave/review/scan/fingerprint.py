@@ -16,12 +16,11 @@ scale is fitted, the run of exported values that agree with the scaled weights i
 hit, and it is reported when it is long enough and its |cosine| with the weights passes the policy.
 
 Building keys for GPT-2 124M takes seconds (numpy, a few large vectorised passes per tensor); the
-result is cached in memory and on disk under `$ENCLAVE_HOME/cache/review/fingerprints/`, keyed by
-the SHA-256 of the weight files and the parameters.
+result is kept in the `ScanCache` the caller gives (in memory, and under its `disk_dir` in
+`fingerprints/`, keyed by the SHA-256 of the weight files and the parameters).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from enclave.review.scan.cache import Lru, ScanCache
 from enclave.review.scan.ngram import splitmix64
 
 CACHE_VERSION = 1
@@ -102,6 +102,8 @@ class Fingerprint:
     vec_slot_start: np.ndarray  # int64 per vector: its first slot
     _tensors: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # PyTorch pickles read whole for verification (shared with the ScanCache that holds this).
+    _states: Lru = field(default_factory=lambda: Lru(2), repr=False)
 
     @property
     def vectors(self) -> int:
@@ -119,7 +121,7 @@ class Fingerprint:
             if name in self._tensors:
                 self._tensors.move_to_end(name)
                 return self._tensors[name]
-        array = _as_matrix(_load_tensor(Path(self.files[self.tensor_files[t]]), name))
+        array = _as_matrix(_load_tensor(Path(self.files[self.tensor_files[t]]), name, self._states))
         with self._lock:
             self._tensors[name] = array
             # Keep memory bounded (GPT-2 124M is 0.5 GB in float32) without thrashing on small models.
@@ -235,7 +237,7 @@ def _safetensors_names(path: Path) -> list[tuple[str, list[int], str]]:
     return [(name, spec["shape"], spec["dtype"]) for name, spec in header.items() if name != "__metadata__"]
 
 
-def _load_tensor(path: Path, name: str) -> np.ndarray:
+def _load_tensor(path: Path, name: str, states: Lru) -> np.ndarray:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -247,11 +249,17 @@ def _load_tensor(path: Path, name: str) -> np.ndarray:
             from safetensors.torch import load_file
 
             return load_file(str(path))[name].to(torch.float32).numpy()
-    return _torch_state(path)[name]
+    return _torch_state(path, states)[name]
 
 
-@functools.lru_cache(maxsize=2)
-def _torch_state(path: Path) -> dict[str, np.ndarray]:
+def _torch_state(path: Path, states: Lru) -> dict[str, np.ndarray]:
+    """Every floating-point tensor of a PyTorch pickle, which can only be read whole: kept in
+    `states` so that verifying candidates tensor by tensor reads the file once."""
+    st = path.stat()
+    return states.get_or_build((str(path), st.st_size, st.st_mtime_ns), lambda: _read_torch_state(path))
+
+
+def _read_torch_state(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as exc:
@@ -264,21 +272,24 @@ def _torch_state(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().to(torch.float32).numpy() for k, v in state.items() if hasattr(v, "is_floating_point") and v.is_floating_point()}
 
 
-def _tensors(files: list[Path]):
+def _tensors(files: list[Path], states: Lru):
     """(file index, name, matrix) for every floating-point tensor of the model, each stored once."""
     for f, path in enumerate(files):
         if path.suffix == ".safetensors":
             names = [n for n, _, dtype in _safetensors_names(path) if dtype in ("F16", "BF16", "F32", "F64")]
             for name in names:
-                yield f, name, _as_matrix(_load_tensor(path, name))
+                yield f, name, _as_matrix(_load_tensor(path, name, states))
         else:
-            for name, array in _torch_state(path).items():
+            for name, array in _torch_state(path, states).items():
                 yield f, name, _as_matrix(array)
 
 
 # ----- building -----------------------------------------------------------------------------
 
-def build(model_dir: Path, window: int, stride: int, min_length: int) -> Fingerprint:
+def build(model_dir: Path, window: int, stride: int, min_length: int, *, states: Lru | None = None) -> Fingerprint:
+    """Key every row and column of the model's weights. `states` holds PyTorch pickles read whole
+    (a fresh one if not given); the fingerprint keeps it for verifying candidates later."""
+    states = states if states is not None else Lru(2)
     files = weight_files(model_dir)
     if not files:
         raise FingerprintError(f"no weights (*.safetensors, pytorch_model*.bin) in {model_dir}")
@@ -290,7 +301,7 @@ def build(model_dir: Path, window: int, stride: int, min_length: int) -> Fingerp
     next_slot = 0
     seen_data: set[tuple[str, tuple[int, ...]]] = set()
     offsets = np.arange(window)
-    for f, name, matrix in _tensors(files):
+    for f, name, matrix in _tensors(files, states):
         digest = (hashlib.sha256(matrix[:4].tobytes()).hexdigest(), matrix.shape)
         if digest in seen_data:  # tied weights (GPT-2's lm_head is wte) are keyed once
             continue
@@ -329,7 +340,8 @@ def build(model_dir: Path, window: int, stride: int, min_length: int) -> Fingerp
 
     return Fingerprint(str(model_dir), [str(p) for p in files], window, stride, names, tensor_files,
                        all_keys[order], all_slots[order], cat(vec_tensor, np.int32), cat(vec_axis, np.int8),
-                       cat(vec_index, np.int64), cat(vec_length, np.int64), cat(vec_slot_start, np.int64))
+                       cat(vec_index, np.int64), cat(vec_length, np.int64), cat(vec_slot_start, np.int64),
+                       _states=states)
 
 
 # ----- caching -----------------------------------------------------------------------------
@@ -343,43 +355,32 @@ def _content_digest(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def cache_dir() -> Path:
-    from enclave.envsettings import enclave_home
-
-    return enclave_home() / "cache" / "review" / "fingerprints"
-
-
-_memory: "OrderedDict[tuple, Fingerprint]" = OrderedDict()
-_memory_lock = threading.Lock()
-
-
-def fingerprint(model_dir: Path, window: int, stride: int, min_length: int, *, disk_cache: bool = True) -> Fingerprint:
-    """The fingerprint of a model directory, from memory, disk, or built (then cached in both)."""
+def fingerprint(model_dir: Path, window: int, stride: int, min_length: int, *,
+                cache: ScanCache | None = None) -> Fingerprint:
+    """The fingerprint of a model directory: from `cache` (memory, then its disk directory), or
+    built and kept there. Without a cache it is built every time."""
+    cache = cache if cache is not None else ScanCache()
     model_dir = Path(model_dir).resolve()
     files = weight_files(model_dir)
     if not files:
         raise FingerprintError(f"no weights (*.safetensors, pytorch_model*.bin) in {model_dir}")
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    key = (stamp, window, stride, min_length)
-    with _memory_lock:
-        if key in _memory:
-            _memory.move_to_end(key)
-            return _memory[key]
-    result = None
-    path = None
-    if disk_cache:
-        digest = hashlib.sha256(f"{CACHE_VERSION}:{window}:{stride}:{min_length}:{_content_digest(files)}".encode()).hexdigest()
-        path = cache_dir() / f"{digest}.npz"
-        result = _load(path, model_dir, files)
-    if result is None:
-        result = build(model_dir, window, stride, min_length)
+
+    def load_or_build() -> Fingerprint:
+        path = None
+        if cache.disk_dir is not None:
+            digest = hashlib.sha256(
+                f"{CACHE_VERSION}:{window}:{stride}:{min_length}:{_content_digest(files)}".encode()).hexdigest()
+            path = cache.disk_path("fingerprints", f"{digest}.npz")
+            loaded = _load(path, model_dir, files, cache.torch_states)
+            if loaded is not None:
+                return loaded
+        built = build(model_dir, window, stride, min_length, states=cache.torch_states)
         if path is not None:
-            _save(result, path)
-    with _memory_lock:
-        _memory[key] = result
-        while len(_memory) > 4:
-            _memory.popitem(last=False)
-    return result
+            _save(built, path)
+        return built
+
+    return cache.fingerprints.get_or_build((stamp, window, stride, min_length), load_or_build)
 
 
 def _save(fp: Fingerprint, path: Path) -> None:
@@ -395,12 +396,12 @@ def _save(fp: Fingerprint, path: Path) -> None:
         pass  # a cache we cannot write only costs time on the next run
 
 
-def _load(path: Path, model_dir: Path, files: list[Path]) -> Fingerprint | None:
+def _load(path: Path, model_dir: Path, files: list[Path], states: Lru) -> Fingerprint | None:
     try:
         with np.load(path) as data:
             meta = json.loads(data["meta"].tobytes())
             return Fingerprint(str(model_dir), [str(p) for p in files], meta["window"], meta["stride"], meta["names"],
                                meta["tensor_files"], data["keys"], data["slots"], data["vec_tensor"], data["vec_axis"],
-                               data["vec_index"], data["vec_length"], data["vec_slot_start"])
+                               data["vec_index"], data["vec_length"], data["vec_slot_start"], _states=states)
     except (OSError, ValueError, KeyError):
         return None

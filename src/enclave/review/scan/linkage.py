@@ -337,4 +337,3 @@ def _strongest(found: list[Linked]) -> list[Linked]:
             kept.append(link_)
     kept.sort(key=lambda f: f.start)
     return kept
-    return out

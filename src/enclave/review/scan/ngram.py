@@ -30,6 +30,8 @@ _SOURCE_SHIFT = 40  # refs: source id in the high bits, folded offset (< 2**40) 
 CHUNK_CHARS = 1 << 22  # protected files are folded 4M characters at a time
 
 
+# A pure function of two integers, only ever read (sliced): hashing every text would otherwise
+# recompute a table of up to millions of powers.
 @functools.lru_cache(maxsize=4)
 def _powers(base: int, length: int) -> np.ndarray:
     out = np.full(length, base, dtype=np.uint64)

@@ -9,9 +9,10 @@ entity *could* start (an "@", a run of seven or more digits, a dotted name, an I
 and Presidio analyses only the lines around them. The gate is looser than every recognizer it
 stands for, so it never hides a match; entities we have no gate for make Presidio see everything.
 
-Presidio runs without an NLP model (`NoOpNlpEngine`), and its e-mail check (tldextract) is pinned
-to the public-suffix snapshot shipped with tldextract, under our own cache directory: nothing
-here touches the network.
+Presidio runs without an NLP model (`NoOpNlpEngine`), and its e-mail check uses our own tldextract
+extractor, pinned to the public-suffix snapshot shipped with tldextract and with no disk cache:
+nothing here touches the network, the environment or the file system. Building an analyser takes
+a while, so callers keep one (the scan keeps them in its `ScanCache`) and pass it to `find`.
 
 Text is first mapped to its display skeleton (`textfold.skeleton`): full-width digits, look-alike
 letters and zero-width characters do not hide an SSN or an address.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -52,8 +52,6 @@ _FLOATS_ONLY = re.compile(r"^(?:\s*[-+]?\d+\.\d+(?:[eE][-+]?\d+)?[,;]?)+\s*$")
 _CONTEXT_LINES = 1  # lines of context either side of a gate hit
 _MERGE_GAP = 512  # windows closer than this are analysed together (Presidio has a per-call cost)
 
-_lock = threading.Lock()
-
 
 @dataclass(frozen=True)
 class Hit:
@@ -64,29 +62,44 @@ class Hit:
     text: str
 
 
-def _quiet_offline_setup() -> None:
-    from enclave.envsettings import enclave_home
+@dataclass(frozen=True)
+class Analyzer:
+    """A Presidio engine and the lock its calls take: its registry is not documented as thread-safe."""
 
-    cache = enclave_home() / "cache" / "review" / "tldextract"
-    os.environ.setdefault("TLDEXTRACT_CACHE", str(cache))
+    engine: object  # presidio_analyzer.AnalyzerEngine
+    lock: threading.Lock
+
+
+def offline_email_recognizer():
+    """Presidio's e-mail recognizer, validating domains with a tldextract extractor of our own.
+
+    Presidio's calls `tldextract.extract`, whose module-level extractor may download the public
+    suffix list and writes a cache under $HOME (or $TLDEXTRACT_CACHE): this one has no suffix-list
+    URLs (the snapshot bundled with tldextract is used) and no disk cache, and changes nothing
+    global."""
+    import tldextract
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return extract(pattern_text).fqdn != ""
+
+    return OfflineEmailRecognizer(name="EmailRecognizer")
+
+
+def build_analyzer(phone_regions: tuple[str, ...] | list[str]) -> Analyzer:
+    """A Presidio analyser with the recognizers the policy's entities need, fully offline."""
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
-    logging.getLogger("tldextract").setLevel(logging.CRITICAL)
-    import tldextract.tldextract as tld
-
-    # No suffix-list download: the snapshot bundled with tldextract is used instead.
-    tld.TLD_EXTRACTOR.suffix_list_urls = ()
-    tld.TLD_EXTRACTOR.fallback_to_snapshot = True
-
-
-@functools.lru_cache(maxsize=4)
-def analyzer(phone_regions: tuple[str, ...]):
-    _quiet_offline_setup()
     from presidio_analyzer import AnalyzerEngine, PatternRecognizer
     from presidio_analyzer.nlp_engine import NoOpNlpEngine
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
     engine = AnalyzerEngine(nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]),
                             supported_languages=["en"])
+    engine.registry.remove_recognizer("EmailRecognizer")
+    engine.registry.add_recognizer(offline_email_recognizer())
     # The default phone recognizer tries eight countries' numbering plans; several of them read
     # ordinary decimals ("1.6962") as phone numbers. The policy names the regions that matter.
     engine.registry.remove_recognizer("PhoneRecognizer")
@@ -98,9 +111,11 @@ def analyzer(phone_regions: tuple[str, ...]):
     engine.registry.add_recognizer(PatternRecognizer(
         supported_entity="URL", name="UrlRecognizer", context=url.context,
         patterns=[p for p in url.patterns if "://" in p.regex and "non" not in p.name.lower()]))
-    return engine
+    return Analyzer(engine, threading.Lock())
 
 
+# A pure function of a tuple of names to compiled patterns, which nothing mutates: cached so
+# that each scanned segment does not recompile them.
 @functools.lru_cache(maxsize=16)
 def _regex_gates(entities: tuple[str, ...]) -> list[re.Pattern]:
     # One pattern each: an alternation defeats `re`'s literal-prefix search and runs slower than
@@ -197,19 +212,21 @@ def _most_confident(results: list[tuple[int, int, str, float]]) -> list[tuple[in
     return kept
 
 
-def find(text: str, entities: list[str], *, min_score: float, phone_regions: list[str], gate: bool = True) -> list[Hit]:
+def find(text: str, entities: list[str], *, min_score: float, phone_regions: list[str], gate: bool = True,
+         analyzer: Analyzer | None = None) -> list[Hit]:
     """Entities Presidio finds in `text` at or above `min_score`; one per span (the best).
+    `analyzer` is a `build_analyzer(phone_regions)` to reuse (one is built if not given).
     `gate=False` runs Presidio over the whole text (for tests that the gate hides nothing)."""
     if not text or not entities:
         return []
     view, offsets = skeleton(text)
-    engine = analyzer(tuple(phone_regions))
+    presidio = analyzer if analyzer is not None else build_analyzer(phone_regions)
     wanted = tuple(sorted(set(entities)))
     results = []
     for a, b in (_windows(view, wanted) if gate else [(0, len(view))]):
         window = view[a:b]
-        with _lock:  # Presidio's registry is not documented as thread-safe
-            found = engine.analyze(window, language="en", entities=list(wanted), score_threshold=min_score)
+        with presidio.lock:
+            found = presidio.engine.analyze(window, language="en", entities=list(wanted), score_threshold=min_score)
         for r in found:
             if r.entity_type == "PHONE_NUMBER" and _is_measurements(window, r.start, r.end):
                 continue

@@ -2,19 +2,14 @@
 
 The review service and `enclave review scan` both call this; its interface is fixed:
 
-    from enclave.review.scan import ExportFile, ScanContext, ScanReport, scan_files, build_context
-    from enclave.review.scan.policy import Policy, load_policy   # load_policy(path=None) -> Policy
+    from enclave.review.scan import ExportFile, ScanCache, ScanContext, ScanReport, scan_files
+    from enclave.review.scan.policy import DEFAULT_POLICY, Policy, load_policy   # load_policy(path) -> Policy
 
     ExportFile(name, data)          # name as the scholar gave it (relative path); `size` optional:
                                     # the real size of a file refused unread (over the size limit)
     ScanContext(protected=[ProtectedSource...], model_dirs=[Path...], scorer=None | Callable[[str], TokenScores],
                 model_calls=[ModelCallText...], prior_releases=[ExportFile...],
-                egress_used_bytes=0, egress_allowed_bytes=None)
-    build_context(session_or_none, project_slug_or_none, *, protect_files=[], model_dirs=[], scorer=None)
-        # with a registry session and a project: the registered datasets the project may use
-        # (Dataset.path; Dataset.quasi_identifier_list for record linkage), its model calls
-        # (prompt and outputs, for provenance) and its grant's export allowance. Bytes already
-        # exported and earlier releases are the service's to fill in (dataclasses.replace).
+                egress_used_bytes=0, egress_allowed_bytes=None, cache=ScanCache(disk_dir=None))
     scan_files(files, policy, context) -> ScanReport
     ScanReport(verdict, findings, files).to_json() -> {"verdict": "pass"|"review"|"block", "findings": [...]}
 
@@ -24,11 +19,14 @@ then the export checks run. A check that fails with an exception does not stop t
 failure is a blocking finding on that file, because a file a check could not read has not been
 checked. Context that could not be used (an unreadable dataset, a model that cannot be
 fingerprinted, a scorer that is down) is reported as a warning.
+
+The library is given its context and looks nothing up: the review service gathers a project's
+(registered datasets, model calls, export allowance, earlier releases) in one place,
+`enclave.review.scan_context.build_scan_context`.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,15 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from enclave.review.scan.checks import CHECKS
+from enclave.review.scan.cache import ScanCache
 from enclave.review.scan.checks.base import make_finding
 from enclave.review.scan.context import Env, ModelCallText, ProtectedSource, ScanContext
 from enclave.review.scan.findings import Finding, Severity, Verdict, verdict
 from enclave.review.scan.items import Item
-from enclave.review.scan.policy import Policy, load_policy
+from enclave.review.scan.policy import DEFAULT_POLICY, Policy, load_policy
 from enclave.review.scan.scoring import Scorer, TokenScores, gateway_scorer, local_scorer
 
-__all__ = ["ExportFile", "FileSummary", "ModelCallText", "Policy", "ProtectedSource", "ScanContext", "ScanReport",
-           "TokenScores", "build_context", "gateway_scorer", "load_policy", "local_scorer", "scan_files"]
+__all__ = ["DEFAULT_POLICY", "ExportFile", "FileSummary", "ModelCallText", "Policy", "ProtectedSource", "ScanCache",
+           "ScanContext", "ScanReport", "Scorer", "TokenScores", "gateway_scorer", "load_policy", "local_scorer",
+           "scan_files"]
 
 log = logging.getLogger(__name__)
 
@@ -150,35 +150,3 @@ def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | N
             findings.append(found)
     return ScanReport(verdict(findings), findings, summaries, policy.version)
 
-
-def build_context(session: Any = None, project_slug: str | None = None, *, protect_files: list[str | Path] = (),
-                  model_dirs: list[str | Path] = (), scorer: Scorer | None = None) -> ScanContext:
-    """A ScanContext from the registry (when given a session and a project) and explicit extras."""
-    protected = [ProtectedSource.from_path(p) for p in protect_files]
-    calls: list[ModelCallText] = []
-    allowed = None
-    if session is not None and project_slug:
-        from sqlmodel import select
-
-        from enclave.registry import datasets as registry_datasets
-        from enclave.registry.models import Grant, ModelCall
-        from enclave.registry.projects import get_project
-
-        project = get_project(session, project_slug)
-        for dataset in registry_datasets.datasets_for(session, project):
-            qis = dataset.quasi_identifier_list
-            protected.append(ProtectedSource(dataset.name, Path(dataset.path), None, tuple(qis) if qis else None))
-        rows = session.exec(select(ModelCall).where(ModelCall.project_id == project.id)
-                            .order_by(ModelCall.created_at)).all()
-        for call in rows:
-            try:
-                outputs = json.loads(call.outputs or "[]")
-            except ValueError:
-                outputs = []
-            for output in outputs if isinstance(outputs, list) else []:
-                if isinstance(output, str) and output:
-                    calls.append(ModelCallText(call.id, call.prompt, output))
-        grant = session.get(Grant, project.id)
-        allowed = grant.export_bytes if grant is not None else None
-    return ScanContext(protected=protected, model_dirs=[Path(d) for d in model_dirs], scorer=scorer,
-                       model_calls=calls, egress_allowed_bytes=allowed)

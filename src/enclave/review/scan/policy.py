@@ -4,14 +4,15 @@ Every threshold a check uses comes from here, and every key is required: a polic
 key, misspells one or gives a string where a number belongs is refused with one line saying where,
 because a silent default would change what leaves the enclave without anyone deciding it.
 
-`load_policy(path=None)` reads the default file (the repository's `output_review/policy.toml`, or
-`$ENCLAVE_REVIEW_POLICY`); the policy's `version` and the file's SHA-256 go into release manifests.
+`load_policy(path)` reads the file it is given; the policy's `version` and the file's SHA-256 go
+into release manifests. Which file is the caller's choice (the review service's settings and
+`enclave review scan --policy` read `$ENCLAVE_REVIEW_POLICY`); `DEFAULT_POLICY` is the one shipped
+with the source tree, `output_review/policy.toml`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
 import tomllib
 import typing
@@ -185,18 +186,21 @@ class Policy:
     path: str = dataclasses.field(default="", compare=False)
 
 
-def default_policy_path() -> Path:
-    """`$ENCLAVE_REVIEW_POLICY`, else `output_review/policy.toml` of the source tree or the cwd."""
-    given = os.environ.get("ENCLAVE_REVIEW_POLICY")
-    if given:
-        return Path(given)
+def _shipped_policy() -> Path:
+    # src/enclave/review/scan/policy.py -> the repository root; an installed package has no
+    # output_review/ beside it (the review image copies the file to /etc/enclave/ and names it in
+    # $ENCLAVE_REVIEW_POLICY), so then the working directory's output_review/ is meant.
     repo = Path(__file__).resolve().parents[4] / "output_review" / "policy.toml"
     return repo if repo.is_file() else Path("output_review") / "policy.toml"
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Read and validate a policy file (default: `default_policy_path()`)."""
-    source = Path(path) if path is not None else default_policy_path()
+# The policy to use when none is named: the source tree's `output_review/policy.toml`.
+DEFAULT_POLICY: Path = _shipped_policy()
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate the policy file at `path` (callers with no choice pass `DEFAULT_POLICY`)."""
+    source = Path(path)
     try:
         raw = source.read_bytes()
     except OSError as exc:

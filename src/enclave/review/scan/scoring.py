@@ -1,9 +1,13 @@
 """Scoring text under the enclave's model, for the memorisation signals of Carlini et al. (2021).
 
-A scorer is any callable from text to the log-probability of each of its tokens. Two are provided:
-`gateway_scorer` asks the gateway's `POST /v1/score` over HTTP (the review service is a client of
-the gateway like any other: it never imports gateway internals), and `local_scorer` runs a Hugging
-Face model directory on the CPU with `local_files_only` (for `enclave review scan --model DIR`).
+A scorer is any callable from text to the log-probability of each of its tokens. Two are provided.
+`local_scorer` runs a Hugging Face model directory on the CPU with `local_files_only`: the review
+service scores this way, in-process, from a read-only copy of the served model, because scoring
+through the gateway would charge reviewers' checks to a scholar's grant or need a registry
+identity with a grant of its own; `enclave review scan --model DIR` does the same. `gateway_scorer`
+asks the gateway's `POST /v1/score` over HTTP (as a client like any other: no gateway internals),
+for a review host without torch. Neither touches the environment: a process that must never reach
+a model hub sets `HF_HUB_OFFLINE=1` itself before transformers is imported.
 
 `signals()` turns scores into the paper's membership signals, where lower means more likely
 memorised: perplexity; zlib ratio (ln perplexity over the zlib-compressed size, so text that is
@@ -106,10 +110,8 @@ def has_tokenizer(model_dir: Path) -> bool:
 
 
 def local_scorer(model_dir: Path) -> Scorer:
-    """Score with a local Hugging Face causal LM (needs its tokenizer files); CPU, no network."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Score with a local Hugging Face causal LM (needs its tokenizer files); CPU, no network:
+    everything is loaded with `local_files_only`."""
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -107,6 +107,8 @@ def _build(fn) -> _Table:
     return _Table(single, multi)
 
 
+# The tables below are built once per process: they depend on nothing but Unicode's data (a pass
+# over every code point, far too slow per text) and are only ever read.
 @functools.cache
 def _fold_table() -> _Table:
     return _build(_fold_char)

@@ -1,6 +1,6 @@
 """Identifying content: Presidio's pattern recognizers (e-mail addresses, phone numbers, SSNs,
 card numbers, IBANs, IP addresses, URLs ...) at the policy's severity per entity; direct
-identifiers block by default. See `review.pii` for how Presidio is run offline and fast."""
+identifiers block by default. See `scan.pii` for how Presidio is run offline and fast."""
 from __future__ import annotations
 
 from enclave.review.scan import pii
@@ -23,9 +23,13 @@ def check(item: Item, env: Env) -> Result:
         return result
     policy = env.policy.identifiers
     entities = [e for e, level in policy.entities.items() if level != "off"]
+    if not entities:
+        return result
+    analyzer = env.pii_analyzer(policy.phone_regions)
     count = 0
     for segment in item.segments:
-        for hit in pii.find(segment.text, entities, min_score=policy.min_score, phone_regions=policy.phone_regions):
+        for hit in pii.find(segment.text, entities, min_score=policy.min_score, phone_regions=policy.phone_regions,
+                            analyzer=analyzer):
             count += 1
             if count > policy.max_findings_per_file:
                 continue

@@ -1,7 +1,7 @@
 """Numbers that are model weights: an exported run of numbers equal, up to rounding, scale, sign
 and transposition, to a row or column of a weight matrix of one of the enclave's models.
 
-See `review.fingerprint` for how weights are keyed and candidates verified, and `review.numbers`
+See `scan.fingerprint` for how weights are keyed and candidates verified, and `scan.numbers`
 for how runs are read from text (reading order, columns of line blocks, JSON arrays); an XLSX
 sheet is read as tab-separated text.
 """

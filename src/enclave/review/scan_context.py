@@ -1,0 +1,74 @@
+"""The one place that gathers what the checks need to know about a project: its `ScanContext`.
+
+The scan library (`enclave.review.scan`) is given a context and looks nothing up. This module,
+on the airlock service's side, reads it from the registry and the quarantine: the datasets
+registered for the project (with their quasi-identifiers, for record linkage), its audited model
+calls (prompt and outputs, for provenance), its grant's export allowance and, when the quarantine
+is given, the files it has released before (for differencing) and how many bytes those were. The
+review worker and `enclave review scan` both build their contexts here.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from enclave.registry import datasets as registry_datasets
+from enclave.registry.models import Grant, ModelCall, Project
+from enclave.registry.projects import get_project
+from enclave.review import service
+from enclave.review.quarantine import Quarantine
+from enclave.review.scan import ExportFile, ModelCallText, ProtectedSource, ScanCache, ScanContext, Scorer
+
+
+def build_scan_context(session: Session | None, project: str | Project | None, *,
+                       quarantine: Quarantine | None = None, protect_files: Iterable[str | Path] = (),
+                       model_dirs: Iterable[str | Path] = (), scorer: Scorer | None = None,
+                       cache: ScanCache | None = None) -> ScanContext:
+    """The context for scanning an export of `project` (a slug or a Project).
+
+    `protect_files` and `model_dirs` are protected data and models beyond the registry's (the
+    service's settings, `--protect`/`--model`); `scorer` scores passages under the model; `cache`
+    keeps indexes between scans (default: a fresh one for this scan, in memory only). Without a
+    session or a project (an offline scan of files) only those extras are used. An unknown slug
+    raises `enclave.errors.NotFound`.
+    """
+    protected = [ProtectedSource.from_path(p) for p in protect_files]
+    calls: list[ModelCallText] = []
+    allowed: int | None = None
+    prior: list[ExportFile] = []
+    used = 0
+    if session is not None and project is not None:
+        if not isinstance(project, Project):
+            project = get_project(session, project)
+        for dataset in registry_datasets.datasets_for(session, project):
+            qis = dataset.quasi_identifier_list
+            protected.append(ProtectedSource(dataset.name, Path(dataset.path), None, tuple(qis) if qis else None))
+        calls = _model_calls(session, project)
+        grant = session.get(Grant, project.id)
+        allowed = grant.export_bytes if grant is not None else None
+        if quarantine is not None:
+            released = service.released_files(session, project.id)
+            prior = [ExportFile(name, quarantine.read(sha)) for name, sha, _ in released]
+            used = sum(size for _, _, size in released)
+    return ScanContext(protected=protected, model_dirs=[Path(d) for d in model_dirs], scorer=scorer,
+                       model_calls=calls, prior_releases=prior, egress_used_bytes=used,
+                       egress_allowed_bytes=allowed, cache=cache if cache is not None else ScanCache())
+
+
+def _model_calls(session: Session, project: Project) -> list[ModelCallText]:
+    """Every output of the project's audited model calls, oldest first, with its prompt."""
+    calls = []
+    rows = session.exec(select(ModelCall).where(ModelCall.project_id == project.id)
+                        .order_by(ModelCall.created_at)).all()
+    for call in rows:
+        try:
+            outputs = json.loads(call.outputs or "[]")
+        except ValueError:
+            outputs = []
+        for output in outputs if isinstance(outputs, list) else []:
+            if isinstance(output, str) and output:
+                calls.append(ModelCallText(call.id, call.prompt, output))
+    return calls
