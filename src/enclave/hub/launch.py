@@ -1,26 +1,42 @@
 """Bring the hub up: the Docker engine, the notebook image, the enclave network and firewall,
 then JupyterHub (which runs the proxy, the gateway, the review service, the warden and the idle
-culler as its managed services, so Ctrl-C on the hub stops them all)."""
+culler as its managed services, so Ctrl-C on the hub stops them all).
+
+`serve_hub` is the whole sequence, as `enclave serve hub` and `enclave up` run it; the steps
+(`prepare_docker`, `hub_environment`, `start_hub`, `stop_leftover_proxy`) are public for the tests'
+and benchmarks' own stacks. What cannot start raises `enclave.errors.Unavailable`.
+"""
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from enclave.hub.config import EnclaveHubSettings
-from enclave.hub.network import ensure_network, install
+from sqlalchemy.engine import Engine
+
+from enclave.envsettings import database_url, enclave_home, env_str
+from enclave.errors import Unavailable
+from enclave.hub.config import BANNER, EnclaveHubSettings
+from enclave.hub.image import ImageBuildError, build_image
+from enclave.hub.network import FirewallError, ensure_network, install
+from enclave.registry.credentials import set_password
+from enclave.registry.db import session_scope
+from enclave.registry.people import Role, list_people
 
 
-class HubLaunchError(RuntimeError):
-    pass
+class HubLaunchError(Unavailable):
+    """A part of the hub's stack cannot start (proxy missing, configuration, image, firewall)."""
 
 
 class DockerUnavailable(HubLaunchError):
-    pass
+    """No Docker engine answers, and none can be started here."""
 
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -29,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def docker_client(timeout: int = 120):
     import docker
 
-    return docker.DockerClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), timeout=timeout)
+    return docker.DockerClient(base_url=env_str("DOCKER_HOST", "unix:///var/run/docker.sock"), timeout=timeout)
 
 
 def _ping() -> bool:
@@ -63,56 +79,43 @@ def ensure_dockerd(log_dir: Path, wait_s: float = 60) -> None:
     raise DockerUnavailable(f"dockerd did not answer within {wait_s:.0f} s (see {log_dir / 'dockerd.log'})")
 
 
-def prepare_docker(settings: EnclaveHubSettings, log_dir: Path, progress=print) -> str:
-    """Engine, image, network, firewall; returns the notebook image ID."""
-    from enclave.hub.image import build_image
+def _say(line: str) -> None:
+    # Flushed: the hub's own log goes to the same terminal right after.
+    print(line, flush=True)
 
+
+def prepare_docker(settings: EnclaveHubSettings, log_dir: Path, progress: Callable[[str], None] = _say) -> str:
+    """Engine, image, network, firewall; returns the notebook image ID."""
     ensure_dockerd(log_dir)
     progress("docker: engine up; building the notebook image when missing (minutes the first time)")
-    image_id = build_image(REPO_ROOT)
+    try:
+        image_id = build_image(REPO_ROOT)
+    except ImageBuildError as exc:
+        raise HubLaunchError(str(exc)) from None
+    ports = [settings.hub_port, settings.gateway_port, settings.review_port]
     client = docker_client()
     try:
         ensure_network(client, settings.network)
+        install(settings.network, ports)
+    except FirewallError as exc:
+        raise HubLaunchError(str(exc)) from None
     finally:
         client.close()
-    ports = [settings.hub_port, settings.gateway_port, settings.review_port]
-    install(settings.network, ports)
     progress(f"docker: network {settings.network_name} ({settings.subnet}) behind the firewall; "
              f"notebooks reach only {settings.service_ip} ports {', '.join(map(str, ports))}")
     return image_id
 
 
 def hub_environment(settings: EnclaveHubSettings, image_id: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    from enclave.envsettings import database_url, enclave_home
-
+    """The hub process's environment: ours, plus the settings as the variables the hub reads back
+    (`EnclaveHubSettings.to_environment`), the notebook image and the proxy's token; `extra` last."""
     env = dict(os.environ)
+    env.update(settings.to_environment())
     # Absolute: the hub and its services run in the state directory, where a relative
     # ENCLAVE_HOME (the default is ./var) would point somewhere else.
-    env["ENCLAVE_HOME"] = str(enclave_home())
-    env.setdefault("ENCLAVE_DB_URL", database_url())
-    env.update({
-        "ENCLAVE_HUB_MODE": settings.mode,
-        "ENCLAVE_HUB_STATE": settings.state_dir,
-        "ENCLAVE_HUB_PUBLIC_URL": settings.public_url,
-        "ENCLAVE_HUB_PORT": str(settings.hub_port),
-        "ENCLAVE_HUB_PROXY_API_PORT": str(settings.proxy_api_port),
-        "ENCLAVE_GATEWAY_PORT": str(settings.gateway_port),
-        "ENCLAVE_REVIEW_PORT": str(settings.review_port),
-        "ENCLAVE_NETWORK": settings.network_name,
-        "ENCLAVE_BRIDGE": settings.bridge,
-        "ENCLAVE_SUBNET": settings.subnet,
-        "ENCLAVE_IDLE_TIMEOUT": str(settings.idle_timeout),
-        "ENCLAVE_WARDEN_INTERVAL": str(settings.warden_interval),
-        "ENCLAVE_HUB_GATEWAY": "1" if settings.gateway else "0",
-        "ENCLAVE_WORK_VOLUME_TEMPLATE": settings.work_volume_template,
-        "PYTHONUNBUFFERED": "1",
-    })
-    if settings.model_dir:
-        env["ENCLAVE_MODEL_DIR"] = settings.model_dir
-    if settings.review_command:
-        env["ENCLAVE_REVIEW_COMMAND"] = settings.review_command
-    if settings.gateway_command:
-        env["ENCLAVE_GATEWAY_COMMAND"] = settings.gateway_command
+    env["ENCLAVE_HOME"] = str(Path(settings.enclave_home or enclave_home()).resolve())
+    env["ENCLAVE_DB_URL"] = settings.db_url or database_url()
+    env["PYTHONUNBUFFERED"] = "1"
     if image_id:
         env["ENCLAVE_NOTEBOOK_IMAGE"] = image_id
     # The proxy's API token is a secret: from the environment if the operator set one, else fresh.
@@ -137,13 +140,9 @@ def start_hub(env: dict[str, str], state_dir: Path, log_path: Path | None = None
                             stdout=out, stderr=subprocess.STDOUT if out else None)
 
 
-
-
 def stop_leftover_proxy(state_dir: Path) -> None:
     """JupyterHub leaves its proxy running when it dies abnormally (it can adopt it on restart);
     `enclave` owns the whole stack, so it stops the proxy too."""
-    import signal
-
     pid_file = Path(state_dir) / "proxy.pid"
     try:
         pid = int(pid_file.read_text().strip())
@@ -154,3 +153,65 @@ def stop_leftover_proxy(state_dir: Path) -> None:
     except ProcessLookupError:
         pass
     pid_file.unlink(missing_ok=True)
+
+
+def review_command(settings: EnclaveHubSettings) -> str:
+    """`enclave serve review` with this interpreter, for the hub to run as its managed service."""
+    return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "review", "--host", settings.service_ip,
+                       "--port", str(settings.review_port)])
+
+
+def reset_passwords(engine: Engine, usernames: Iterable[str]) -> dict[str, str]:
+    """Fresh hub passwords for `usernames`, set on the first operator's authority. Passwords are
+    stored hashed only, so a demo's are reset at every start to be shown to whoever runs it."""
+    with session_scope(engine) as session:
+        actor = next(p.username for p in list_people(session) if p.has_role(Role.operator))
+        return {username: set_password(session, actor, username) for username in usernames}
+
+
+def wait_for_hub(hub: subprocess.Popen) -> int:
+    """Wait until the hub exits; Ctrl-C or a service manager's SIGTERM stops it (SIGINT, then a kill
+    after 30 s). Returns its exit status."""
+
+    def on_term(signum, frame):  # a service manager's stop: same as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return hub.wait()
+    except KeyboardInterrupt:
+        hub.send_signal(signal.SIGINT)
+        try:
+            return hub.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            return hub.wait()
+
+
+def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Path,
+              logins: dict[str, str] | None = None, progress: Callable[[str], None] = _say) -> None:
+    """Bring the whole hub up and run it until it exits or is stopped (`enclave serve hub`, `enclave
+    up`): Docker, image, network and firewall unless `unisolated`, then JupyterHub with the gateway
+    serving `model_dir`, review, warden and idle culler. `logins` (user -> password) are shown once
+    the hub is up. Raises Unavailable when a part cannot start or the hub exits abnormally."""
+    settings = EnclaveHubSettings(mode="unisolated" if unisolated else "docker", public_url=public_url,
+                                  model_dir=model_dir)
+    settings.review_command = review_command(settings)
+    image_id = None
+    if unisolated:
+        print(f"WARNING: {BANNER}", file=sys.stderr, flush=True)
+    else:
+        try:
+            image_id = prepare_docker(settings, log_dir, progress=progress)
+        except DockerUnavailable as exc:
+            raise DockerUnavailable(f"{exc}. Without a Docker engine, `enclave up --unisolated` runs a developer "
+                                    "mode with no isolation (never for real data)") from None
+    hub = start_hub(hub_environment(settings, image_id), Path(settings.state_dir))
+    progress(f"hub: {settings.public_url}  (model gateway for notebooks: "
+             f"http://{settings.service_ip}:{settings.gateway_port}/v1/)")
+    for username, password in (logins or {}).items():
+        progress(f"  log in as {username:<9} password {password}")
+    code = wait_for_hub(hub)
+    stop_leftover_proxy(Path(settings.state_dir))
+    if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+        raise Unavailable(f"the hub exited with status {code}; see its log above")

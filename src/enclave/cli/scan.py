@@ -4,31 +4,32 @@ Exit status: 0 when the verdict is pass or review, 1 when it is block, 2 when th
 run (a missing path, a bad policy file, an unusable --protect or --model): one line on stderr.
 Folders are walked; symbolic links and special files are never followed or read (they are
 findings), and files over the policy's size limit are refused by their size, unread.
+
+The scan library (numpy, pandas, Presidio: the [review] extra) is imported by the command itself.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
-import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from enclave.review.scan.findings import Finding, Severity, verdict
+from enclave.cli.output import print_json, print_rows
+from enclave.envsettings import env_str
+from enclave.errors import BadInput
 
 _SEVERITY_ORDER = {"block": 0, "warn": 1, "info": 2}
-
-
-def _fail(message: str) -> None:
-    print(f"enclave: {message}", file=sys.stderr)
-    raise typer.Exit(2)
+# Widest SEVERITY, CHECK, FILE, LOCATION and MESSAGE columns of the table; longer cells are cut.
+_COLUMN_CAPS = (8, 16, 40, 40, 10_000)
 
 
 def collect(paths: list[Path], max_bytes: int):
     """(ExportFiles, findings about what was not read) for the paths given on the command line."""
     from enclave.review.scan import ExportFile
+    from enclave.review.scan.findings import Finding, Severity
 
     files: list[ExportFile] = []
     findings: list[Finding] = []
@@ -54,7 +55,7 @@ def collect(paths: list[Path], max_bytes: int):
 
     for given in paths:
         if not given.exists() and not given.is_symlink():
-            _fail(f"no such file or folder: {given}")
+            raise BadInput(f"no such file or folder: {given}")
         if given.is_dir() and not given.is_symlink():
             root = given.name or given.resolve().name
             for folder, dirs, names in os.walk(given, followlinks=False):
@@ -67,19 +68,34 @@ def collect(paths: list[Path], max_bytes: int):
     return files, findings
 
 
-def _table(report, out) -> None:
+def _print_table(report) -> None:
     findings = sorted(report.findings, key=lambda f: (_SEVERITY_ORDER[f.severity.value], f.file))
     if findings:
-        header = ["SEVERITY", "CHECK", "FILE", "LOCATION", "MESSAGE"]
-        rows = [[f.severity.value, f.check, f.file, f.location, f.message] for f in findings]
-        widths = [min(max(len(r[i]) for r in [header, *rows]), cap) for i, cap in enumerate((8, 16, 40, 40, 10_000))]
-        for row in [header, *rows]:
-            cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(row, widths)]
-            out.write("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() + "\n")
-        out.write("\n")
+        print_rows([[f.severity.value, f.check, f.file, f.location, f.message] for f in findings],
+                   ["SEVERITY", "CHECK", "FILE", "LOCATION", "MESSAGE"], caps=_COLUMN_CAPS)
+        typer.echo("")
     counts = {s: sum(f.severity.value == s for f in report.findings) for s in ("block", "warn", "info")}
-    out.write(f"verdict: {report.verdict.value} ({len(report.files)} file(s) scanned; "
-              f"{counts['block']} block, {counts['warn']} warn, {counts['info']} info; policy {report.policy_version})\n")
+    typer.echo(f"verdict: {report.verdict.value} ({len(report.files)} file(s) scanned; "
+               f"{counts['block']} block, {counts['warn']} warn, {counts['info']} info; policy {report.policy_version})")
+
+
+def _scorer_for(model_dirs: list[Path]):
+    """Check each --model directory; the first one with a tokenizer scores passages."""
+    from enclave.review.scan.fingerprint import weight_files
+    from enclave.review.scan.scoring import ScorerError, has_tokenizer, local_scorer
+
+    scorer = None
+    for directory in model_dirs:
+        if not directory.is_dir():
+            raise BadInput(f"--model: not a folder: {directory}")
+        if not weight_files(directory):
+            raise BadInput(f"--model: no weights (*.safetensors, pytorch_model*.bin) in {directory}")
+        if scorer is None and has_tokenizer(directory):
+            try:
+                scorer = local_scorer(directory)
+            except ScorerError as exc:
+                raise BadInput(f"--model: {exc}") from None
+    return scorer
 
 
 def scan_command(
@@ -96,45 +112,32 @@ def scan_command(
              "scores passages for memorisation. Repeatable.")] = None,
 ) -> None:
     """Run every automated disclosure check on files, offline. Exit 0 pass/review, 1 block, 2 error."""
-    from enclave.review.scan.policy import PolicyError, load_policy
-    from enclave.review.scan import build_context, scan_files
-    from enclave.review.scan.scoring import ScorerError, has_tokenizer, local_scorer
+    from enclave.review.scan import DEFAULT_POLICY, load_policy, scan_files
+    from enclave.review.scan.findings import verdict
+    from enclave.review.scan.policy import PolicyError
+    from enclave.review.scan_context import build_scan_context
 
     try:
-        policy = load_policy(policy_file)
+        policy = load_policy(policy_file or env_str("ENCLAVE_REVIEW_POLICY") or DEFAULT_POLICY)
     except PolicyError as exc:
-        _fail(str(exc))
+        raise BadInput(str(exc)) from None
     for path in protect or []:
         if not path.exists():
-            _fail(f"--protect: no such file or folder: {path}")
-    scorer = None
-    for directory in model or []:
-        if not directory.is_dir():
-            _fail(f"--model: not a folder: {directory}")
-        from enclave.review.scan.fingerprint import weight_files
-
-        if not weight_files(directory):
-            _fail(f"--model: no weights (*.safetensors, pytorch_model*.bin) in {directory}")
-        if scorer is None and has_tokenizer(directory):
-            try:
-                scorer = local_scorer(directory)
-            except ScorerError as exc:
-                _fail(f"--model: {exc}")
+            raise BadInput(f"--protect: no such file or folder: {path}")
+    scorer = _scorer_for(list(model or []))
     files, refused = collect(list(paths), policy.files.max_file_bytes)
-    context = build_context(None, None, protect_files=list(protect or []), model_dirs=list(model or []), scorer=scorer)
+    context = build_scan_context(None, None, protect_files=list(protect or []), model_dirs=list(model or []),
+                                 scorer=scorer, cache=None)
     try:
         report = scan_files(files, policy, context)
     except Exception as exc:  # the pipeline reports check failures itself; this is a bug of ours
-        if os.environ.get("ENCLAVE_DEBUG"):
-            raise
-        _fail(f"the scan failed ({exc.__class__.__name__}: {exc})")
+        # (with ENCLAVE_DEBUG, `enclave.cli.run` shows the traceback of the failure chained here)
+        raise BadInput(f"the scan failed ({exc.__class__.__name__}: {exc})") from exc
     if refused:
-        from dataclasses import replace
-
         findings = refused + report.findings
         report = replace(report, findings=findings, verdict=verdict(findings))
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        print_json(report.to_json())
     else:
-        _table(report, sys.stdout)
+        _print_table(report)
     raise typer.Exit(1 if report.verdict.value == "block" else 0)

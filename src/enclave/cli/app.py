@@ -1,0 +1,28 @@
+"""The root `enclave` command: every group mounted under its name, and the top-level commands.
+
+The order of registration is the order `enclave --help` lists them in.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from enclave.cli import access, audit, datasets, db, grants, image, keys, models, people, projects, release, review, serve
+
+app = typer.Typer(
+    help="Model Enclave: run a structured-access release of a language model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+for group, name in ((db.app, "db"), (people.app, "person"), (projects.app, "project"), (projects.member_app, "member"),
+                    (datasets.app, "dataset"), (grants.app, "grant"), (keys.app, "key"), (audit.app, "audit"),
+                    (models.app, "model"), (serve.app, "serve"), (review.app, "review"), (release.app, "release"),
+                    (image.app, "image")):
+    app.add_typer(group, name=name)
+
+app.command("init")(db.init)
+app.command("up")(serve.up)
+app.command("check-access")(access.check_access)

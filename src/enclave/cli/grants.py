@@ -1,0 +1,53 @@
+"""`enclave grant ...`: what a project may consume."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from enclave.cli.output import AsJson, AsUser, Slug, print_json
+from enclave.cli.session import registry
+from enclave.registry import grants
+
+app = typer.Typer(help="What a project may consume: tokens, rate, privacy budget, compute, exports.", no_args_is_help=True)
+
+
+@app.command("set")
+def grant_set(
+    slug: Slug,
+    tokens: Annotated[Optional[int], typer.Option("--tokens", help="Model tokens in total.")] = None,
+    tokens_per_day: Annotated[Optional[int], typer.Option("--tokens-per-day", help="Model tokens per UTC day.")] = None,
+    rpm: Annotated[Optional[int], typer.Option("--rpm", help="Requests per minute.")] = None,
+    max_tokens_per_request: Annotated[Optional[int], typer.Option("--max-tokens-per-request", help="Largest single request.")] = None,
+    epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="Differential-privacy budget epsilon.")] = None,
+    delta: Annotated[Optional[float], typer.Option("--delta", help="Differential-privacy budget delta.")] = None,
+    cpu: Annotated[Optional[float], typer.Option("--cpu", help="CPUs per notebook.")] = None,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Memory per notebook, e.g. 4G.")] = None,
+    session_hours: Annotated[Optional[float], typer.Option("--session-hours", help="Longest notebook session.")] = None,
+    export_bytes: Annotated[Optional[int], typer.Option("--export-bytes", help="Bytes the project may export in total.")] = None,
+    logprob_calls_per_day: Annotated[Optional[int], typer.Option("--logprob-calls-per-day", help="Calls returning probabilities (score, next-token) per day.")] = None,
+    as_: AsUser = None,
+) -> None:
+    """Create or change a project's grant; unset fields keep their values."""
+    with registry() as s:
+        grant = grants.set_grant(
+            s, as_, slug, tokens_total=tokens, tokens_per_day=tokens_per_day, requests_per_minute=rpm,
+            max_tokens_per_request=max_tokens_per_request, epsilon=epsilon, delta=delta, cpu=cpu,
+            mem_bytes=grants.parse_size(mem) if mem is not None else None, session_hours=session_hours,
+            export_bytes=export_bytes, logprob_calls_per_day=logprob_calls_per_day,
+        )
+        record = grants.grant_json(grant)
+    typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "updated_at", "updated_by")))
+
+
+@app.command("show")
+def grant_show(slug: Slug, as_json: AsJson = False) -> None:
+    """Show a project's grant."""
+    with registry() as s:
+        record = grants.grant_json(grants.get_grant(s, slug))
+    if as_json:
+        print_json(record)
+    else:
+        for key, value in record.items():
+            typer.echo(f"{key}: {value}")
