@@ -37,13 +37,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
-os.environ["HF_HUB_OFFLINE"] = "1"
+
+from enclave.gateway.settings import GatewaySettings, keep_hub_offline  # noqa: E402
+
+keep_hub_offline()  # before transformers is imported, as the gateway's start-up does
 
 import torch  # noqa: E402
 
 from enclave.gateway import cpu_kernels  # noqa: E402
 from enclave.gateway.engine import Engine, SamplingParams  # noqa: E402
 from enclave.gateway.model import LoadedModel, load_model  # noqa: E402
+
+# The CPU kernels as the gateway would use them here (ENCLAVE_CPU_KERNELS, CXX, the enclave cache).
+KERNELS = GatewaySettings.from_env(model_dir="unused").kernels
 
 PROMPT_TOKENS = (8, 200)
 NEW_TOKENS = (16, 128)
@@ -214,7 +220,7 @@ async def closed_loop(workload: list[Request], clients: int, send) -> tuple[floa
 
 
 def run_engine(loaded: LoadedModel, workload: list[Request], clients: int) -> Result:
-    engine = Engine(loaded, max_batch=clients, max_queue=max(256, clients))
+    engine = Engine(loaded, max_batch=clients, max_queue=max(256, clients), kernel_settings=KERNELS)
     engine.start()
     tokens = 0
 
@@ -431,7 +437,7 @@ def main() -> None:
         "decode_bound": bound,
         # Whether the forward ran our compiled CPU kernels (src/enclave/gateway/cpu_kernels.py) or,
         # without a compiler, PyTorch's: the numbers differ by about a third.
-        **({"cpu_kernels": cpu_kernels.load() is not None} if device.type == "cpu" else {}),
+        **({"cpu_kernels": cpu_kernels.load(KERNELS) is not None} if device.type == "cpu" else {}),
         **({"http_skipped": http_skipped} if http_skipped else {}),
     }
     if args.json:

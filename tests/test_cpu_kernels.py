@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from enclave.gateway import cpu_kernels
 from enclave.gateway.gpt2 import GPT2Forward
+from enclave.gateway.settings import CpuKernelSettings, GatewaySettings
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +23,18 @@ def kernels():
     return built
 
 
+def settings_from_env() -> CpuKernelSettings:
+    """The kernel settings the gateway reads from this environment at start-up."""
+    return GatewaySettings.from_env(model_dir="unused").kernels
+
+
 @pytest.fixture
 def fresh_load(monkeypatch, tmp_path):
-    """`load()` from scratch: no memoised result, an empty build cache."""
+    """`load()` from scratch with the settings from the environment: no memoised result, an empty
+    build cache."""
     monkeypatch.setenv("ENCLAVE_CACHE_DIR", str(tmp_path))
     cpu_kernels.load.cache_clear()
-    yield cpu_kernels.load
+    yield lambda: cpu_kernels.load(settings_from_env())
     cpu_kernels.load.cache_clear()
 
 
@@ -158,7 +165,7 @@ def head64_model():
 
 def test_forward_with_kernels_agrees_with_pytorch_and_stays_batch_invariant(kernels, head64_model):
     with_kernels = GPT2Forward(head64_model, max_slots=4)
-    without = GPT2Forward(head64_model, max_slots=4, use_cpu_kernels=False)
+    without = GPT2Forward(head64_model, max_slots=4, kernel_settings=CpuKernelSettings(enabled=False))
     assert with_kernels.kernels is not None and without.kernels is None
     prompts = [[464 + i * 3 for i in range(n)] for n in (5, 30, 1, 17)]
     for forward in (with_kernels, without):
@@ -189,7 +196,7 @@ def test_without_a_compiler_the_forward_falls_back_and_says_why(fresh_load, monk
     with caplog.at_level(logging.WARNING, logger="enclave.gateway"):
         assert fresh_load() is None
     assert "CPU kernels unavailable" in caplog.text and "false failed" in caplog.text
-    forward = GPT2Forward(head64_model, max_slots=2)
+    forward = GPT2Forward(head64_model, max_slots=2, kernel_settings=settings_from_env())
     assert forward.kernels is None
     forward.prefill(0, [464, 318])
     assert torch.isfinite(forward.decode([0], [50], [2])).all()

@@ -15,6 +15,7 @@ from enclave.gateway import quota
 from enclave.registry import access, audit, grants
 from enclave.registry.db import session_scope
 from enclave.registry.models import ModelCall, Reservation, UsageDay, UsageTotal
+from enclave.web.errors import refusal
 
 from tests.helpers import OPERATOR, approved_project
 
@@ -88,7 +89,9 @@ def test_rate_limit_answers_429_with_retry_after(engine):
         _reserve(engine, 1, now=now)
     with pytest.raises(quota.RateLimited) as refused:
         _reserve(engine, 1, now=now)
-    assert refused.value.status == 429 and refused.value.retry_after == 15
+    answer = refusal(refused.value)
+    assert (answer.status, answer.code, answer.headers) == (429, "rate_limited", {"Retry-After": "15"})
+    assert refused.value.retry_after == 15
     _reserve(engine, 1, now=now + dt.timedelta(seconds=20))  # the next minute
 
 
@@ -96,12 +99,14 @@ def test_per_request_cap_and_daily_quota(engine):
     _setup(engine, tokens_total=10_000, tokens_per_day=100, max_tokens_per_request=50)
     with pytest.raises(quota.RequestTooLarge) as too_big:
         _reserve(engine, 60, completion=60)
-    assert too_big.value.status == 400
+    assert (refusal(too_big.value).status, refusal(too_big.value).code) == (400, "request_too_large")
     now = dt.datetime(2027, 1, 1, 23, 0, tzinfo=dt.timezone.utc)
     _settle(engine, _reserve(engine, 90, now=now), 90)
     with pytest.raises(quota.QuotaExhausted, match="daily") as daily:
         _reserve(engine, 20, now=now)
-    assert daily.value.status == 402 and daily.value.retry_after == 3600
+    answer = refusal(daily.value)
+    assert (answer.status, answer.code, answer.headers) == (402, "quota_exhausted", {"Retry-After": "3600"})
+    assert daily.value.retry_after == 3600
     _reserve(engine, 20, now=now + dt.timedelta(hours=2))  # a new day
 
 

@@ -19,7 +19,8 @@ The source is compiled on first use with the machine's C++ compiler (`-O3 -march
 headers, about 2 s) into `kernels/` of the enclave cache (`enclave.envsettings.cache_dir`), keyed
 by the source, the flags, the compiler and the CPU. Without a compiler, or if the build or its
 self-check fails, `load()` logs why and returns None, and the forward keeps PyTorch's kernels.
-ENCLAVE_CPU_KERNELS=0 turns them off.
+Whether to use them, the compiler and the cache folder are the gateway's settings
+(`CpuKernelSettings`: ENCLAVE_CPU_KERNELS=0 turns them off, CXX names the compiler).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from enclave.envsettings import cache_dir
+from enclave.gateway.settings import CpuKernelSettings
 
 log = logging.getLogger("enclave.gateway")
 
@@ -144,12 +146,13 @@ def _indices(rows: int, *columns: torch.Tensor) -> bool:
 
 
 @functools.cache
-def load() -> CpuKernels | None:
-    """The compiled kernels, built on first use; None (with the reason logged) where they can't be."""
-    if os.environ.get("ENCLAVE_CPU_KERNELS", "1") == "0":
+def load(settings: CpuKernelSettings = CpuKernelSettings()) -> CpuKernels | None:
+    """The compiled kernels, built on first use; None where `settings` turn them off, or (with the
+    reason logged) where they can't be built."""
+    if not settings.enabled:
         return None
     try:
-        kernels = CpuKernels(_build())
+        kernels = CpuKernels(_build(settings.compiler, Path(settings.cache) if settings.cache else cache_dir("kernels")))
         _self_check(kernels)
         return kernels
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -157,13 +160,13 @@ def load() -> CpuKernels | None:
         return None
 
 
-def _build() -> Path:
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+def _build(compiler: str | None, folder: Path) -> Path:
+    compiler = compiler or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         raise OSError("no C++ compiler (g++) found")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_flags()]).encode()).hexdigest()
-    target = cache_dir("kernels") / f"enclave_cpu_kernels-{key[:16]}.so"
+    target = folder / f"enclave_cpu_kernels-{key[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

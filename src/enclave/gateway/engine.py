@@ -29,8 +29,10 @@ from collections.abc import Callable
 
 import torch
 
+from enclave.errors import BadInput, Unavailable
 from enclave.gateway.gpt2 import GPT2Forward
 from enclave.gateway.model import LoadedModel
+from enclave.gateway.settings import CpuKernelSettings
 
 MAX_TOP_TOKENS = 5
 # Prompt tokens admitted into one forward alongside the decode tokens. Larger budgets read the
@@ -40,16 +42,20 @@ PREFILL_TOKENS_PER_STEP = {"cpu": 512, "cuda": 16384}
 RETRY_AFTER_BOUNDS_S = (1, 60)
 
 
-class QueueFull(Exception):
-    """Too much work is already waiting; try again after `retry_after` seconds."""
+class QueueFull(Unavailable):
+    """Too much work is already waiting; try again after `retry_after` seconds (HTTP 503, busy)."""
+
+    code = "busy"
 
     def __init__(self, retry_after: int):
-        super().__init__(f"the engine's queue is full; retry after {retry_after} s")
+        super().__init__("the model is at capacity; retry shortly")
         self.retry_after = retry_after
 
 
-class ContextTooLong(ValueError):
+class ContextTooLong(BadInput):
     """The prompt (plus the tokens asked for) does not fit in the model's context."""
+
+    code = "context_exceeded"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +151,8 @@ class _Sequence:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, max_queue: int = 256):
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, max_queue: int = 256,
+                 kernel_settings: CpuKernelSettings = CpuKernelSettings()):
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
         self.loaded = loaded
@@ -154,7 +161,7 @@ class Engine:
         self.eos_token_id = loaded.config.eos_token_id
         self.vocab_size = int(loaded.config.vocab_size)
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.forward = GPT2Forward(loaded.model, max_slots=max_batch)
+        self.forward = GPT2Forward(loaded.model, max_slots=max_batch, kernel_settings=kernel_settings)
         self.prefill_budget = PREFILL_TOKENS_PER_STEP[loaded.device.type]
         self._lock = threading.Condition()
         self._waiting: deque[_Sequence] = deque()

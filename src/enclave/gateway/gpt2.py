@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from enclave.gateway import cpu_kernels
+from enclave.gateway.settings import CpuKernelSettings
 
 # On CPU, oneDNN/MKL give a matrix row the same bits whatever the number of rows *between 2 and a
 # few hundred* (checked for GPT-2's shapes with 1 and 2 threads); one row takes a gemv kernel and
@@ -153,10 +154,11 @@ class GPT2Forward:
     keeps its row count in `INVARIANT_ROWS`. On CUDA the decode rows share one masked attention call.
 
     On CPU in fp32 the linear layers and decode attention use `cpu_kernels` where they could be
-    built (`use_cpu_kernels`, on by default): both give a row the same bits at any batch by design.
+    built (`kernel_settings`, on by default): both give a row the same bits at any batch by design.
     """
 
-    def __init__(self, model, max_slots: int, batch_invariant: bool | None = None, use_cpu_kernels: bool = True):
+    def __init__(self, model, max_slots: int, batch_invariant: bool | None = None,
+                 kernel_settings: CpuKernelSettings = CpuKernelSettings()):
         config = model.config
         self.n_layer, self.n_head, self.n_embd = config.n_layer, config.n_head, config.n_embd
         self.head_dim = self.n_embd // self.n_head
@@ -174,7 +176,7 @@ class GPT2Forward:
         self._attention_kernels = contextlib.nullcontext if on_cpu else _shape_free_attention
         self.ln_f = (t.ln_f.weight, t.ln_f.bias)
         fp32_cpu = on_cpu and self.dtype == torch.float32
-        self.kernels = cpu_kernels.load() if use_cpu_kernels and fp32_cpu \
+        self.kernels = cpu_kernels.load(kernel_settings) if fp32_cpu \
             and cpu_kernels.CpuKernels.supports(self.head_dim) else None
         # Otherwise weights are packed for a full batch of decode rows where MKL can.
         pack_rows = max_slots if fp32_cpu and self.kernels is None and torch.backends.mkl.is_available() \

@@ -1,8 +1,8 @@
 """Load a GPT-2-family Hugging Face directory for the gateway, strictly offline.
 
 The weights never leave the enclave and the hub is unreachable anyway, so nothing here may try the
-network: `HF_HUB_OFFLINE` is set before transformers is imported and every load passes
-`local_files_only=True`. Failures become one `ModelLoadError` with a one-line reason, because the
+network: every load passes `local_files_only=True`, and the gateway's start-up sets
+`HF_HUB_OFFLINE` before transformers is imported (`enclave.gateway.settings.keep_hub_offline`). Failures become one `ModelLoadError` with a one-line reason, because the
 operator reads it in a service log.
 """
 
@@ -13,9 +13,7 @@ import json
 import os
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-
-import torch  # noqa: E402
+import torch
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))

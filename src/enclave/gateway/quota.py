@@ -17,6 +17,7 @@ import secrets
 from sqlalchemy import text
 from sqlmodel import Session, select
 
+from enclave.errors import BadInput, QuotaExhausted, RateLimited
 from enclave.registry import audit
 from enclave.registry.access import Access
 from enclave.registry.clock import iso, utcnow
@@ -28,31 +29,18 @@ LOGPROB_ENDPOINTS = frozenset({"score", "next-token"})
 STALE_AFTER = dt.timedelta(minutes=15)
 
 
-class MeteringRefusal(Exception):
-    """A call the grant does not allow now; `status` is the HTTP status to answer with."""
+class RequestTooLarge(BadInput):
+    """One call asks for more tokens than the grant allows per request (HTTP 400)."""
 
-    status = 402
-    code = "quota_exhausted"
-
-    def __init__(self, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class RateLimited(MeteringRefusal):
-    status = 429
-    code = "rate_limited"
-
-
-class QuotaExhausted(MeteringRefusal):
-    status = 402
-    code = "quota_exhausted"
-
-
-class RequestTooLarge(MeteringRefusal):
-    status = 400
     code = "request_too_large"
+
+
+class DailyQuotaExhausted(QuotaExhausted):
+    """Today's allowance is spent; it renews at midnight UTC, `retry_after` seconds from now."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +87,9 @@ def _lock_account(session: Session, project_id: int) -> UsageTotal:
 
 def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens: int, *,
             completion_tokens: int = 0, now: dt.datetime | None = None) -> Ticket:
-    """Check the grant and hold `worst_case_tokens` for this call, or raise a MeteringRefusal.
+    """Check the grant and hold `worst_case_tokens` for this call, or refuse it: RequestTooLarge,
+    RateLimited (with `retry_after`), QuotaExhausted (DailyQuotaExhausted, with `retry_after`, for
+    what renews tomorrow).
 
     `completion_tokens` is the most the call may generate, checked against the per-request cap.
     """
@@ -116,14 +106,14 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
         raise RateLimited(f"rate limit: {grant.requests_per_minute} requests per minute for project {project.slug!r}",
                           retry_after=max(1, 60 - int(now.timestamp()) % 60))
     if endpoint in LOGPROB_ENDPOINTS and day.logprob_calls >= grant.logprob_calls_per_day:
-        raise QuotaExhausted(f"this grant allows {grant.logprob_calls_per_day} probability-bearing calls "
+        raise DailyQuotaExhausted(f"this grant allows {grant.logprob_calls_per_day} probability-bearing calls "
                              f"(score, next-token) per day; they are used up", retry_after=_seconds_to_midnight(now))
     committed = account.tokens_used + account.tokens_reserved
     if committed + worst_case_tokens > grant.tokens_total:
         raise QuotaExhausted(f"token quota exhausted: {account.tokens_used} of {grant.tokens_total} used, "
                              f"{account.tokens_reserved} held by calls in flight; this call may need {worst_case_tokens}")
     if day.tokens_used + day.tokens_reserved + worst_case_tokens > grant.tokens_per_day:
-        raise QuotaExhausted(f"daily token quota exhausted: {day.tokens_used} of {grant.tokens_per_day} used today; "
+        raise DailyQuotaExhausted(f"daily token quota exhausted: {day.tokens_used} of {grant.tokens_per_day} used today; "
                              f"this call may need {worst_case_tokens}", retry_after=_seconds_to_midnight(now))
     window.requests += 1
     account.tokens_reserved += worst_case_tokens

@@ -1,0 +1,154 @@
+"""What the gateway's routes are given (FastAPI `Depends`): the service's parts, made once at
+start-up, short registry transactions, the caller's credentials, the registry's access decision and
+metered model calls.
+
+Dependencies that only look something up are `async`, so they run on the event loop rather than
+taking a worker thread. Transactions are short and explicit (`state.run(work)`: one session per unit of work, in a worker
+thread), not one session held for the whole request: on SQLite a transaction holds the registry's
+only write lock, and a model call runs for seconds. A model call's admission (who is calling, the
+registry's decision, the reservation of its worst-case cost) is one such transaction
+(`MeteredCall`), so no revocation or grant change can slip between the decision and the
+reservation; its settlement is another, after the model has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import Engine as DbEngine
+from starlette.concurrency import run_in_threadpool
+
+from enclave.gateway import quota
+from enclave.gateway.auth import Caller, authorize, identify
+from enclave.gateway.engine import Engine, QueueFull
+from enclave.gateway.http_errors import ClientGone
+from enclave.gateway.settings import GatewaySettings
+from enclave.registry.access import Access
+from enclave.registry.db import session_scope
+from enclave.web.hub_auth import HubIdentity
+
+DISCONNECT_POLL_S = 0.2
+
+
+@dataclasses.dataclass
+class GatewayState:
+    """Everything a request handler needs, made once at start-up (no module-level state); the app
+    keeps it as `app.state.gateway`."""
+
+    settings: GatewaySettings
+    db: DbEngine
+    engine: Engine
+    identity: HubIdentity
+
+    def transaction(self, work: Callable[[Any], Any]) -> Any:
+        with session_scope(self.db) as session:
+            return work(session)
+
+    async def run(self, work: Callable[[Any], Any]) -> Any:
+        """`work(session)` as one transaction in a worker thread, so the event loop never blocks
+        on the database."""
+        return await run_in_threadpool(self.transaction, work)
+
+
+async def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+async def get_engine(state: GatewayState = Depends(get_state)) -> Engine:
+    return state.engine
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What a request says about its caller: `Authorization` and `X-Enclave-Project`. Read from the
+    request rather than declared as header parameters, which would change the published schema."""
+
+    authorization: str | None
+    project: str | None
+
+    def admit(self, session, identity: HubIdentity) -> tuple[Caller, Access]:
+        """The caller and the registry's decision, in the transaction of `session`."""
+        caller = identify(session, self.authorization, identity)
+        return caller, authorize(session, caller, self.project)
+
+
+async def get_credentials(request: Request) -> Credentials:
+    return Credentials(request.headers.get("authorization"), request.headers.get("x-enclave-project"))
+
+
+async def get_access(state: GatewayState = Depends(get_state),
+                     credentials: Credentials = Depends(get_credentials)) -> Access:
+    """The registry's decision for this request's caller (raises Unauthenticated or AccessDenied)."""
+    _, granted = await state.run(lambda session: credentials.admit(session, state.identity))
+    return granted
+
+
+class MeteredCall:
+    """One request's model call: admit it (identify, authorise and reserve the worst case, in one
+    transaction), run it until done or the client leaves, then settle the actual cost and record it."""
+
+    def __init__(self, request: Request, state: GatewayState, credentials: Credentials):
+        self.request, self.state, self.credentials = request, state, credentials
+
+    async def __call__(self, endpoint: str, prompt: str, prompt_tokens: int, worst_case: int,
+                       run: Callable[[], Awaitable[tuple[Any, list[str], int]]],
+                       completion_cap: int = 0) -> tuple[str, Any, int]:
+        """`run()` returns (result, output texts, completion tokens); this returns (call id, result,
+        completion tokens)."""
+        identity = self.state.identity
+
+        def admit(session):
+            caller, granted = self.credentials.admit(session, identity)
+            ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap)
+            return caller, granted, ticket
+
+        caller, granted, ticket = await self.state.run(admit)
+        started = time.perf_counter()
+        status, outputs, completion = "error", [], 0
+        try:
+            result, outputs, completion = await _until_disconnect(self.request, run())
+            status = "ok"
+            return ticket.id, result, completion
+        except ClientGone:
+            status = "cancelled"
+            raise
+        except QueueFull:
+            status = "busy"
+            raise
+        finally:
+            charged = 0 if status == "busy" else prompt_tokens + completion
+            record = quota.CallRecord(status=status, prompt=prompt, outputs=outputs, prompt_tokens=prompt_tokens,
+                                      completion_tokens=completion,
+                                      latency_ms=int((time.perf_counter() - started) * 1000))
+            # Settle even when the client left or the engine failed: the reservation must not linger.
+            await asyncio.shield(self.state.run(lambda s: quota.settle(
+                s, ticket, charged, record, actor=caller.username, project_slug=granted.project.slug)))
+
+
+async def get_metered_call(request: Request, state: GatewayState = Depends(get_state),
+                     credentials: Credentials = Depends(get_credentials)) -> MeteredCall:
+    return MeteredCall(request, state, credentials)
+
+
+async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Run `work`, cancelling it if the client goes away (the engine then frees its slots)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise ClientGone()
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
