@@ -72,7 +72,7 @@ class Credentials:
     authorization: str | None
     project: str | None
 
-    def admit(self, session, identity: HubIdentity) -> tuple[Caller, Access]:
+    def decide(self, session, identity: HubIdentity) -> tuple[Caller, Access]:
         """The caller and the registry's decision, in the transaction of `session`."""
         caller = identify(session, self.authorization, identity)
         return caller, authorize(session, caller, self.project)
@@ -85,7 +85,7 @@ async def get_credentials(request: Request) -> Credentials:
 async def get_access(state: GatewayState = Depends(get_state),
                      credentials: Credentials = Depends(get_credentials)) -> Access:
     """The registry's decision for this request's caller (raises Unauthenticated or AccessDenied)."""
-    _, granted = await state.run(lambda session: credentials.admit(session, state.identity))
+    _, granted = await state.run(lambda session: credentials.decide(session, state.identity))
     return granted
 
 
@@ -104,7 +104,7 @@ class MeteredCall:
         identity = self.state.identity
 
         def admit(session):
-            caller, granted = self.credentials.admit(session, identity)
+            caller, granted = self.credentials.decide(session, identity)
             ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap)
             return caller, granted, ticket
 
