@@ -15,19 +15,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from enclave.envsettings import env_str
 from enclave.errors import UserError
+
+USER_ERROR_EXIT = 2
+BUG_EXIT = 1
+INTERRUPTED_EXIT = 130
 
 # What the [registry] extra installs: without one of them the operator tools cannot run at all.
 _REGISTRY_EXTRA = frozenset({"typer", "click", "sqlmodel", "sqlalchemy", "alembic"})
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _error_table() -> list[tuple[type[BaseException], Callable[[BaseException], str]]]:
     """The one table of what a user can cause: exception class -> the line printed on stderr (after
-    "enclave: "); each exits 2. Checked in order; anything not here is a bug of ours."""
+    "enclave: "); each exits USER_ERROR_EXIT. Checked in order; anything not here is a bug of ours."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     return [
@@ -38,15 +44,8 @@ def _error_table() -> list[tuple[type[BaseException], Callable[[BaseException], 
     ]
 
 
-USER_ERROR_EXIT = 2
-BUG_EXIT = 1
-INTERRUPTED_EXIT = 130
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status, turning our errors into one line on stderr."""
-    from enclave.envsettings import env_str
-
     debug = bool(env_str("ENCLAVE_DEBUG"))  # any value: show tracebacks
     try:
         from enclave.cli.app import app
