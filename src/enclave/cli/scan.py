@@ -112,6 +112,9 @@ def scan_command(
              "scores passages for memorisation. Repeatable.")] = None,
 ) -> None:
     """Run every automated disclosure check on files, offline. Exit 0 pass/review, 1 block, 2 error."""
+    # This command is a start-up of its own and may load a --model: the model hub must never be
+    # tried, and transformers reads this when it is first imported (the scan library sets nothing).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from enclave.review.scan import DEFAULT_POLICY, load_policy, scan_files
     from enclave.review.scan.findings import verdict
     from enclave.review.scan.policy import PolicyError
