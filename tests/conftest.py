@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from enclave.registry import people
-from enclave.registry.db import make_engine, session_scope, upgrade
+# Nothing in the tests may reach a model hub; the services set this at their start-up, and
+# tests that load models in-process start no service.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests import pg
+from enclave.registry import people  # noqa: E402
+from enclave.registry.db import make_engine, session_scope, upgrade  # noqa: E402
+
+from tests import pg  # noqa: E402
 
 OPERATOR = "op"
 

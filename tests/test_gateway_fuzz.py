@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from enclave.registry import people
 from enclave.registry.db import make_engine, session_scope, upgrade
 
@@ -16,6 +18,8 @@ from tests.gateway_fixtures import OPERATOR, serve, tiny_model_dir  # noqa: F401
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 
 
+# 60 generated cases take about a minute alone; on a loaded 2-core machine several times that.
+@pytest.mark.timeout(900)
 def test_no_input_makes_the_gateway_fail(tiny_model_dir, tmp_path):
     db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
     upgrade(db)

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from enclave.cli.output import print_json, print_rows
-from enclave.envsettings import env_str
+from enclave.envsettings import enclave_home, env_str
 from enclave.errors import BadInput
 
 _SEVERITY_ORDER = {"block": 0, "warn": 1, "info": 2}
@@ -115,7 +115,7 @@ def scan_command(
     # This command is a start-up of its own and may load a --model: the model hub must never be
     # tried, and transformers reads this when it is first imported (the scan library sets nothing).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from enclave.review.scan import DEFAULT_POLICY, load_policy, scan_files
+    from enclave.review.scan import DEFAULT_POLICY, ScanCache, load_policy, scan_files
     from enclave.review.scan.findings import verdict
     from enclave.review.scan.policy import PolicyError
     from enclave.review.scan_context import build_scan_context
@@ -130,7 +130,7 @@ def scan_command(
     scorer = _scorer_for(list(model or []))
     files, refused = collect(list(paths), policy.files.max_file_bytes)
     context = build_scan_context(None, None, protect_files=list(protect or []), model_dirs=list(model or []),
-                                 scorer=scorer, cache=None)
+                                 scorer=scorer, cache=ScanCache(disk_dir=enclave_home() / "cache" / "review"))
     try:
         report = scan_files(files, policy, context)
     except Exception as exc:  # the pipeline reports check failures itself; this is a bug of ours

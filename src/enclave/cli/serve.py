@@ -97,7 +97,8 @@ def serve_gateway_cmd(
         loaded = load_model(settings.model_dir, device=settings.device)
     except ModelLoadError as exc:
         raise BadInput(str(exc)) from None
-    batcher = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue)
+    batcher = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                     kernel_settings=settings.kernels)
     batcher.start()
     try:
         uvicorn.run(create_app(settings, engine=batcher), host=host, port=port, log_level="warning",
