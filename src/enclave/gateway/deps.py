@@ -22,7 +22,6 @@ from typing import Any
 
 from fastapi import Depends, Request
 from sqlalchemy.engine import Engine as DbEngine
-from starlette.concurrency import run_in_threadpool
 
 from enclave.gateway import quota
 from enclave.gateway.auth import Caller, authorize, identify
@@ -30,8 +29,8 @@ from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
 from enclave.gateway.settings import GatewaySettings
 from enclave.registry.access import Access
-from enclave.registry.db import session_scope
 from enclave.web.hub_auth import HubIdentity
+from enclave.web.transactions import in_transaction, in_transaction_thread
 
 DISCONNECT_POLL_S = 0.2
 
@@ -47,13 +46,11 @@ class GatewayState:
     identity: HubIdentity
 
     def transaction(self, work: Callable[[Any], Any]) -> Any:
-        with session_scope(self.db) as session:
-            return work(session)
+        return in_transaction(self.db, work)
 
     async def run(self, work: Callable[[Any], Any]) -> Any:
-        """`work(session)` as one transaction in a worker thread, so the event loop never blocks
-        on the database."""
-        return await run_in_threadpool(self.transaction, work)
+        """`work(session)` as one transaction in a worker thread (see `enclave.web.transactions`)."""
+        return await in_transaction_thread(self.db, work)
 
 
 async def get_state(request: Request) -> GatewayState:

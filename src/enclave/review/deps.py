@@ -18,10 +18,8 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
 
 from enclave.errors import AccessDenied, Forbidden, Unauthenticated
-from enclave.registry.db import session_scope
 from enclave.registry.people import find_person
 from enclave.review import service
 from enclave.review.quarantine import Quarantine
@@ -29,6 +27,7 @@ from enclave.review.settings import ReviewSettings
 from enclave.review.worker import CheckWorker
 from enclave.web.browser_session import BrowserSessions
 from enclave.web.hub_auth import HubLogin, bearer_token
+from enclave.web.transactions import in_transaction, in_transaction_thread
 
 log = logging.getLogger("enclave.review")
 
@@ -62,11 +61,11 @@ class ReviewState:
     templates: Environment
 
     def transaction(self, work: Callable[[Any], Any]) -> Any:
-        with session_scope(self.engine) as session:
-            return work(session)
+        return in_transaction(self.engine, work)
 
     async def run(self, work: Callable[[Any], Any]) -> Any:
-        return await run_in_threadpool(self.transaction, work)
+        """`work(session)` as one transaction in a worker thread (see `enclave.web.transactions`)."""
+        return await in_transaction_thread(self.engine, work)
 
     def release_if_approved(self, request_id: str) -> None:
         """Release follows the last approval at once. If it fails (a full disk, say) the request
