@@ -5,11 +5,17 @@ traffic). The hub, gateway and review service run on the host and listen on the 
 address. iptables then allows exactly those ports from the bridge into the host and drops
 everything else the bridge sends: to the host's other ports (INPUT) and anywhere beyond,
 other containers included (FORWARD, through Docker's DOCKER-USER chain, which Docker evaluates
-before its own rules and never rewrites)."""
+before its own rules and never rewrites).
+
+IPv6: the network is created with IPv6 explicitly off (and one of the same name with IPv6 on is
+refused), and ip6tables drops every IPv6 packet from and to the bridge all the same (INPUT, and
+FORWARD at its top plus Docker's ip6tables DOCKER-USER where that exists), so an engine configured
+for IPv6 later still opens no way around the IPv4 rules."""
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import shutil
 import subprocess
 
@@ -21,6 +27,14 @@ def input_chain(net: "EnclaveNetwork") -> str:
 
 def forward_chain(net: "EnclaveNetwork") -> str:
     return f"ENC-FWD-{net.bridge}"
+
+
+def input_chain6(net: "EnclaveNetwork") -> str:
+    return f"ENC6-IN-{net.bridge}"
+
+
+def forward_chain6(net: "EnclaveNetwork") -> str:
+    return f"ENC6-FWD-{net.bridge}"
 
 
 class FirewallError(RuntimeError):
@@ -56,13 +70,16 @@ def ensure_network(client, net: EnclaveNetwork):
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
             subnet=net.subnet, gateway=net.host_ip, iprange=_container_range(net))])
         return client.networks.create(net.name, driver="bridge", internal=True, ipam=ipam, options=options,
-                                      labels={"enclave": "network"})
+                                      enable_ipv6=False, labels={"enclave": "network"})
     attrs = existing.attrs
     subnets = [c.get("Subnet") for c in (attrs.get("IPAM") or {}).get("Config") or []]
     if not attrs.get("Internal") or net.subnet not in subnets or attrs.get("Options", {}).get(
             "com.docker.network.bridge.name") != net.bridge:
         raise FirewallError(f"Docker network {net.name!r} exists but is not the enclave's internal network "
                             f"(subnet {net.subnet}, bridge {net.bridge}); remove it or choose another name")
+    if attrs.get("EnableIPv6") or any(":" in (s or "") for s in subnets):
+        raise FirewallError(f"Docker network {net.name!r} has IPv6 enabled; the enclave's network carries IPv4 "
+                            "only: remove it (docker network rm) and start again")
     return existing
 
 
@@ -83,14 +100,31 @@ def rules(net: "EnclaveNetwork", allowed_ports: list[int]) -> dict[str, list[lis
     return {input_chain(net): input_rules, forward_chain(net): forward_rules}
 
 
-def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    exe = shutil.which("iptables")
+def rules6(net: "EnclaveNetwork") -> dict[str, list[list[str]]]:
+    """The IPv6 rule set: nothing at all, either way (the services listen on IPv4 only)."""
+    return {input_chain6(net): [["-j", "DROP"]], forward_chain6(net): [["-j", "DROP"]]}
+
+
+def _run(tool: str, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess:
+    exe = shutil.which(tool)
     if exe is None:
-        raise FirewallError("iptables is missing (apt-get install iptables)")
+        raise FirewallError(f"{tool} is missing (apt-get install iptables)")
     done = subprocess.run([exe, "-w", *args], capture_output=True, text=True)
     if check and done.returncode != 0:
-        raise FirewallError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
+        raise FirewallError(f"{tool} {' '.join(args)}: {done.stderr.strip()}")
     return done
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run("iptables", args, check)
+
+
+def _ip6tables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run("ip6tables", args, check)
+
+
+def _ipv6_in_kernel() -> bool:
+    return os.path.exists("/proc/net/if_inet6")
 
 
 def install(net: EnclaveNetwork, allowed_ports: list[int]) -> None:
@@ -106,6 +140,34 @@ def install(net: EnclaveNetwork, allowed_ports: list[int]) -> None:
             _iptables("-N", "DOCKER-USER")
         if _iptables("-C", chain, *jump, check=False).returncode != 0:
             _iptables("-I", chain, "1", *jump)
+    _install6(net)
+
+
+def _install6(net: EnclaveNetwork) -> None:
+    if shutil.which("ip6tables") is None and not _ipv6_in_kernel():
+        return  # a kernel without IPv6 carries none
+    for chain, chain_rules in rules6(net).items():
+        if _ip6tables("-n", "-L", chain, check=False).returncode != 0:
+            _ip6tables("-N", chain)
+        _ip6tables("-F", chain)
+        for rule in chain_rules:
+            _ip6tables("-A", chain, *rule)
+    for chain, jump in _jumps6(net):
+        if _ip6tables("-C", chain, *jump, check=False).returncode != 0:
+            _ip6tables("-I", chain, "1", *jump)
+
+
+def _jumps6(net: EnclaveNetwork) -> list[tuple[str, list[str]]]:
+    """INPUT, and FORWARD at its top; Docker's DOCKER-USER too when Docker manages ip6tables, whose
+    own jumps may later be inserted above ours in FORWARD."""
+    jumps = [("INPUT", ["-i", net.bridge, "-j", input_chain6(net)])]
+    forward = ["FORWARD"]
+    if _ip6tables("-n", "-L", "DOCKER-USER", check=False).returncode == 0:
+        forward.append("DOCKER-USER")
+    for chain in forward:
+        jumps += [(chain, ["-i", net.bridge, "-j", forward_chain6(net)]),
+                  (chain, ["-o", net.bridge, "-j", forward_chain6(net)])]
+    return jumps
 
 
 def _jumps(net: EnclaveNetwork) -> list[tuple[str, list[str]]]:
@@ -122,3 +184,12 @@ def uninstall(net: EnclaveNetwork) -> None:
         if _iptables("-n", "-L", chain, check=False).returncode == 0:
             _iptables("-F", chain)
             _iptables("-X", chain)
+    if shutil.which("ip6tables") is None:
+        return
+    for chain, jump in _jumps6(net):
+        while _ip6tables("-C", chain, *jump, check=False).returncode == 0:
+            _ip6tables("-D", chain, *jump)
+    for chain in (input_chain6(net), forward_chain6(net)):
+        if _ip6tables("-n", "-L", chain, check=False).returncode == 0:
+            _ip6tables("-F", chain)
+            _ip6tables("-X", chain)
