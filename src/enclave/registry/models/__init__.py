@@ -1,7 +1,8 @@
 """Every table of the enclave, in one package (SQLModel): one module per area.
 
 - `core`: people, projects, memberships, datasets, grants, API keys, credentials, the audit chain;
-- `metering`: token accounts, rate windows, reservations and recorded model calls (the gateway);
+- `metering`: token accounts, rate windows, gateway instances, reservations and recorded model calls
+  (the gateway);
 - `exports`: export requests, their files, findings, reviews, comments and releases (the airlock).
 
 Services import their tables from here, never define their own, so that migrations (which import
@@ -17,11 +18,14 @@ from enclave.registry.models.exports import (
     APPEND_ONLY_TABLES, Decision, ExportComment, ExportFile, ExportFinding, ExportRelease, ExportRequest, ExportReview,
     ExportState, Visibility,
 )
-from enclave.registry.models.metering import ModelCall, RateWindow, Reservation, UsageDay, UsageTotal
+from enclave.registry.models.metering import (
+    GatewayInstance, ModelCall, RateWindow, Reservation, UsageDay, UsageTotal,
+)
 
 __all__ = [
     "APPEND_ONLY_TABLES", "ApiKey", "AuditEvent", "Credential", "Dataset", "DatasetAccess", "Decision", "ExportComment",
-    "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "Grant",
+    "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "GatewayInstance",
+    "Grant",
     "Membership", "ModelCall", "Person", "Project", "ProjectStatus", "RateWindow", "Reservation", "Role", "Sensitivity",
     "UsageDay", "UsageTotal", "Visibility",
 ]

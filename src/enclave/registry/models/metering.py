@@ -1,12 +1,13 @@
 """Metering tables: the token accounts, rate windows and reservations the gateway charges
-against, and the model calls it records for review's provenance check."""
+against, the gateway instances that hold reservations, and the model calls it records for review's
+provenance check."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Optional
 
-from sqlalchemy import BigInteger, Column, String, Text
+from sqlalchemy import BigInteger, Column, ForeignKey, String, Text
 from sqlmodel import Field, SQLModel
 
 from enclave.registry.clock import utcnow
@@ -46,9 +47,25 @@ class RateWindow(SQLModel, table=True):
     requests: int = Field(default=0)
 
 
+class GatewayInstance(SQLModel, table=True):
+    """One running gateway process. It registers at start-up and stamps `heartbeat_at` every few
+    seconds; the open reservations of an instance whose heartbeat stopped belong to calls that died
+    with it, and any gateway's periodic sweep settles them."""
+
+    __tablename__ = "gateway_instance"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: dt.datetime = Field(default_factory=utcnow)
+    heartbeat_at: dt.datetime = Field(default_factory=utcnow)
+
+
 class Reservation(SQLModel, table=True):
     """One metered call from reservation to settlement. Settling twice is a no-op, so a charge is
-    never counted twice; a reservation left open by a crash is charged its worst case by the sweep."""
+    never counted twice; a reservation left open by a crash is charged its worst case by the sweep
+    (promptly when its gateway instance's heartbeat stops; `instance_id` is empty on rows from
+    before instances were recorded, which the start-up sweep settles after a while)."""
 
     __tablename__ = "reservation"
 
@@ -60,6 +77,8 @@ class Reservation(SQLModel, table=True):
     tokens_reserved: int = Field(sa_column=Column(BigInteger, nullable=False))
     tokens_charged: Optional[int] = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     state: str = Field(default="open", max_length=16, index=True)
+    instance_id: Optional[str] = Field(default=None, sa_column=Column(
+        String(32), ForeignKey("gateway_instance.id"), nullable=True, index=True))
     created_at: dt.datetime = Field(default_factory=utcnow)
     settled_at: Optional[dt.datetime] = None
 
