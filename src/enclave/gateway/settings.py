@@ -6,6 +6,9 @@ the services it manages); everything below is handed the values.
 - JUPYTERHUB_API_URL, JUPYTERHUB_SERVICE_NAME: the hub that vouches for tokens, and our name there;
 - ENCLAVE_DEVICE: auto, cpu or cuda;
 - ENCLAVE_GATEWAY_MAX_BATCH, ENCLAVE_GATEWAY_MAX_QUEUE: the engine's slots and queue;
+- ENCLAVE_GATEWAY_HEARTBEAT_S, ENCLAVE_GATEWAY_DEAD_AFTER_S: how often this gateway instance
+  heartbeats and sweeps, and how long a silent instance has before its open reservations are
+  settled at their worst case (seconds; defaults 5 and 30);
 - ENCLAVE_CPU_KERNELS=0 turns our compiled CPU kernels off; CXX names the compiler that builds them
   (default g++, else c++); they are kept in kernels/ of the enclave cache (ENCLAVE_CACHE_DIR).
 """
@@ -39,6 +42,8 @@ class GatewaySettings:
     device: str = "auto"
     max_batch: int = 32
     max_queue: int = 256
+    heartbeat_s: int = 5
+    dead_after_s: int = 30
     kernels: CpuKernelSettings = CpuKernelSettings()
 
     @classmethod
@@ -56,6 +61,8 @@ class GatewaySettings:
             device=env_str("ENCLAVE_DEVICE", "auto"),
             max_batch=env_int("ENCLAVE_GATEWAY_MAX_BATCH", 32),
             max_queue=env_int("ENCLAVE_GATEWAY_MAX_QUEUE", 256),
+            heartbeat_s=env_int("ENCLAVE_GATEWAY_HEARTBEAT_S", 5),
+            dead_after_s=env_int("ENCLAVE_GATEWAY_DEAD_AFTER_S", 30),
             kernels=CpuKernelSettings(enabled=env_str("ENCLAVE_CPU_KERNELS", "1") != "0", compiler=env_str("CXX"),
                                       cache=str(cache_dir("kernels"))),
         )
