@@ -154,21 +154,66 @@ def test_reviewer_cli_list_show_approve_reject(engine, tmp_path, monkeypatch):
     def cli(*args, code=0):
         assert run(list(args)) == code, args
 
+    with session_scope(engine) as s:  # what `enclave review show` prints for each
+        seen = {r: ",".join(f.sha256 for f in service.current_files(s, service.get_request(s, r))) for r in (warned, clean)}
     cli("review", "list", "--as", RITA)
     cli("review", "list", "--as", AUTHOR, code=2)
-    cli("review", "approve", warned, "--as", AUTHOR, code=2)  # never your own
-    cli("review", "reject", clean, "--as", RITA, code=2)  # needs a reason
-    cli("review", "approve", "exp-nonexistent", "--as", RITA, code=2)
-    cli("review", "approve", warned, code=2)  # who?
-    cli("review", "approve", warned, "--as", RITA)
-    cli("review", "approve", warned, "--as", RITA, code=2)  # not twice by the same reviewer
+    cli("review", "approve", warned, "--as", AUTHOR, "--seen", seen[warned], code=2)  # never your own
+    cli("review", "reject", clean, "--as", RITA, "--seen", seen[clean], code=2)  # needs a reason
+    cli("review", "approve", "exp-nonexistent", "--as", RITA, "--seen", seen[warned], code=2)
+    cli("review", "approve", warned, "--seen", seen[warned], code=2)  # who?
+    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned])
+    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned], code=2)  # not twice by the same reviewer
     monkeypatch.setenv("ENCLAVE_REVIEWER", RAVI)
-    cli("review", "approve", warned)
+    cli("review", "approve", warned, "--seen", seen[warned])
     cli("review", "comment", clean, "looks like a duplicate", "--private")
-    cli("review", "reject", clean, "--reason", "duplicate of an earlier export")
+    cli("review", "reject", clean, "--reason", "duplicate of an earlier export", "--seen", seen[clean])
     with session_scope(engine) as s:
         assert service.get_request(s, warned).state == "released"
         assert service.get_request(s, clean).state == "rejected"
     assert verify(settings.release_dir / LAB / warned / "manifest.json").ok
     cli("release", "verify", str(settings.release_dir / LAB / warned / "manifest.json"))
     cli("review", "show", warned, "--json")
+
+
+def test_reviewer_cli_decides_only_on_the_files_it_was_shown(engine, tmp_path, monkeypatch, capsys):
+    """Issue 11, item 4, from the CLI: `review show` prints each file's sha256 and the decision
+    must name them (--seen); a missing or stale --seen is one line on stderr and exit 2."""
+    from enclave.cli import run
+
+    seed(engine)
+    settings = settings_for(tmp_path, engine)
+    quarantine = Quarantine(settings.quarantine_dir).ensure()
+    v1 = [StagedFile("a.txt", *quarantine.put_bytes(b"alpha")), StagedFile("b.txt", *quarantine.put_bytes(b"beta"))]
+    with session_scope(engine) as s:
+        request_id = service.submit(s, AUTHOR, LAB, v1, "why").id
+    run_checks(engine, settings, quarantine, request_id, fake_scanner())
+    for name in [n for n in os.environ if n.startswith(("ENCLAVE_", "JUPYTERHUB_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ENCLAVE_DB_URL", settings.db_url)
+    monkeypatch.setenv("ENCLAVE_HOME", str(settings.home))
+
+    def cli(*args, code=0):
+        capsys.readouterr()
+        assert run(list(args)) == code, args
+        return capsys.readouterr()
+
+    shown = cli("review", "show", request_id, "--as", RITA).out
+    seen_v1 = [f.sha256 for f in v1]
+    assert all(sha in shown for sha in seen_v1) and f"--seen {','.join(sorted(seen_v1))}" in shown
+    missing = cli("review", "approve", request_id, "--as", RITA, code=2).err
+    assert len(missing.strip().splitlines()) == 1 and "--seen" in missing
+    partial = cli("review", "approve", request_id, "--as", RITA, "--seen", seen_v1[0], code=2).err
+    assert len(partial.strip().splitlines()) == 1 and "not those of version 1" in partial
+    cli("review", "request-changes", request_id, "--as", RAVI, "--reason", "fix b", "--seen", seen_v1[1], "--seen", seen_v1[0])
+    with session_scope(engine) as s:
+        service.resubmit(s, AUTHOR, request_id, [v1[0], StagedFile("b.txt", *quarantine.put_bytes(b"beta, fixed"))])
+    run_checks(engine, settings, quarantine, request_id, fake_scanner())
+    for action, extra in (("approve", []), ("reject", ["--reason", "no"]), ("request-changes", ["--reason", "no"])):
+        stale = cli("review", action, request_id, "--as", RITA, "--seen", ",".join(seen_v1), *extra, code=2).err
+        assert len(stale.strip().splitlines()) == 1 and "reload and review the new files" in stale, stale
+    with session_scope(engine) as s:
+        assert service.get_request(s, request_id).state == "awaiting_review"
+        assert [d["decision"] for d in service.review_history(s, service.get_request(s, request_id))] == ["request_changes"]
+        seen_v2 = ",".join(f.sha256 for f in service.current_files(s, service.get_request(s, request_id)))
+    assert "released to" in cli("review", "approve", request_id, "--as", RITA, "--seen", seen_v2).out

@@ -49,9 +49,16 @@ def _state(engine, request_id) -> str:
         return service.get_request(s, request_id).state
 
 
-def _decide(engine, who, request_id, decision, reason=""):
+def _shown(engine, request_id) -> list[str]:
+    """The file hashes a reviewer is shown now (what the page and `enclave review show` print)."""
     with session_scope(engine) as s:
-        return service.decide(s, who, request_id, decision, reason)
+        return [f.sha256 for f in service.current_files(s, service.get_request(s, request_id))]
+
+
+def _decide(engine, who, request_id, decision, reason=""):
+    seen = _shown(engine, request_id)  # the reviewer looked first, then decides
+    with session_scope(engine) as s:
+        return service.decide(s, who, request_id, decision, reason, seen=seen)
 
 
 def test_state_machine_table_is_closed_and_terminal_states_have_no_exit():
@@ -362,3 +369,53 @@ def test_concurrent_decisions_and_a_withdrawal_racing_the_checks_never_both_win(
         assert (state == "withdrawn") == (len(withdrawals) == 1)
         with session_scope(engine) as s:
             assert audit.verify_database(s).ok
+
+
+def test_a_decision_names_the_files_it_saw_and_a_stale_one_is_refused(stack):
+    """Issue 11, item 4: approvals bind to what was seen. A reviewer who saw version 1 cannot
+    approve (or reject) version 2 with it; nothing of the refused decision is recorded."""
+    engine, settings, quarantine = stack
+    request_id = _submit(stack, {"a.txt": b"alpha", "b.txt": b"beta"})
+    seen_v1 = _shown(engine, request_id)
+    with session_scope(engine) as s, pytest.raises(UserError, match="sha256"):
+        service.decide(s, RITA, request_id, "approve", seen=[])
+    with session_scope(engine) as s, pytest.raises(Conflict, match="not those of version 1"):
+        service.decide(s, RITA, request_id, "approve", seen=seen_v1[:1])
+    _decide(engine, RAVI, request_id, "request_changes", "fix b")
+    with session_scope(engine) as s:
+        service.resubmit(s, AUTHOR, request_id, _stage(quarantine, {"a.txt": b"alpha", "b.txt": b"beta, fixed"}))
+    run_checks(engine, settings, quarantine, request_id, fake_scanner())
+    with session_scope(engine) as s:
+        before = (len(s.exec(select(AuditEvent)).all()), len(service.review_history(s, service.get_request(s, request_id))))
+    for decision, version in (("approve", 1), ("approve", None), ("reject", None)):
+        with session_scope(engine) as s, pytest.raises(Conflict, match="reload and review the new files"):
+            service.decide(s, RITA, request_id, decision, "because", seen=seen_v1, seen_version=version)
+    with session_scope(engine) as s:
+        assert (len(s.exec(select(AuditEvent)).all()),
+                len(service.review_history(s, service.get_request(s, request_id)))) == before
+    with session_scope(engine) as s, pytest.raises(Conflict, match=r"version 1 -> 2"):
+        service.decide(s, RITA, request_id, "approve", seen=_shown(engine, request_id), seen_version=1)
+    assert _decide(engine, RITA, request_id, "approve").approved
+
+
+def test_comments_are_capped_per_person_and_closed_requests_take_none(stack):
+    engine, _, quarantine = stack
+    request_id = _submit(stack, {"a.txt": b"a"})
+    with session_scope(engine) as s:
+        with pytest.raises(UserError, match="longer than 10 characters"):
+            service.comment(s, AUTHOR, request_id, "x" * 11, max_chars=10)
+        for i in range(3):
+            service.comment(s, AUTHOR, request_id, f"c{i}", max_comments=3, max_chars=10)
+        with pytest.raises(Conflict, match="3 comments"):
+            service.comment(s, AUTHOR, request_id, "c3", max_comments=3, max_chars=10)
+        service.comment(s, RITA, request_id, "mine", max_comments=3, max_chars=10)
+    _decide(engine, RITA, request_id, "request_changes", "say more")
+    with session_scope(engine) as s, pytest.raises(Conflict, match="3 comments"):
+        service.resubmit(s, AUTHOR, request_id, _stage(quarantine, {"a.txt": b"b"}), "a note", max_comments=3)
+    with session_scope(engine) as s, pytest.raises(UserError, match="longer than 10 characters"):
+        service.resubmit(s, AUTHOR, request_id, _stage(quarantine, {"a.txt": b"b"}), "a long note", max_chars=10)
+    with session_scope(engine) as s:
+        service.withdraw(s, AUTHOR, request_id)
+    for who in (AUTHOR, RITA):
+        with session_scope(engine) as s, pytest.raises(InvalidTransition, match="withdrawn, which is final"):
+            service.comment(s, who, request_id, "hello")

@@ -147,8 +147,8 @@ def test_approval_releases_with_a_manifest_signed_by_the_published_key(web):
     _drain(web)
     web.post(f"{P}/api/exports/{request_id}/comments", json={"body": "private note", "visibility": "private"},
              headers=_auth(RITA))
-    reply = web.post(f"{P}/api/exports/{request_id}/decision", json={"decision": "approve", "reason": "fine"},
-                     headers=_auth(RITA))
+    reply = web.post(f"{P}/api/exports/{request_id}/decision", headers=_auth(RITA),
+                     json={"decision": "approve", "reason": "fine", "seen": _seen(web, request_id)})
     assert reply.status_code == 200 and reply.json()["state"] == "released", reply.text
     published = web.get(f"{P}/api/release-key")
     key_file = web.settings.home / "published.pub"
@@ -196,7 +196,8 @@ def test_forms_need_the_sessions_csrf_token(web):
         assert refused.status_code == 403 and "CSRF" in refused.text
         assert web.post(f"{P}/requests/{request_id}/comments", data={"body": "x", **bad}).status_code == 403
     assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "awaiting_review"
-    ok = web.post(f"{P}/requests/{request_id}/decision", data={"decision": "approve", "csrf": csrf})
+    ok = web.post(f"{P}/requests/{request_id}/decision",
+                  data={"decision": "approve", "csrf": csrf, "seen": _seen(web, request_id)})
     assert ok.status_code == 303 and ok.headers["location"].startswith(f"{P}/requests/{request_id}?done=")
     assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "released"
 
@@ -233,8 +234,9 @@ def test_reviewer_page_shows_table_cells_and_the_diff_after_changes(web):
     csrf = _login(web, RITA)
     page = web.get(f"{P}/requests/{request_id}").text
     assert '<td class="cell-block" title="flagged: block">3</td>' in page and "<td>40</td>" in page
-    web.post(f"{P}/requests/{request_id}/decision", data={"decision": "request_changes", "reason": "suppress north",
-                                                         "csrf": csrf})
+    assert _decision_form(page)["csrf"] == csrf  # the page's own form, with the hashes it showed
+    web.post(f"{P}/requests/{request_id}/decision", data={**_decision_form(page), "decision": "request_changes",
+                                                         "reason": "suppress north"})
     resubmitted = web.post(f"{P}/api/exports/{request_id}/resubmit", headers=_auth(AUTHOR), data={"note": "done"},
                            files=[("files", ("t.csv", b"region,count\nnorth,<10\nsouth,40\n")),
                                   ("files", ("same.txt", b"unchanged"))])
@@ -360,3 +362,106 @@ def test_the_real_checks_run_on_submissions(engine, tmp_path):
         request = service.get_request(s, small)
         assert request.policy_sha256 == hashlib.sha256(policy_file.read_bytes()).hexdigest()
         assert request.policy_version
+
+
+# ----- issue 11: approvals bind to what was seen; comments are not a channel out -----------------
+
+def _seen(web, request_id: str, user: str = RITA) -> list[str]:
+    """The file hashes a reviewer is shown for the current version (the API's view)."""
+    return [f["sha256"] for f in web.get(f"{P}/api/exports/{request_id}", headers=_auth(user)).json()["files"]]
+
+
+def _decision_form(page: str) -> dict:
+    """What the reviewer's page would post with its decision form: every hidden field."""
+    form = page[page.index('class="box decide"'):]
+    form = form[:form.index("</form>")]
+    fields: dict = {}
+    for name, value in re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">', form):
+        fields.setdefault(name, []).append(value)
+    return {k: v[0] if len(v) == 1 and k != "seen" else v for k, v in fields.items()}
+
+
+def test_a_stale_page_cannot_approve_a_resubmitted_version(web):
+    """Attack: a reviewer opens version 1; the scholar gets changes requested by another reviewer
+    and resubmits different bytes; the first reviewer's old page (or an API call with what it
+    showed) approves version 2, which they never opened. Refused, and nothing is recorded."""
+    request_id = _submit(web, {"t.csv": b"region,count\nnorth,120\n", "same.txt": b"unchanged"}).json()["id"]
+    _drain(web)
+    _login(web, RITA)
+    old_page = web.get(f"{P}/requests/{request_id}").text
+    old_form = _decision_form(old_page)
+    old_seen = _seen(web, request_id)
+    assert sorted(old_form["seen"]) == sorted(old_seen) and old_form["version"] == "1"
+    changes = web.post(f"{P}/api/exports/{request_id}/decision", headers=_auth(RAVI),
+                       json={"decision": "request_changes", "reason": "add a row", "seen": _seen(web, request_id, RAVI)})
+    assert changes.status_code == 200, changes.text
+    web.post(f"{P}/api/exports/{request_id}/resubmit", headers=_auth(AUTHOR), data={"note": "added"},
+             files=[("files", ("t.csv", b"region,count\nnorth,120\nsouth,2\n")), ("files", ("same.txt", b"unchanged"))])
+    _drain(web)
+    reviews, events = _count(web.engine, "export_review"), _count(web.engine, "audit_event")
+
+    stale = web.post(f"{P}/requests/{request_id}/decision", data={**old_form, "decision": "approve"})
+    assert stale.status_code == 409, stale.text
+    assert "the files changed since you opened this request (version 1 -&gt; 2)" in stale.text
+    assert "reload and review the new files" in stale.text
+    for body in ({"decision": "approve", "seen": old_seen, "version": 1}, {"decision": "approve", "seen": old_seen},
+                 {"decision": "reject", "reason": "no", "seen": old_seen}):
+        api = web.post(f"{P}/api/exports/{request_id}/decision", json=body, headers=_auth(RITA))
+        assert api.status_code == 409 and "reload and review the new files" in api.json()["message"], api.text
+    # Saying nothing about what was seen is no way round it.
+    for body in ({"decision": "approve"}, {"decision": "approve", "seen": []}):
+        missing = web.post(f"{P}/api/exports/{request_id}/decision", json=body, headers=_auth(RITA))
+        assert missing.status_code == 400 and "sha256" in missing.json()["message"], missing.text
+    assert (_count(web.engine, "export_review"), _count(web.engine, "audit_event")) == (reviews, events)
+    assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "awaiting_review"
+
+    # Reloaded, the page carries version 2's hashes, and its form works.
+    new_form = _decision_form(web.get(f"{P}/requests/{request_id}").text)
+    assert new_form["version"] == "2" and sorted(new_form["seen"]) == sorted(_seen(web, request_id))
+    assert sorted(new_form["seen"]) != sorted(old_seen)
+    ok = web.post(f"{P}/requests/{request_id}/decision", data={**new_form, "decision": "approve"})
+    assert ok.status_code == 303, ok.text
+    assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "released"
+
+
+def test_comments_are_capped_and_closed_requests_take_none(web):
+    """Attack: comments as a channel out of the enclave. The author writes from the notebook and
+    reads back from a laptop; so many comments per person, so many characters each, none once the
+    request is closed."""
+    limits = web.get(f"{P}/api/limits").json()
+    assert (limits["max_comments"], limits["max_comment_chars"]) == (20, 2000)
+    request_id = _submit(web, {"a.txt": b"a"}).json()["id"]
+    _drain(web)
+    url = f"{P}/api/exports/{request_id}/comments"
+    long = web.post(url, json={"body": "x" * 2001}, headers=_auth(AUTHOR))
+    assert long.status_code == 400 and "2000 characters" in long.json()["message"], long.text
+    assert web.post(url, json={"body": "x" * 2000}, headers=_auth(AUTHOR)).status_code == 201
+    for i in range(19):
+        assert web.post(url, json={"body": f"comment {i}"}, headers=_auth(AUTHOR)).status_code == 201
+    over = web.post(url, json={"body": "one more"}, headers=_auth(AUTHOR))
+    assert over.status_code == 409 and "20 comments" in over.json()["message"], over.text
+    csrf = _login(web, AUTHOR)
+    assert web.post(f"{P}/requests/{request_id}/comments", data={"body": "via the page", "csrf": csrf}).status_code == 409
+    # The cap is per person: a reviewer still has their own.
+    assert web.post(url, json={"body": "noted", "visibility": "private"}, headers=_auth(RITA)).status_code == 201
+    assert _count(web.engine, "export_comment") == 21
+    # Closed requests take no comments, from anyone.
+    other = _submit(web, {"b.txt": b"b"}).json()["id"]
+    assert web.post(f"{P}/api/exports/{other}/withdraw", headers=_auth(AUTHOR)).json()["state"] == "withdrawn"
+    for user in (AUTHOR, RITA):
+        closed = web.post(f"{P}/api/exports/{other}/comments", json={"body": "hi"}, headers=_auth(user))
+        assert closed.status_code == 409 and "withdrawn" in closed.json()["message"], closed.text
+    assert _count(web.engine, "export_comment") == 21
+
+
+def test_comment_caps_are_review_settings(monkeypatch, tmp_path):
+    from enclave.errors import SettingsError
+    from enclave.review.settings import ReviewSettings
+
+    monkeypatch.setenv("ENCLAVE_REVIEW_MAX_COMMENTS", "3")
+    monkeypatch.setenv("ENCLAVE_REVIEW_MAX_COMMENT_CHARS", "500")
+    settings = ReviewSettings.from_env(home=tmp_path)
+    assert (settings.max_comments, settings.max_comment_chars) == (3, 500)
+    monkeypatch.setenv("ENCLAVE_REVIEW_MAX_COMMENT_CHARS", str(service.MAX_COMMENT_CHARS + 1))
+    with pytest.raises(SettingsError):
+        ReviewSettings.from_env(home=tmp_path)

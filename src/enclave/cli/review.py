@@ -2,7 +2,9 @@
 
 Reviewers' commands call the same service functions as the web UI, in one transaction each, as the
 reviewer named by `--as` (or $ENCLAVE_REVIEWER): the same rules apply (never your own export, two
-approvals when the checks warn or block). Refusals print one line and exit 2 (`enclave.cli.run`).
+approvals when the checks warn or block). A decision names the files it was made on (`--seen`, the
+sha256 of each file as `review show` prints them), so it never lands on a version the reviewer has
+not seen. Refusals print one line and exit 2 (`enclave.cli.run`).
 The review service's modules come with the [review] extra, so each command imports them itself.
 """
 from __future__ import annotations
@@ -27,6 +29,20 @@ AsReviewer = Annotated[Optional[str], typer.Option(
     help="The reviewer on whose authority this runs (recorded in the audit log).")]
 RequestId = Annotated[str, typer.Argument(metavar="ID", help="Export id (exp-...).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (the author reads it).")]
+Seen = Annotated[Optional[list[str]], typer.Option(
+    "--seen", metavar="SHA256[,SHA256...]",
+    help="The sha256 of every file you reviewed, as `enclave review show` prints them (comma-separated or "
+         "repeated). Refused if the export's files are no longer those.")]
+
+
+def _seen(values: list[str] | None) -> list[str]:
+    from enclave.errors import BadInput
+
+    seen = [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    if not seen:
+        raise BadInput("say which files you reviewed: --seen with the sha256 of every file, as "
+                       "`enclave review show ID` prints them")
+    return seen
 
 
 def _need_actor(actor: str | None) -> str:
@@ -95,6 +111,9 @@ def review_show(request_id: RequestId, as_: AsReviewer = None, as_json: AsJson =
     typer.echo("files:")
     for f in data["files"]:
         typer.echo(f"  {f['name']}  {f['size']} bytes  sha256 {f['sha256']}")
+    if data["files"]:
+        typer.echo(f"to decide on these files (version {data['version']}): "
+                   f"--seen {','.join(sorted(f['sha256'] for f in data['files']))}")
     typer.echo(f"findings ({len(data['findings'])}):")
     for f in data["findings"]:
         message = f" — {f['message']}" if "message" in f else ""
@@ -106,13 +125,14 @@ def review_show(request_id: RequestId, as_: AsReviewer = None, as_json: AsJson =
         typer.echo(f"comment ({c['visibility']}) {c['author']}: {c['body']}")
 
 
-def _decide(request_id: str, actor: str | None, decision: str, reason: str) -> None:
+def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen: list[str] | None) -> None:
     from enclave.review import service
 
     actor = _need_actor(actor)
+    seen = _seen(seen)
     with engine() as eng:
         with session_scope(eng) as s:
-            result = service.decide(s, actor, request_id, decision, reason)
+            result = service.decide(s, actor, request_id, decision, reason, seen=seen)
         if decision != "approve":
             typer.echo(f"{request_id}: {result.request.state.replace('_', ' ')}")
             return
@@ -125,21 +145,22 @@ def _decide(request_id: str, actor: str | None, decision: str, reason: str) -> N
 
 
 @app.command("approve")
-def review_approve(request_id: RequestId, reason: Reason = "", as_: AsReviewer = None) -> None:
+def review_approve(request_id: RequestId, reason: Reason = "", seen: Seen = None, as_: AsReviewer = None) -> None:
     """Approve an export; the last approval needed releases it."""
-    _decide(request_id, as_, "approve", reason)
+    _decide(request_id, as_, "approve", reason, seen)
 
 
 @app.command("reject")
-def review_reject(request_id: RequestId, reason: Reason = "", as_: AsReviewer = None) -> None:
+def review_reject(request_id: RequestId, reason: Reason = "", seen: Seen = None, as_: AsReviewer = None) -> None:
     """Reject an export (final; the author may submit a new one)."""
-    _decide(request_id, as_, "reject", reason)
+    _decide(request_id, as_, "reject", reason, seen)
 
 
 @app.command("request-changes")
-def review_request_changes(request_id: RequestId, reason: Reason = "", as_: AsReviewer = None) -> None:
+def review_request_changes(request_id: RequestId, reason: Reason = "", seen: Seen = None,
+                           as_: AsReviewer = None) -> None:
     """Send an export back to its author, saying what to change."""
-    _decide(request_id, as_, "request_changes", reason)
+    _decide(request_id, as_, "request_changes", reason, seen)
 
 
 @app.command("comment")
@@ -150,10 +171,13 @@ def review_comment(
 ) -> None:
     """Comment on an export (public by default: its author reads it)."""
     from enclave.review import service
+    from enclave.review.settings import ReviewSettings
 
     actor = _need_actor(as_)
+    settings = ReviewSettings.from_env()  # the same caps as the service's
     with registry() as s:
-        service.comment(s, actor, request_id, text, "private" if private else "public")
+        service.comment(s, actor, request_id, text, "private" if private else "public",
+                        max_comments=settings.max_comments, max_chars=settings.max_comment_chars)
     typer.echo(f"{request_id}: {'private' if private else 'public'} comment added")
 
 

@@ -31,8 +31,14 @@ class CommentBody(BaseModel):
 
 
 class DecisionBody(BaseModel):
+    """A reviewer's decision and what it was made on: `seen` is the sha256 of every file of the
+    version the reviewer was shown (as GET /api/exports/{id} lists them), `version` that version's
+    number if the caller knows it. A mismatch with the current files is refused (409)."""
+
     decision: str
     reason: str = Field(default="", max_length=service.MAX_COMMENT_CHARS)
+    seen: list[str] = Field(default_factory=list, max_length=10_000)
+    version: int | None = None
 
 
 @router.get("/healthz", include_in_schema=False)
@@ -44,7 +50,8 @@ async def healthz() -> dict:
 async def limits(state: State) -> dict:
     settings = state.settings
     return {"max_file_bytes": settings.max_file_bytes, "max_request_bytes": settings.max_request_bytes,
-            "max_files": settings.max_files}
+            "max_files": settings.max_files, "max_comments": settings.max_comments,
+            "max_comment_chars": settings.max_comment_chars}
 
 
 @router.get("/api/release-key", summary="The public key that signs release manifests (PEM)")
@@ -81,8 +88,9 @@ async def resubmit_export(request_id: str, request: Request, state: State, usern
     # Checked before the body is read, like a first submission.
     await state.run(lambda s: _check_resubmit(s, username, request_id))
     fields, staged = await read_upload(request, state.quarantine, state.settings)
-    updated = await state.run(lambda s: service.resubmit(s, username, request_id, staged, fields.get("note", ""),
-                                                         max_files=state.settings.max_files))
+    updated = await state.run(lambda s: service.resubmit(
+        s, username, request_id, staged, fields.get("note", ""), max_files=state.settings.max_files,
+        max_comments=state.settings.max_comments, max_chars=state.settings.max_comment_chars))
     state.worker.enqueue(updated.id)
     return {"id": updated.id, "state": updated.state, "version": updated.version}
 
@@ -113,13 +121,16 @@ async def withdraw_export(request_id: str, state: State, username: ApiCaller) ->
 
 @router.post("/api/exports/{request_id}/comments", status_code=201, summary="Comment on an export")
 async def comment_export(request_id: str, body: CommentBody, state: State, username: ApiCaller) -> dict:
-    row = await state.run(lambda s: service.comment(s, username, request_id, body.body, body.visibility))
+    row = await state.run(lambda s: service.comment(s, username, request_id, body.body, body.visibility,
+                                                    max_comments=state.settings.max_comments,
+                                                    max_chars=state.settings.max_comment_chars))
     return {"id": row.id, "visibility": row.visibility}
 
 
 @router.post("/api/exports/{request_id}/decision", summary="A reviewer's decision")
 async def decide_export(request_id: str, body: DecisionBody, state: State, username: ApiCaller) -> dict:
-    result = await state.run(lambda s: service.decide(s, username, request_id, body.decision, body.reason))
+    result = await state.run(lambda s: service.decide(s, username, request_id, body.decision, body.reason,
+                                                      seen=body.seen, seen_version=body.version))
     if result.approved:
         await run_in_threadpool(state.release_if_approved, request_id)
     final = await state.run(lambda s: service.get_request(s, request_id))

@@ -20,6 +20,7 @@ from enclave.registry.clock import iso
 from enclave.registry.models import ExportState, Role
 from enclave.review import render, service
 from enclave.review.deps import BrowserUser, FormUser, State
+from enclave.review.workflow import TERMINAL
 from enclave.web.browser_session import is_local_page
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -69,13 +70,18 @@ def request_page(request_id: str, request: Request, state: State, user: BrowserU
             previous = {f.name: (f.sha256, state.quarantine.read(f.sha256)) for f in shown.previous_files}
             diffs = render.diff_files(previous, current)
     return state.page("request.html", user, v=shown, r=shown.request, previews=previews, diffs=diffs,
-                      flash=request.query_params.get("done", "")[:200])
+                      flash=request.query_params.get("done", "")[:200],
+                      comments_open=shown.state not in TERMINAL, max_comment_chars=state.settings.max_comment_chars)
 
 
 @router.post("/requests/{request_id}/decision")
 def decision_form(request_id: str, state: State, user: FormUser, decision: str = Form(""),
-                  reason: str = Form("")) -> Response:
-    result = state.transaction(lambda s: service.decide(s, user.username, request_id, decision, reason))
+                  reason: str = Form(""), seen: list[str] = Form([]), version: str = Form("")) -> Response:
+    # The form carries the sha256 of each file the page showed and the version it showed: a page
+    # opened before a resubmission cannot approve files its reviewer never saw.
+    shown = int(version) if version.isdigit() else None
+    result = state.transaction(lambda s: service.decide(s, user.username, request_id, decision, reason,
+                                                        seen=seen, seen_version=shown))
     if result.approved:
         state.release_if_approved(request_id)
     done = {"approve": f"approval recorded ({len(result.approvals)} of {result.needed})",
@@ -86,7 +92,9 @@ def decision_form(request_id: str, state: State, user: FormUser, decision: str =
 @router.post("/requests/{request_id}/comments")
 def comment_form(request_id: str, state: State, user: FormUser, body: str = Form(""),
                  visibility: str = Form("public")) -> Response:
-    state.transaction(lambda s: service.comment(s, user.username, request_id, body, visibility))
+    state.transaction(lambda s: service.comment(s, user.username, request_id, body, visibility,
+                                                max_comments=state.settings.max_comments,
+                                                max_chars=state.settings.max_comment_chars))
     return _back(state.settings.prefix, request_id, "comment added")
 
 

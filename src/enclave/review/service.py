@@ -15,13 +15,13 @@ import hashlib
 import json
 import secrets
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from sqlmodel import Session, select
 
 from enclave.registry import access, audit
 from enclave.registry.clock import iso, utcnow
-from enclave.errors import UserError, BadInput, NotFound, Forbidden, Conflict
+from enclave.errors import UserError, BadInput, NotFound, Forbidden, Conflict, InvalidTransition
 from enclave.registry.models import Membership, Person, Project, Role
 from enclave.registry.people import SYSTEM_ACTOR, find_person
 from enclave.review.scan.findings import Finding, Severity
@@ -30,10 +30,16 @@ from enclave.registry.models import (
     Visibility,
 )
 from enclave.review.quarantine import StagedFile, check_unique, export_name
-from enclave.review.workflow import Actor, Transition, actor_for, approvals_needed, check_transition
+from enclave.review.settings import COMMENT_CEILING, ReviewSettings
+from enclave.review.workflow import TERMINAL, Actor, Transition, actor_for, approvals_needed, check_transition
 
 MAX_JUSTIFICATION_CHARS = 20_000
-MAX_COMMENT_CHARS = 10_000
+# The hard ceiling on any comment, note or reason; the service's settings choose a lower cap for
+# comments (authors read comments back from outside the enclave, so they are a channel out).
+MAX_COMMENT_CHARS = COMMENT_CEILING
+# Defaults for in-process callers; the service passes its settings' values.
+COMMENTS_PER_PERSON = ReviewSettings.max_comments
+COMMENT_CHARS = ReviewSettings.max_comment_chars
 ID_PREFIX = "exp-"
 
 
@@ -161,9 +167,11 @@ def submit(session: Session, username: str, project_slug: str | None, files: lis
 
 
 def resubmit(session: Session, username: str, request_id: str, files: list[StagedFile], note: str = "", *,
-             max_files: int | None = None, now: dt.datetime | None = None) -> ExportRequest:
+             max_files: int | None = None, max_comments: int = COMMENTS_PER_PERSON, max_chars: int = COMMENT_CHARS,
+             now: dt.datetime | None = None) -> ExportRequest:
     """A new version of the files after a reviewer asked for changes. Files whose bytes changed lose
-    their approvals (approvals are bound to file hashes); unchanged files keep them."""
+    their approvals (approvals are bound to file hashes); unchanged files keep them. A note is a
+    public comment, under the same caps as any other."""
     now = now or utcnow()
     request = get_request(session, request_id, lock=True)
     person, actor = standing(session, request, username)
@@ -171,7 +179,9 @@ def resubmit(session: Session, username: str, request_id: str, files: list[Stage
     project = session.get(Project, request.project_id)
     access.resolve(session, username, project.slug, now=now)  # still allowed to export through it?
     files = _check_files(files, max_files)
-    note = _clean_text(note, "the note", MAX_COMMENT_CHARS, False)
+    note = _clean_text(note, "the note", max_chars, False)
+    if note:
+        _check_comment_count(session, request, person, max_comments)
     previous = {f.name: f.sha256 for f in current_files(session, request)}
     request.version += 1
     request.total_bytes = sum(f.size for f in files)
@@ -197,10 +207,23 @@ def withdraw(session: Session, username: str, request_id: str, now: dt.datetime 
     return request
 
 
+def _check_comment_count(session: Session, request: ExportRequest, person: Person, max_comments: int) -> None:
+    written = len(session.exec(select(ExportComment.id).where(ExportComment.request_id == request.id,
+                                                              ExportComment.author_id == person.id)).all())
+    if written >= max_comments:
+        raise Conflict(f"you have written {written} comments on export {request.id}, the most one person may "
+                       f"({max_comments} comments); say the rest in a new export's justification")
+
+
 def comment(session: Session, username: str, request_id: str, body: str, visibility: str = "public",
-            now: dt.datetime | None = None) -> ExportComment:
+            now: dt.datetime | None = None, *, max_comments: int = COMMENTS_PER_PERSON,
+            max_chars: int = COMMENT_CHARS) -> ExportComment:
     """Reviewers write public comments (the author sees them) or private ones (reviewers only);
-    authors write public ones."""
+    authors write public ones.
+
+    Comments are capped (so many per person and request, so many characters each) and closed
+    requests (withdrawn, rejected, released) take none: the author reads comments back from
+    outside the enclave, so without caps they would be a channel out around review."""
     now = now or utcnow()
     request = get_request(session, request_id, lock=True)
     person, actor = standing(session, request, username)
@@ -210,7 +233,10 @@ def comment(session: Session, username: str, request_id: str, body: str, visibil
         raise BadInput(f"visibility must be public or private, not {visibility!r}") from None
     if vis is Visibility.private and actor is not Actor.reviewer:
         raise Forbidden("only reviewers write private comments")
-    body = _clean_text(body, "a comment", MAX_COMMENT_CHARS, True)
+    if ExportState(request.state) in TERMINAL:
+        raise InvalidTransition(f"cannot comment on export {request.id}: it is {request.state}, which is final")
+    body = _clean_text(body, "a comment", min(max_chars, MAX_COMMENT_CHARS), True)
+    _check_comment_count(session, request, person, max_comments)
     row = ExportComment(request_id=request.id, version=request.version, author_id=person.id, visibility=vis.value,
                         body=body, created_at=now)
     session.add(row)
@@ -327,10 +353,37 @@ class DecisionResult:
         return self.request.state == ExportState.approved.value
 
 
+def check_seen(request: ExportRequest, files: list[ExportFile], seen: Collection[str] | None,
+               seen_version: int | None = None) -> None:
+    """A decision binds to what the reviewer was shown: `seen` is the sha256 of every file of the
+    version they opened (the page's decision form carries them, the API's body and the CLI's
+    --seen name them), `seen_version` that version's number where known (the page carries it).
+    Both are compared with the request's current files inside the decision's transaction, under
+    the request's row lock, so a resubmission cannot slip in between. None: an in-process caller
+    that has just read the current files itself (no person was shown anything)."""
+    if seen is None:
+        return
+    given = sorted(str(sha).strip().lower() for sha in seen if str(sha).strip())
+    if not given:
+        raise BadInput(f"say which files you reviewed: the sha256 of every file of export {request.id} "
+                       "as you were shown it (enclave review show prints them)")
+    if seen_version is not None and seen_version != request.version:
+        raise Conflict(f"the files changed since you opened this request (version {seen_version} -> "
+                       f"{request.version}): reload and review the new files")
+    if given != sorted(f.sha256 for f in files):
+        raise Conflict(f"the files you reviewed are not those of version {request.version} of export {request.id}: "
+                       "reload and review the new files")
+
+
 def decide(session: Session, username: str, request_id: str, decision: str, reason: str = "",
-           now: dt.datetime | None = None) -> DecisionResult:
+           now: dt.datetime | None = None, *, seen: Collection[str] | None = None,
+           seen_version: int | None = None) -> DecisionResult:
     """A reviewer's decision. Approvals accumulate until the two-person rule is met; the last one
-    moves the request to approved (release follows, see `release_request`)."""
+    moves the request to approved (release follows, see `release_request`).
+
+    `seen` (and `seen_version`) say what the reviewer was shown, see `check_seen`: every entry
+    point a person uses (the page, the API, the CLI) passes them, and a decision on files that
+    changed since is refused before anything is recorded."""
     now = now or utcnow()
     request = get_request(session, request_id, lock=True)
     person, actor = standing(session, request, username)
@@ -341,10 +394,12 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
     reason = _clean_text(reason, "the reason", MAX_COMMENT_CHARS, False)
     needed = request.approvals_needed or 1
     current = ExportState(request.state)
+    files = current_files(session, request)
     if choice is Decision.approve:
         before = approvers(session, request)
         # Check who/when first, so an author or a late reviewer hears the real reason.
         check_transition(request.id, current, "approve", actor)
+        check_seen(request, files, seen, seen_version)
         already = session.exec(select(ExportReview.id).where(
             ExportReview.request_id == request.id, ExportReview.version == request.version,
             ExportReview.reviewer_id == person.id, ExportReview.decision == Decision.approve.value)).first()
@@ -360,10 +415,11 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
         session.add_all([
             ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,
                          decision=choice.value, reason=reason, file_name=f.name, file_sha256=f.sha256, created_at=now)
-            for f in current_files(session, request)])
+            for f in files])
         _move(session, request, step, username, now, {"reason": reason, "approvals": after, "needed": needed})
         return DecisionResult(request, after, needed)
     step = check_transition(request.id, current, choice.value, actor)
+    check_seen(request, files, seen, seen_version)
     if step.needs_reason and not reason:
         raise BadInput(f"{choice.value.replace('_', ' ')} needs a reason the author will read")
     session.add(ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,

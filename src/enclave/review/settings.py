@@ -11,6 +11,9 @@ from enclave.envsettings import database_url, enclave_home, env_flag, env_int, e
 from enclave.errors import SettingsError
 
 MIB = 1024**2
+# The hard ceiling on one comment (enclave.review.service.MAX_COMMENT_CHARS; the API's body model
+# refuses anything longer before the service sees it).
+COMMENT_CEILING = 10_000
 
 
 def _layout(home: Path) -> dict[str, Path]:
@@ -43,6 +46,10 @@ class ReviewSettings:
     max_file_bytes: int = 16 * MIB
     max_request_bytes: int = 64 * MIB
     max_files: int = 50
+    # Caps on comments (per person and request; characters each). The author reads comments back
+    # from outside the enclave, so they are a channel out around review and must stay small.
+    max_comments: int = 20
+    max_comment_chars: int = 2000
     # The risk-appetite file for the checks (None: the scan pipeline's default, output_review/policy.toml).
     policy_file: str | None = None
     # Models whose weights the checks fingerprint, and extra protected text for the n-gram index.
@@ -85,6 +92,8 @@ class ReviewSettings:
             max_file_bytes=env_int("ENCLAVE_REVIEW_MAX_FILE_BYTES", cls.max_file_bytes),
             max_request_bytes=env_int("ENCLAVE_REVIEW_MAX_REQUEST_BYTES", cls.max_request_bytes),
             max_files=env_int("ENCLAVE_REVIEW_MAX_FILES", cls.max_files),
+            max_comments=env_int("ENCLAVE_REVIEW_MAX_COMMENTS", cls.max_comments),
+            max_comment_chars=env_int("ENCLAVE_REVIEW_MAX_COMMENT_CHARS", cls.max_comment_chars),
             # The scan library's `load_policy` is given this path; it reads no environment itself.
             policy_file=env_str("ENCLAVE_REVIEW_POLICY"),
             model_dirs=env_paths("ENCLAVE_REVIEW_MODEL_DIRS") or env_paths("ENCLAVE_MODEL_DIR"),
@@ -115,5 +124,8 @@ class ReviewSettings:
             raise SettingsError(f"the service prefix must start and end with '/', not {self.base_url!r}")
         if self.max_file_bytes > self.max_request_bytes:
             raise SettingsError("the per-file cap cannot exceed the per-request cap")
+        if self.max_comment_chars > COMMENT_CEILING:
+            raise SettingsError(f"ENCLAVE_REVIEW_MAX_COMMENT_CHARS may be at most {COMMENT_CEILING}, "
+                                f"not {self.max_comment_chars}")
         if self.hub_api_url and not self.hub_api_token:
             raise SettingsError("JUPYTERHUB_API_URL is set but JUPYTERHUB_API_TOKEN is not: the service needs its hub token")
