@@ -353,16 +353,14 @@ class DecisionResult:
         return self.request.state == ExportState.approved.value
 
 
-def check_seen(request: ExportRequest, files: list[ExportFile], seen: Collection[str] | None,
+def check_seen(request: ExportRequest, files: list[ExportFile], seen: Collection[str],
                seen_version: int | None = None) -> None:
     """A decision binds to what the reviewer was shown: `seen` is the sha256 of every file of the
     version they opened (the page's decision form carries them, the API's body and the CLI's
     --seen name them), `seen_version` that version's number where known (the page carries it).
     Both are compared with the request's current files inside the decision's transaction, under
-    the request's row lock, so a resubmission cannot slip in between. None: an in-process caller
-    that has just read the current files itself (no person was shown anything)."""
-    if seen is None:
-        return
+    the request's row lock, so a resubmission cannot slip in between. There is no way around it:
+    every caller, in-process ones too, says what it decides on."""
     given = sorted(str(sha).strip().lower() for sha in seen if str(sha).strip())
     if not given:
         raise BadInput(f"say which files you reviewed: the sha256 of every file of export {request.id} "
@@ -376,7 +374,7 @@ def check_seen(request: ExportRequest, files: list[ExportFile], seen: Collection
 
 
 def decide(session: Session, username: str, request_id: str, decision: str, reason: str = "",
-           now: dt.datetime | None = None, *, seen: Collection[str] | None = None,
+           now: dt.datetime | None = None, *, seen: Collection[str],
            seen_version: int | None = None) -> DecisionResult:
     """A reviewer's decision. Approvals accumulate until the two-person rule is met; the last one
     moves the request to approved (release follows, see `release_request`).
