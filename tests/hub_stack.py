@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from enclave.hub.config import EnclaveHubSettings
-from enclave.hub.launch import hub_environment, start_hub, stop_leftover_proxy
+from enclave.hub.launch import hub_environment, start_hub, stop_leftovers
 from tests.helpers import free_port, wait_until_serving
 
 
@@ -82,7 +82,7 @@ def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = 
             hub.wait(timeout=30)
         except Exception:
             hub.kill()
-        stop_leftover_proxy(Path(settings.state_dir))
+        stop_leftovers(Path(settings.state_dir))  # the proxy, and any service still stopping
 
 
 class Browser:

@@ -19,6 +19,7 @@ from enclave.envsettings import enclave_home
 from enclave.errors import SettingsError
 from enclave.hub.network import EnclaveNetwork
 from enclave.hub.spawner import SERVER_TOKEN_SCOPES
+from enclave.hub.tether import command as tethered
 
 BANNER = ("DEVELOPER MODE (--unisolated): notebooks run as local processes with no container, network "
           "or file isolation. Never use it with real data.")
@@ -127,6 +128,15 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    # The proxy and every managed service run tethered to this hub process: killed hard, it takes
+    # them with it (JupyterHub starts them in sessions of their own), and they carry the stack's
+    # mark, by which `enclave up` finds leftovers (enclave.hub.tether).
+    hub_pid, stack = os.getpid(), str(state.resolve())
+
+    def tether(argv: list[str]) -> list[str]:
+        return tethered(argv, parent=hub_pid, stack=stack)
+
+    c.ConfigurableHTTPProxy.command = tether(["configurable-http-proxy"])
     c.JupyterHub.cleanup_servers = True
     c.JupyterHub.authenticator_class = "enclave.hub.authenticator.EnclavePasswordAuthenticator"
 
@@ -142,6 +152,9 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         c.EnclaveDockerSpawner.dns_servers = [net.dns_sink]
         c.EnclaveDockerSpawner.cmd = ["jupyterhub-singleuser"]
         c.EnclaveDockerSpawner.work_volume_template = s.work_volume_template
+        # `docker stop` waits this long for a notebook server before killing it (Docker's default
+        # is 10 s, and DockerSpawner stops containers one at a time): the hub stops promptly.
+        c.EnclaveDockerSpawner.extra_create_kwargs = {"stop_timeout": 2}
         spawner_cls = "EnclaveDockerSpawner"
     else:
         c.JupyterHub.spawner_class = "enclave.hub.spawner.EnclaveLocalSpawner"
@@ -161,17 +174,17 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     if s.model_dir:
         env_common["ENCLAVE_MODEL_DIR"] = s.model_dir
     services = [
-        {"name": "warden", "command": [python, "-m", "enclave.hub.warden", f"--interval={s.warden_interval}"],
+        {"name": "warden", "command": tether([python, "-m", "enclave.hub.warden", f"--interval={s.warden_interval}"]),
          "environment": env_common},
-        {"name": "idle-culler", "command": [python, "-m", "jupyterhub_idle_culler", f"--timeout={s.idle_timeout}",
-                                            "--cull-every=300"]},
+        {"name": "idle-culler", "command": tether([python, "-m", "jupyterhub_idle_culler",
+                                                   f"--timeout={s.idle_timeout}", "--cull-every=300"])},
     ]
     if s.gateway:
         command = shlex.split(s.gateway_command) if s.gateway_command else [
             python, "-m", "enclave.cli", "serve", "gateway", "--host", ip, "--port", str(s.gateway_port)]
         if s.model_dir and "--model" not in command:
             command += ["--model", s.model_dir]
-        services.append({"name": "gateway", "url": f"http://{ip}:{s.gateway_port}", "command": command,
+        services.append({"name": "gateway", "url": f"http://{ip}:{s.gateway_port}", "command": tether(command),
                          "environment": env_common, "display": False})
     if s.review_command:
         review_env = dict(env_common)
@@ -181,7 +194,7 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
             # its weights (ENCLAVE_MODEL_DIR).
             review_env.setdefault("ENCLAVE_REVIEW_SCORER_MODEL", s.model_dir)
         services.append({"name": "review", "url": f"http://{ip}:{s.review_port}",
-                         "command": shlex.split(s.review_command), "environment": review_env,
+                         "command": tether(shlex.split(s.review_command)), "environment": review_env,
                          "oauth_no_confirm": True})
     operator_token = s.operator_token
     if operator_token:

@@ -2,22 +2,35 @@
 then JupyterHub (which runs the proxy, the gateway, the review service, the warden and the idle
 culler as its managed services, so Ctrl-C on the hub stops them all).
 
+The stack lives and dies together: the hub and everything it starts run under the tether
+(`enclave.hub.tether`), so the kernel stops each one when its parent dies (a hub killed hard
+takes its services with it; a launcher killed hard takes the hub), and each carries the stack's
+mark, by which the next start finds and stops whatever an earlier run still left (`stop_leftovers`).
+Before starting, every port the stack needs is checked: one held by a program that is not ours is
+a clear error naming the port and its holder. Ctrl-C gives the hub a few seconds to stop cleanly,
+then stops it hard: it returns within 10 s, notebooks running or not (notebook containers a hard stop
+leaves are re-checked by the warden as soon as the hub is back).
+
 `serve_hub` is the whole sequence, as `enclave serve hub` and `enclave up` run it; the steps
-(`prepare_docker`, `hub_environment`, `start_hub`, `stop_leftover_proxy`) are public for the tests'
-and benchmarks' own stacks. What cannot start raises `enclave.errors.Unavailable`.
+(`prepare_docker`, `hub_environment`, `start_hub`, `stop_leftover_proxy`, `stop_leftovers`,
+`check_ports`) are public for the tests' and benchmarks' own stacks. What cannot start raises
+`enclave.errors.Unavailable`.
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlparse
 
 from sqlalchemy.engine import Engine
 
@@ -26,6 +39,7 @@ from enclave.errors import Unavailable
 from enclave.hub.config import BANNER, EnclaveHubSettings
 from enclave.hub.image import ImageBuildError, build_image
 from enclave.hub.network import FirewallError, ensure_network, install
+from enclave.hub.tether import STACK_MARK, command as tethered
 from enclave.registry.credentials import set_password
 from enclave.registry.db import session_scope
 from enclave.registry.people import Role, list_people
@@ -132,12 +146,202 @@ def config_file() -> Path:
 
 
 def start_hub(env: dict[str, str], state_dir: Path, log_path: Path | None = None) -> subprocess.Popen:
+    """JupyterHub in a session of its own (a terminal's Ctrl-C reaches the launcher only, which
+    passes the hub exactly one signal), tethered to this process: should the launcher die, the hub
+    gets SIGTERM and stops as on Ctrl-C. Call it from the main thread (the tether binds to the
+    thread that starts it)."""
     if shutil.which("configurable-http-proxy", path=env.get("PATH")) is None:
         raise HubLaunchError("configurable-http-proxy is missing (npm install -g configurable-http-proxy; `make` does it)")
     state_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab") if log_path else None
-    return subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config_file())], cwd=state_dir, env=env,
-                            stdout=out, stderr=subprocess.STDOUT if out else None)
+    argv = tethered([sys.executable, "-m", "jupyterhub", "-f", str(config_file())], parent=os.getpid(),
+                    stack=stack_id(state_dir))
+    try:
+        return subprocess.Popen(argv, cwd=state_dir, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)
+    finally:
+        if out:
+            out.close()
+
+
+def stack_id(state_dir: Path | str) -> str:
+    """The mark every process of the stack kept in `state_dir` carries (its resolved path)."""
+    return str(Path(state_dir).resolve())
+
+
+# --- the stack's own processes, found again -----------------------------------------------------
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return out
+
+
+def _describe(pid: int) -> str:
+    env = _environ(pid)
+    name = env.get("JUPYTERHUB_SERVICE_NAME")
+    cmd = _cmdline(pid)
+    if not name:
+        name = "proxy" if "configurable-http-proxy" in cmd else "hub" if "jupyterhub" in cmd else (cmd[:60] or "process")
+    return f"{name} (pid {pid})"
+
+
+def stack_processes(state_dir: Path | str) -> list[int]:
+    """Live processes carrying this stack's mark (Linux: read from /proc), this process and its
+    ancestors left out."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    mark, mine = stack_id(state_dir), _ancestors()
+    found = []
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and int(entry.name) not in mine:
+            pid = int(entry.name)
+            if _environ(pid).get(STACK_MARK) == mark and _alive(pid):
+                found.append(pid)
+    return sorted(found)
+
+
+def stop_processes(pids: Iterable[int], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL for whatever is still alive after `grace` seconds."""
+    pids = list(pids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def stop_leftovers(state_dir: Path, progress: Callable[[str], None] = lambda line: None, grace: float = 3.0) -> list[str]:
+    """Stop what an earlier run of this stack left running (its proxy by pid file; any process
+    with the stack's mark); returns what was stopped, as "name (pid N)"."""
+    stop_leftover_proxy(state_dir)
+    pids = stack_processes(state_dir)
+    stopped = [_describe(pid) for pid in pids]
+    if stopped:
+        progress("stopping this enclave's processes still running (an earlier run's leftovers or a stopped "
+                 f"hub's services): {', '.join(stopped)}")
+        stop_processes(pids, grace)
+    return stopped
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_holder(port: int) -> int | None:
+    """The process listening on TCP `port`, where /proc tells (None when it cannot be seen)."""
+    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def _bindable(host: str, port: int) -> bool | None:
+    """True if (host, port) can be bound now, False if something holds it, None if the address is
+    not (yet) on this machine (the enclave bridge before the network exists)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return None
+            raise HubLaunchError(f"cannot use {host}:{port}: {exc.strerror}") from None
+    return True
+
+
+def stack_ports(settings: EnclaveHubSettings) -> list[tuple[str, str, int, str]]:
+    """What the stack listens on: (what, host, port, the variable that moves it)."""
+    public = urlparse(settings.public_url)
+    ip = settings.service_ip
+    ports = [("the hub's public address", public.hostname or "127.0.0.1", public.port or 80, "--public-url"),
+             ("hub API", ip, settings.hub_port, "ENCLAVE_HUB_PORT"),
+             ("proxy API", "127.0.0.1", settings.proxy_api_port, "ENCLAVE_HUB_PROXY_API_PORT")]
+    if settings.gateway:
+        ports.append(("gateway", ip, settings.gateway_port, "ENCLAVE_GATEWAY_PORT"))
+    if settings.review_command:
+        ports.append(("review", ip, settings.review_port, "ENCLAVE_REVIEW_PORT"))
+    return ports
+
+
+def check_ports(settings: EnclaveHubSettings, progress: Callable[[str], None] = lambda line: None) -> None:
+    """Every port the stack needs must be free: a process of this stack's own still holding one is
+    stopped; anything else is a HubLaunchError naming the port and its holder."""
+    mark = stack_id(settings.state_dir)
+    for what, host, port, knob in stack_ports(settings):
+        if _bindable(host, port) is not False:
+            continue
+        holder = port_holder(port)
+        if holder is not None and _environ(holder).get(STACK_MARK) == mark:
+            progress(f"port {port} ({what}) is held by {_describe(holder)} of an earlier run of this enclave; stopping it")
+            stop_processes([holder])
+            deadline = time.monotonic() + 5
+            while _bindable(host, port) is False and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _bindable(host, port) is not False:
+                continue
+        who = f" (pid {holder}: {_cmdline(holder)[:80]})" if holder is not None else ""
+        raise HubLaunchError(f"port {port} ({what}) on {host} is in use by another program{who}; stop it, or "
+                             f"give the enclave another port ({knob})")
 
 
 def stop_leftover_proxy(state_dir: Path) -> None:
@@ -169,23 +373,30 @@ def reset_passwords(engine: Engine, usernames: Iterable[str]) -> dict[str, str]:
         return {username: set_password(session, actor, username) for username in usernames}
 
 
-def wait_for_hub(hub: subprocess.Popen) -> int:
-    """Wait until the hub exits; Ctrl-C or a service manager's SIGTERM stops it (SIGINT, then a kill
-    after 30 s). Returns its exit status."""
+STOP_GRACE_S = 6.0  # the hub's own clean stop; then a hard one (its tethered services follow at once)
+
+
+def wait_for_hub(hub: subprocess.Popen, grace: float = STOP_GRACE_S) -> tuple[int, bool]:
+    """Wait until the hub exits; Ctrl-C or a service manager's SIGTERM stops it: one SIGINT, then
+    SIGKILL after `grace` seconds or at a second Ctrl-C. Returns its exit status and whether it was
+    asked to stop."""
 
     def on_term(signum, frame):  # a service manager's stop: same as Ctrl-C
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        return hub.wait()
+        return hub.wait(), False
     except KeyboardInterrupt:
+        pass
+    try:
         hub.send_signal(signal.SIGINT)
-        try:
-            return hub.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            hub.kill()
-            return hub.wait()
+        return hub.wait(timeout=grace), True
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        _say(f"the hub did not stop within {grace:g} s: stopping it hard (notebook servers still running are "
+             "re-checked by the warden at the next start)")
+        hub.kill()
+        return hub.wait(), True
 
 
 def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Path,
@@ -197,6 +408,9 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
     settings = EnclaveHubSettings(mode="unisolated" if unisolated else "docker", public_url=public_url,
                                   model_dir=model_dir)
     settings.review_command = review_command(settings)
+    state_dir = Path(settings.state_dir)
+    stop_leftovers(state_dir, progress)
+    check_ports(settings, progress)  # before the image build, which can take minutes
     image_id = None
     if unisolated:
         print(f"WARNING: {BANNER}", file=sys.stderr, flush=True)
@@ -206,12 +420,19 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
         except DockerUnavailable as exc:
             raise DockerUnavailable(f"{exc}. Without a Docker engine, `enclave up --unisolated` runs a developer "
                                     "mode with no isolation (never for real data)") from None
-    hub = start_hub(hub_environment(settings, image_id), Path(settings.state_dir))
+        check_ports(settings, progress)  # the bridge address exists now
+    hub = start_hub(hub_environment(settings, image_id), state_dir)
     progress(f"hub: {settings.public_url}  (model gateway for notebooks: "
              f"http://{settings.service_ip}:{settings.gateway_port}/v1/)")
     for username, password in (logins or {}).items():
         progress(f"  log in as {username:<9} password {password}")
-    code = wait_for_hub(hub)
-    stop_leftover_proxy(Path(settings.state_dir))
+    try:
+        code, asked = wait_for_hub(hub)
+    finally:
+        stop_leftovers(state_dir, progress, grace=2.0)
+    if asked and code in (0, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
+        return
+    if code == -signal.SIGKILL:
+        raise Unavailable("the hub was killed (SIGKILL: out of memory?); its services were stopped with it")
     if code not in (0, -signal.SIGINT, -signal.SIGTERM):
         raise Unavailable(f"the hub exited with status {code}; see its log above")

@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         print("enclave-warden: JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN must be set (run it as a hub service)", file=sys.stderr)
         return 2
     engine = make_engine(database_url())
+    try:
+        return _run(api_url, token, engine, args, hub_pid)
+    except KeyboardInterrupt:  # the hub stopping its services (SIGINT): a normal end
+        return 0
+
+
+def _run(api_url: str, token: str, engine, args, hub_pid: int) -> int:
     with httpx.Client(base_url=api_url.rstrip("/"), headers={"Authorization": f"token {token}"}, timeout=30) as hub:
         while True:
             try:

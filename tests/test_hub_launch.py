@@ -1,0 +1,311 @@
+"""Starting and stopping the embedded stack as an operator does, with real processes and real
+signals (issue 11, item 12): `enclave serve hub --unisolated` on loopback ports of the test's own,
+with the gateway (a tiny model), review, warden and idle culler as the hub's managed services.
+
+- SIGKILL of the hub (out of memory, kill -9) takes its services with it: none lives on holding
+  its port;
+- Ctrl-C (SIGINT to the terminal's process group) returns within 10 s;
+- a port held by a program that is not ours is a clear one-line error, exit 2, before anything
+  starts; a leftover of our own on it is stopped."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from enclave.hub.tether import STACK_MARK
+from enclave.registry.db import make_engine, upgrade
+from tests.gateway_fixtures import tiny_model_dir  # noqa: F401  (fixture)
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process tree checks read /proc")
+
+SERVICE_MARKERS = ("enclave.cli serve gateway", "enclave.cli serve review", "enclave.hub.warden",
+                   "jupyterhub_idle_culler", "configurable-http-proxy")
+
+
+@dataclass
+class Launched:
+    cli: subprocess.Popen
+    home: Path
+    ports: dict[str, int]
+    log_path: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "hub"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def hub_pid(self) -> int:
+        return int((self.state_dir / "jupyterhub.pid").read_text().strip())
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                out[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(root: int) -> set[int]:
+    parents = _parents()
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def processes_of(stack: Launched, also: set[int] = frozenset()) -> dict[int, str]:
+    """Every live process of this stack, the CLI itself left out: its descendants now, `also`
+    (descendants seen earlier: a service whose hub died is re-parented), and any process whose
+    environment names this stack's home (the hub passes it to its services and the proxy)."""
+    found = {}
+    candidates = descendants(stack.cli.pid) | set(also)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and str(stack.home) in _environ(int(entry.name)).get("ENCLAVE_HOME", ""):
+            candidates.add(int(entry.name))
+    for pid in candidates - {os.getpid(), stack.cli.pid}:
+        if _alive(pid):
+            found[pid] = _cmdline(pid)
+    return found
+
+
+def port_free(port: int) -> bool:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening(port: int) -> bool:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _default_signals():
+    # A terminal's foreground job: SIGINT as the shell leaves it (a non-interactive shell or a
+    # background job would hand on an ignored SIGINT, which no operator's terminal does).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def launch(tmp_path: Path, model_dir: Path, ports: dict[str, int] | None = None) -> Launched:
+    home = tmp_path / "home"
+    db_url = f"sqlite:///{tmp_path / 'enclave.db'}"
+    if not (tmp_path / "enclave.db").exists():
+        engine = make_engine(db_url)
+        upgrade(engine)
+        engine.dispose()
+    ports = ports or {name: free_port() for name in ("public", "hub", "proxy_api", "gateway", "review")}
+    env = dict(os.environ)
+    env.update({
+        "ENCLAVE_HOME": str(home), "ENCLAVE_DB_URL": db_url, "PYTHONUNBUFFERED": "1",
+        "ENCLAVE_HUB_PORT": str(ports["hub"]), "ENCLAVE_HUB_PROXY_API_PORT": str(ports["proxy_api"]),
+        "ENCLAVE_GATEWAY_PORT": str(ports["gateway"]), "ENCLAVE_REVIEW_PORT": str(ports["review"]),
+        "ENCLAVE_WARDEN_INTERVAL": "2",
+    })
+    for name in ("ENCLAVE_HUB_STATE", "ENCLAVE_HUB_OPERATOR_TOKEN", "CONFIGPROXY_AUTH_TOKEN"):
+        env.pop(name, None)
+    log_path = tmp_path / f"cli-{len(list(tmp_path.glob('cli-*.log')))}.log"
+    out = open(log_path, "ab")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "enclave.cli", "serve", "hub", "--unisolated",
+         "--public-url", f"http://127.0.0.1:{ports['public']}", "--model", str(model_dir)],
+        env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+        preexec_fn=_default_signals)
+    out.close()
+    return Launched(cli, home, ports, log_path)
+
+
+def wait_up(stack: Launched, timeout: float = 150) -> None:
+    """Until the hub answers through the proxy and the gateway and review listen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.cli.poll() is not None:
+            raise AssertionError(f"the CLI exited with {stack.cli.returncode}:\n{stack.log()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if (httpx.get(f"http://127.0.0.1:{stack.ports['public']}/hub/api/", timeout=2).status_code == 200
+                    and _listening(stack.ports["gateway"]) and _listening(stack.ports["review"])):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the stack did not come up in {timeout:.0f} s:\n{stack.log()[-4000:]}")
+
+
+def wait_gone(stack: Launched, timeout: float, also: set[int] = frozenset()) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_of(stack, also)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def cleanup(stack: Launched, also: set[int] = frozenset()) -> None:
+    """Whatever a failed test left: this stack's processes only."""
+    also = set(also) | descendants(stack.cli.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(stack.cli.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        stack.cli.wait(timeout=10)
+    for pid, cmd in processes_of(stack, also).items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def model_dir(tiny_model_dir):  # noqa: F811
+    return tiny_model_dir
+
+
+def test_sigkill_of_the_hub_takes_its_services_with_it(tmp_path, model_dir):
+    stack = launch(tmp_path, model_dir)
+    seen: set[int] = set()
+    try:
+        wait_up(stack)
+        services = processes_of(stack)
+        seen = set(services)
+        for marker in SERVICE_MARKERS:
+            assert any(marker in cmd for cmd in services.values()), (marker, services)
+        os.kill(stack.hub_pid(), signal.SIGKILL)  # the out-of-memory killer's way
+        left = wait_gone(stack, timeout=15, also=seen)
+        assert not left, f"outlived their hub: {left}"
+        for name in ("gateway", "review", "public", "hub"):
+            assert port_free(stack.ports[name]), f"{name} port {stack.ports[name]} still held"
+        assert stack.cli.wait(timeout=15) == 2  # and says the hub died (one line, not a traceback)
+        assert "Traceback" not in stack.log()
+    finally:
+        cleanup(stack, seen)
+
+
+def test_services_die_with_the_hub_even_when_the_launcher_is_killed_too(tmp_path, model_dir):
+    """The whole tree killed hard at once (launcher and hub): nobody is left to clean up, and
+    still no service, nor the proxy, lives on (the kernel signals each when its parent dies)."""
+    stack = launch(tmp_path, model_dir)
+    seen: set[int] = set()
+    try:
+        wait_up(stack)
+        seen = set(processes_of(stack))
+        hub = stack.hub_pid()
+        os.kill(stack.cli.pid, signal.SIGKILL)
+        os.kill(hub, signal.SIGKILL)
+        stack.cli.wait(timeout=10)
+        left = wait_gone(stack, timeout=15, also=seen)
+        assert not left, f"outlived their hub: {left}"
+        for name in ("gateway", "review", "public"):
+            assert port_free(stack.ports[name]), f"{name} port {stack.ports[name]} still held"
+    finally:
+        cleanup(stack, seen)
+
+
+def test_ctrl_c_returns_within_10_seconds(tmp_path, model_dir):
+    stack = launch(tmp_path, model_dir)
+    seen: set[int] = set()
+    try:
+        wait_up(stack)
+        seen = set(processes_of(stack))
+        time.sleep(1)
+        start = time.monotonic()
+        os.killpg(stack.cli.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        code = stack.cli.wait(timeout=120)
+        took = time.monotonic() - start
+        print(f"Ctrl-C returned after {took:.1f} s")
+        assert took < 10, f"Ctrl-C took {took:.1f} s to return:\n{stack.log()[-3000:]}"
+        assert code in (0, 130), stack.log()[-3000:]
+        assert not wait_gone(stack, timeout=3, also=seen)
+        assert all(port_free(p) for p in stack.ports.values())
+    finally:
+        cleanup(stack, seen)
+
+
+def test_a_port_held_by_another_program_is_a_clear_error(tmp_path, model_dir):
+    ports = {name: free_port() for name in ("public", "hub", "proxy_api", "gateway", "review")}
+    foreign = socket.socket()
+    foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    foreign.bind(("127.0.0.1", ports["gateway"]))
+    foreign.listen(1)
+    stack = launch(tmp_path, model_dir, ports)
+    try:
+        code = stack.cli.wait(timeout=60)
+        out = stack.log()
+        assert code == 2, out[-3000:]
+        errors = [line for line in out.splitlines() if line.startswith("enclave: ")]
+        assert len(errors) == 1 and str(ports["gateway"]) in errors[0] and "gateway" in errors[0], out[-3000:]
+        assert "in use" in errors[0]
+        assert "Traceback" not in out
+        assert not (stack.state_dir / "jupyterhub.pid").exists()  # nothing was started
+        assert not processes_of(stack)
+    finally:
+        foreign.close()
+        cleanup(stack)
+
+
+def test_a_leftover_of_ours_on_a_port_is_stopped_at_the_next_start(tmp_path, model_dir):
+    """A service of an earlier run that survived (say the whole process tree was SIGKILLed on an
+    older release) still holds the review port: the next start stops it and comes up."""
+    ports = {name: free_port() for name in ("public", "hub", "proxy_api", "gateway", "review")}
+    home = tmp_path / "home"
+    squatter_code = ("import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                     f"s.bind(('127.0.0.1',{ports['review']}))\ns.listen(1)\ntime.sleep(600)\n")
+    # An earlier stack's review service: it carries this enclave's mark (its hub state directory).
+    leftover = subprocess.Popen([sys.executable, "-c", squatter_code], start_new_session=True,
+                                env={**os.environ, "ENCLAVE_HOME": str(home.resolve()),
+                                     STACK_MARK: str((home / "hub").resolve()), "JUPYTERHUB_SERVICE_NAME": "review"})
+    deadline = time.monotonic() + 10
+    while port_free(ports["review"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stack = launch(tmp_path, model_dir, ports)
+    try:
+        wait_up(stack)
+        assert leftover.wait(timeout=10) is not None
+        assert "review" in stack.log() and str(leftover.pid) in stack.log()  # said what it stopped
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            leftover.kill()
+        leftover.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stack.cli.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            stack.cli.wait(timeout=30)
+        cleanup(stack)
