@@ -63,14 +63,16 @@ def people(n: int = 300, seed: int = 7) -> list[data.Person]:
     return data.generate_people(n, seed)
 
 
-def people_csv(folder: Path, n: int = 300, seed: int = 7, columns: list[str] | None = None) -> Path:
-    """A protected dataset: people with their quasi-identifiers (only `columns`, if given)."""
+def people_csv(folder: Path, n: int = 300, seed: int = 7, columns: list[str] | None = None,
+               header: list[str] | None = None) -> Path:
+    """A protected dataset: people with their quasi-identifiers (only `columns`, if given, under the
+    column names `header` if given: a registry's dataset need not name them as the demo does)."""
     path = folder / "people.csv"
     rows = people(n, seed)
     if columns is None:
         data.write_csv(rows, path)
     else:
-        lines = [",".join(columns)] + [",".join(str(getattr(p, c)) for c in columns) for p in rows]
+        lines = [",".join(header or columns)] + [",".join(str(getattr(p, c)) for c in columns) for p in rows]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

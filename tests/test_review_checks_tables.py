@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from enclave.review.scan import ExportFile
-from tests.review_corpus import code_cell, notebook, of, result, review_home, scan, zip_bytes  # noqa: F401 (fixture)
+from enclave.review.scan.context import ProtectedSource
+from tests.review_corpus import (code_cell, notebook, of, people, people_csv, result, review_home,  # noqa: F401 (fixture)
+                                 scan, zip_bytes)
 
 
 def test_a_cell_of_3_blocks_and_a_clean_table_passes():
@@ -137,3 +139,29 @@ def test_egress_budget():
 def test_tables_inside_zip_are_checked():
     report = scan({"r.zip": zip_bytes({"out/t.csv": "g,n\na,2\n"})})
     assert [f.file for f in of(report, "tables", "block")] == ["r.zip!out/t.csv"]
+
+
+# ----- record linkage in tables (issue 11, item 7) -----------------------------------------------
+
+@pytest.mark.parametrize("header", [["name", "dob", "sex", "zip"], ["full_name", "date_of_birth", "gender", "postcode"]])
+def test_rows_of_a_table_that_single_out_protected_people_block(tmp_path, header):
+    """A CSV whose rows carry a name and a date of birth (or a date of birth and a ZIP code) of
+    protected people: each row is a disclosure, whatever the dataset calls its columns."""
+    protected = [ProtectedSource.from_path(people_csv(tmp_path, n=2000, columns=["name", "dob", "sex", "zip"],
+                                                      header=header), name="people", quasi_identifiers=header)]
+    chosen = people(2000)[100:103]
+    by_name = "patient,born,score\n" + "".join(f"{p.name},{p.dob},{i + 1}.5\n" for i, p in enumerate(chosen))
+    found = of(scan({"names.csv": by_name}, protected=protected), "record_linkage", "block")
+    assert sorted(f.evidence["record_number"] for f in found) == [101, 102, 103]
+    assert all(f.evidence["matched"] == header[:2] and f.evidence["group_size"] == 1 for f in found)
+    by_dob = "born,zip,score\n" + "".join(f"{p.dob},{p.zip},{i + 1}.5\n" for i, p in enumerate(chosen))
+    found = of(scan({"dobs.csv": by_dob}, protected=protected), "record_linkage", "block")
+    assert sorted(f.evidence["record_number"] for f in found) == [101, 102, 103]
+
+
+def test_a_table_of_large_groups_does_not_link(tmp_path):
+    protected = [ProtectedSource.from_path(people_csv(tmp_path, n=2000, columns=["name", "dob", "sex", "occupation"]),
+                                           name="people", quasi_identifiers=["name", "dob", "sex", "occupation"])]
+    table = "sex,occupation,n\nF,nurse,31\nM,nurse,35\nF,teacher,30\nM,chef,33\n"
+    report = scan({"groups.csv": table}, protected=protected)
+    assert not of(report, "record_linkage")

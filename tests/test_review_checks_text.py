@@ -209,6 +209,124 @@ def test_linkage_inside_a_zip_in_base64(protected_people):
     assert of(report, "record_linkage", "block")
 
 
+# ----- linkage decides by uniqueness (issue 11, item 7) -------------------------------------------
+# A combination of an export's values that matches fewer than k records of a protected dataset (k from
+# the policy) blocks when it holds a direct identifier (a name) or at least two quasi-identifiers,
+# whatever the dataset calls its columns.
+
+COLUMNS = ["name", "dob", "sex", "zip", "occupation"]
+RENAMED = ["full_name", "date_of_birth", "gender", "postcode", "job"]  # as a registry's dataset may name them
+CROWD = 2000  # people in the protected dataset of these tests: enough for groups of every size
+
+
+def crowd() -> list[data.Person]:
+    return people(CROWD)
+
+
+@pytest.fixture(params=["demo-columns", "renamed-columns"])
+def crowd_protected(request, tmp_path):
+    header = COLUMNS if request.param == "demo-columns" else RENAMED
+    path = people_csv(tmp_path, n=CROWD, columns=COLUMNS, header=header)
+    return [ProtectedSource.from_path(path, name="people", quasi_identifiers=header)], header
+
+
+def linkage_policy(**changes):
+    import dataclasses
+
+    from tests.review_corpus import POLICY
+    return dataclasses.replace(POLICY, linkage=dataclasses.replace(POLICY.linkage, **changes))
+
+
+def group_of(size: int, key) -> tuple:
+    """A value combination held by exactly `size` people of the crowd."""
+    counts = Counter(key(p) for p in crowd())
+    return next(k for k, n in sorted(counts.items()) if n == size)
+
+
+@pytest.mark.parametrize("render", [
+    lambda p: f"{p.name} was born on {p.dob}.",
+    lambda p: f"{p.name}\n{p.dob[8:10]}/{p.dob[5:7]}/{p.dob[:4]}",  # a line break between the two values
+])
+def test_a_name_with_a_date_of_birth_blocks(crowd_protected, render):
+    protected, header = crowd_protected
+    person = crowd()[17]
+    report = scan({"out.txt": "Case notes.\n" + render(person) + "\nEnd."}, protected=protected)
+    [f] = of(report, "record_linkage", "block")
+    assert f.evidence["record"][header[0]] == person.name and f.evidence["matched"] == header[:2]
+    assert f.evidence["group_size"] == 1 and f.evidence["k_anonymity"] == 5
+    assert f.message == f"{header[0]} + {header[1]} match 1 record of protected dataset 'people' (k = 5)"
+    assert person.name not in f.message and person.dob not in f.message
+
+
+def test_two_quasi_identifiers_that_single_out_a_person_block(crowd_protected):
+    protected, header = crowd_protected
+    person = crowd()[40]
+    assert sum(p.dob == person.dob and p.zip == person.zip for p in crowd()) == 1
+    report = scan({"out.txt": f"One participant, born {person.dob}, lives in ZIP {person.zip}.\n"},
+                  protected=protected)
+    [f] = of(report, "record_linkage", "block")
+    assert f.evidence["matched"] == [header[1], header[3]] and f.evidence["group_size"] == 1
+
+
+def test_two_quasi_identifiers_shared_by_fewer_than_k_records_block(crowd_protected):
+    protected, header = crowd_protected
+    sex, zip_code = group_of(3, lambda p: (p.sex, p.zip))
+    text = f"Sex {sex}, ZIP {zip_code}: the smallest group.\n"
+    [f] = of(scan({"out.txt": text}, protected=protected), "record_linkage", "block")
+    assert f.evidence["matched"] == [header[2], header[3]] and f.evidence["group_size"] == 3
+    assert "match 3 records" in f.message and "(k = 5)" in f.message
+    # k is the policy's: a group of k records is anonymous enough, one of k - 1 is not.
+    assert not of(scan({"out.txt": text}, policy=linkage_policy(k_anonymity=3), protected=protected),
+                  "record_linkage")
+    assert of(scan({"out.txt": text}, policy=linkage_policy(k_anonymity=4), protected=protected),
+              "record_linkage", "block")
+
+
+def test_a_name_alone_one_value_or_a_common_combination_does_not_block(crowd_protected):
+    protected, _ = crowd_protected
+    person = crowd()[17]
+    sex, occupation = group_of(40, lambda p: (p.sex, p.occupation))  # 40 female nurses, say
+    sex5, zip5 = group_of(5, lambda p: (p.sex, p.zip))
+    for text in (f"{person.name} was interviewed about the service.",
+                 f"Participants were born on {person.dob} and other days.",
+                 f"ZIP {person.zip} had the most responses.",
+                 f"Sex {sex}, occupation {occupation}: the largest group.",
+                 f"Sex {sex5}, ZIP {zip5}: exactly k people."):
+        assert not of(scan({"out.txt": text + "\n"}, protected=protected), "record_linkage"), text
+
+
+def test_a_person_listed_once_per_visit_is_still_one_person(tmp_path):
+    """Six rows of one patient (a visit per row) must not make a name with a date of birth look like
+    a group of six; headers are matched in any case and spacing ("Full Name" is full_name)."""
+    everyone = people(50)
+    rows = [f"{p.name},{p.dob},{p.zip}" for p in everyone] + [f"{everyone[3].name},{everyone[3].dob},{everyone[3].zip}"] * 5
+    path = tmp_path / "visits.csv"
+    path.write_text("Full Name,Date of Birth,ZIP\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    protected = [ProtectedSource.from_path(path, name="visits", quasi_identifiers=["Full Name", "Date of Birth", "ZIP"])]
+    [f] = of(scan({"out.txt": f"Seen today: {everyone[3].name}, born {everyone[3].dob}.\n"}, protected=protected),
+             "record_linkage", "block")
+    assert f.evidence["group_size"] == 1 and f.evidence["matched"] == ["Full Name", "Date of Birth"]
+
+
+def test_a_name_column_left_out_of_the_quasi_identifiers_is_still_indexed(tmp_path):
+    """Whoever registers a dataset may list only dob, sex and zip; its name column is still a name."""
+    from enclave.review.scan.linkage import RecordIndex, link
+    from tests.review_corpus import POLICY
+
+    path = people_csv(tmp_path, columns=["name", "dob", "sex", "zip"])
+    person = people()[9]
+    text = f"{person.name} (born {person.dob}) took part.\n"
+    rule = POLICY.linkage
+    kwargs = dict(min_values=rule.min_values, combinations=rule.combinations, window=rule.window_chars,
+                  max_postings=rule.max_postings, k_anonymity=rule.k_anonymity,
+                  direct_identifiers=rule.direct_identifier_columns)
+    assert RecordIndex.from_csv("people", path, ["dob", "sex", "zip"]).columns == ["dob", "sex", "zip"]
+    index = RecordIndex.from_csv("people", path, ["dob", "sex", "zip"], rule.direct_identifier_columns)
+    assert index.columns == ["dob", "sex", "zip", "name"]
+    [linked] = link(index, text, **kwargs)
+    assert linked.matched == ("dob", "name") and linked.group_size == 1
+
+
 # ----- provenance ---------------------------------------------------------------------------------
 
 def test_spans_are_traced_to_model_calls():

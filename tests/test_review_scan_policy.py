@@ -27,6 +27,9 @@ def test_the_shipped_policy_loads_with_its_version_and_hash():
     assert policy.path == str(DEFAULT)
     assert policy.identifiers.entities["US_SSN"] == "block"
     assert policy.workflow.always_two_reviewers is False
+    # Linkage decides by uniqueness: k = 5, and the demo's name column is a direct identifier.
+    assert policy.linkage.k_anonymity == 5 and policy.linkage.min_values == 2
+    assert "name" in policy.linkage.direct_identifier_columns
 
 
 def test_environment_names_another_policy(tmp_path, monkeypatch):
@@ -53,6 +56,10 @@ def test_environment_names_another_policy(tmp_path, monkeypatch):
     ("min_overlap_chars = 40", "min_overlap_chars = 10", "min_overlap_chars must be at least"),
     ('not_count_columns = "(', 'not_count_columns = "((', "not a valid regular expression"),
     ("unlabelled_integers_are_counts = true", "unlabelled_integers_are_counts = 1", "must be true or false"),
+    ("k_anonymity = 5", "k_anonymity = 0", "linkage.k_anonymity must be positive"),
+    ('direct_identifier_columns = ["name",', 'direct_identifier_columns = [" ", "name",',
+     "linkage.direct_identifier_columns must not contain an empty column name"),
+    ("direct_identifier_columns = ", "direct_identifier_colums = ", "unknown key 'direct_identifier_colums'"),
 ])
 def test_bad_policies_are_refused_naming_the_key(tmp_path, old, new, message):
     with pytest.raises(PolicyError) as raised:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import csv
 import datetime as dt
+import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -105,8 +106,13 @@ def _date_matches(folded_text: str):
     for a, b in windows:
         # With pos/endpos (unlike a slice) the lookbehind still sees the text before the window;
         # windows reach far enough past the year that the lookahead sees real text too.
-        for m in _DATES.finditer(folded_text, a, min(b, len(folded_text))):
+        # Overlapping matches too: in "1 5 1969 02 11" (a table's cell 1.5, then the next row's
+        # date) "1 5 1969" reads as a date and must not hide 1969-02-11.
+        end = min(b, len(folded_text))
+        m = _DATES.search(folded_text, a, end)
+        while m:
             yield m
+            m = _DATES.search(folded_text, m.start() + 1, end)
 
 
 def _value_keys(kind: str, value: str) -> list[str]:
@@ -175,14 +181,20 @@ class RecordIndex:
         return cls(dataset, columns, rows, record_keys, postings, max_tokens, first_tokens)
 
     @classmethod
-    def from_csv(cls, dataset: str, path: Path, quasi_identifiers: Iterable[str]) -> "RecordIndex":
+    def from_csv(cls, dataset: str, path: Path, quasi_identifiers: Iterable[str],
+                 direct_identifiers: Iterable[str] = ()) -> "RecordIndex":
+        """The named quasi-identifier columns of a CSV (every column when none are named), and
+        also any column whose name matches `direct_identifiers` (a name column that whoever
+        registered the dataset did not list is still a name)."""
+        patterns = list(direct_identifiers)
         with path.open(newline="", encoding="utf-8", errors="replace") as handle:
             delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
             reader = csv.reader(handle, delimiter=delimiter)
             header = [h.strip() for h in next(reader, [])]
             named = list(quasi_identifiers)
             # No names given: every column is a quasi-identifier (a CSV named with --protect).
-            wanted = [q for q in named if q in header] if named else header
+            wanted = ([q for q in named if q in header]
+                      + [h for h in header if h not in named and is_direct_identifier(h, patterns)]) if named else header
             at = [header.index(q) for q in wanted]
             rows = [[row[i].strip() if i < len(row) else "" for i in at] for row in reader if row]
         return cls.from_rows(dataset, wanted, rows)
@@ -196,6 +208,13 @@ class Linked:
     matched: tuple[str, ...]
     start: int  # span of the matched values in the original text
     end: int
+    group_size: int = 1  # records of the dataset that share the matched values (people, see _group_size)
+
+
+def is_direct_identifier(column: str, patterns: Iterable[str]) -> bool:
+    """Whether a column name is a direct identifier by the policy's patterns ("Full Name" is full_name)."""
+    name = re.sub(r"[\s\-]+", "_", column.strip().lower())
+    return any(fnmatch.fnmatchcase(name, re.sub(r"[\s\-]+", "_", p.strip().lower())) for p in patterns)
 
 
 def _occurrences(index: RecordIndex, folded: Folded, text_tokens: list[str], token_starts: np.ndarray,
@@ -242,8 +261,14 @@ def _occurrences(index: RecordIndex, folded: Folded, text_tokens: list[str], tok
 
 
 def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[list[str]], window: int,
-         max_postings: int, k_anonymity: int = 2) -> list[Linked]:
-    """Records of `index` with enough quasi-identifiers close together in `text`."""
+         max_postings: int, k_anonymity: int = 2, direct_identifiers: Iterable[str] = ()) -> list[Linked]:
+    """Records of `index` that a combination of values close together in `text` singles out.
+
+    A combination counts when fewer than `k_anonymity` records share it and it holds a direct
+    identifier (a column matching `direct_identifiers`) with another value of the record, or at
+    least `min_values` values. Where the values may be: a policy combination, or a direct identifier
+    with a value at most `max_postings` records share, anywhere within `window` folded characters;
+    any other combination on one line."""
     folded = fold(text, separators=True)
     codes = folded.codes
     if codes.shape[0] == 0:
@@ -261,7 +286,10 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
         return []
     ncols = len(index.columns)
     usable = [combo for combo in combinations if all(c in index.columns for c in combo)]
-    # Line of a folded position, for the any-`min_values` rule: values of different people on
+    direct = {c for c in index.columns if is_direct_identifier(c, direct_identifiers)}
+    # The fewest values any rule needs: a direct identifier and one more, min_values, a combination.
+    fewest = min([2 if direct else min_values, min_values] + [len(c) for c in usable])
+    # Line of a folded position, for the one-line rules: values of different people on
     # neighbouring lines (table rows, listed records) must not add up to one person.
     newlines = np.flatnonzero(code_points(text) == 10).tolist() if "\n" in text else []
     offsets = folded.offsets
@@ -269,16 +297,16 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
     def line(pos: int) -> int:
         return bisect.bisect_right(newlines, int(offsets[min(pos, len(offsets) - 1)]))
 
-    reported: set[int] = set()
-    out: list[Linked] = []
+    # A record's strongest match over all its anchors: the first anchor found may be a value it shares
+    # with a neighbour's line (an income), the better one its own line with every value.
+    best_of: dict[int, tuple[tuple[int, int], Linked]] = {}
     anchors = sorted((span, key) for key, spans in found.items() if len(index.postings[key]) <= max_postings
                      for span in spans)
     for (a_start, a_end), key in anchors:
         for posting in index.postings[key]:
             record = posting // ncols
-            if record in reported:
-                continue
             close_by: dict[str, list[tuple[int, int]]] = {}
+            rare: set[str] = set()  # columns whose value here few records share
             for c in range(ncols):
                 for value_key in index.record_keys[record][c]:
                     spans = found.get(value_key)
@@ -288,10 +316,12 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
                     close = [s for s in spans[k:k + 64] if s[0] <= a_end + window]
                     if close:
                         close_by[index.columns[c]] = close
+                        if len(index.postings[value_key]) <= max_postings:
+                            rare.add(index.columns[c])
                         break
             # Most anchors (a ZIP code that is also part of some number) stop here, before any
             # line arithmetic.
-            if len(close_by) < min(min_values, min((len(c) for c in usable), default=min_values)):
+            if len(close_by) < fewest:
                 continue
             anchor_line = line(a_start)
             near: dict[str, tuple[int, int]] = {}
@@ -302,38 +332,62 @@ def link(index: RecordIndex, text: str, *, min_values: int, combinations: list[l
                 near[name] = best
                 if line(best[0]) == anchor_line:
                     same_line.add(name)
-            combo = next((combo for combo in usable if set(combo) <= set(near)), None)
-            if combo is None and (len(same_line) < min_values
-                                  or _group_size(index, record, same_line) >= k_anonymity):
+            candidates = [set(combo) for combo in usable if set(combo) <= set(near)]
+            named = direct & set(near)
+            if named and rare - direct:
+                candidates.append(named | (rare - direct))  # a name with a rare value, lines apart
+            if (direct & same_line and same_line - direct) or len(same_line - direct) >= min_values:
+                candidates.append(same_line)  # a name with any value, or min_values values, on one line
+            best_match: tuple[set[str], int] | None = None
+            for columns in candidates:
+                size = _group_size(index, record, columns, direct)
+                if size < k_anonymity and (best_match is None or (len(columns), -size)
+                                           > (len(best_match[0]), -best_match[1])):
+                    best_match = (columns, size)
+            if best_match is None:
                 continue
-            matched = [c for c in index.columns if c in near and (combo is not None and c in combo or c in same_line)]
+            matched = [c for c in index.columns if c in best_match[0]]
             lo = min(near[c][0] for c in matched)
             hi = max(near[c][1] for c in matched)
-            reported.add(record)
+            strength = (len(matched), lo - hi)
+            if record in best_of and best_of[record][0] >= strength:
+                continue
             start, end = folded.span(lo, hi, len(text))
-            out.append(Linked(index.dataset, record + 1, dict(zip(index.columns, index.rows[record])),
-                              tuple(matched), start, end))
-    return _strongest(out)
+            best_of[record] = (strength, Linked(index.dataset, record + 1, dict(zip(index.columns, index.rows[record])),
+                                                tuple(matched), start, end, best_match[1]))
+    return _strongest([linked for _, linked in best_of.values()])
 
 
-def _group_size(index: RecordIndex, record: int, columns: set[str]) -> int:
-    """How many records share this record's values in `columns` (k-anonymity's equivalence class)."""
+def _group_size(index: RecordIndex, record: int, columns: set[str], direct: set[str] = frozenset()) -> int:
+    """How many records share this record's values in `columns` (k-anonymity's equivalence class).
+
+    In a dataset with a direct identifier, records identical in every indexed column are one
+    person listed twice (a visit per row), so they count once: repeating a row must not make a
+    name with a date of birth anonymous."""
     ncols = len(index.columns)
-    group: set[int] | None = None
-    for c, name in enumerate(index.columns):
-        if name not in columns:
-            continue
-        holders = {p // ncols for key in index.record_keys[record][c] for p in index.postings[key] if p % ncols == c}
-        group = holders if group is None else group & holders
-    return len(group or ())
+    at = [c for c, name in enumerate(index.columns) if name in columns]
+    mine = {c: set(index.record_keys[record][c]) for c in at}
+    if not at or not all(mine.values()):
+        return 0
+    # Start from the column whose values the fewest records hold; check the others record by record.
+    first = min(at, key=lambda c: sum(len(index.postings[k]) for k in mine[c]))
+    holders = {p // ncols for k in mine[first] for p in index.postings[k] if p % ncols == first}
+    rest = [c for c in at if c != first]
+    group = [r for r in holders if all(mine[c].intersection(index.record_keys[r][c]) for c in rest)]
+    if direct & set(index.columns):
+        return len({tuple(index.rows[r]) for r in group})
+    return len(group)
 
 
 def _strongest(found: list[Linked]) -> list[Linked]:
     """Drop a match that lies inside a stronger one: a line that states one person's whole record
-    also matches, in part, other people who share some of its values; that is the same disclosure."""
+    also matches, in part, other people who share some of its values; that is the same disclosure.
+    So is the same span matching each record of a small group: it is reported once, with its size."""
     kept: list[Linked] = []
-    for link_ in sorted(found, key=lambda f: (-len(f.matched), f.start)):
-        if not any(k.start <= link_.start and link_.end <= k.end and len(k.matched) > len(link_.matched) for k in kept):
+    for link_ in sorted(found, key=lambda f: (-len(f.matched), f.start, f.record_number)):
+        if not any(k.start <= link_.start and link_.end <= k.end
+                   and (len(k.matched) > len(link_.matched)
+                        or (k.start, k.end, k.matched) == (link_.start, link_.end, link_.matched)) for k in kept):
             kept.append(link_)
     kept.sort(key=lambda f: f.start)
     return kept

@@ -124,6 +124,7 @@ class LinkagePolicy:
     combinations: list[list[str]]
     window_chars: int
     k_anonymity: int
+    direct_identifier_columns: list[str]  # column names (fnmatch patterns, any case) of direct identifiers
     max_postings: int
     severity: str
 
@@ -338,6 +339,9 @@ def _check_ranges(p: Policy, where: str) -> None:
     for combo in p.linkage.combinations:
         if not combo:
             fail("linkage.combinations", "must not contain an empty combination")
+    for pattern in p.linkage.direct_identifier_columns:
+        if not pattern.strip():
+            fail("linkage.direct_identifier_columns", "must not contain an empty column name")
     for ext in p.files.allowed_extensions + p.files.human_review_extensions:
         if ext != ext.lower() or ext.startswith("."):
             fail("files.allowed_extensions", f"entry {ext!r} must be lower case without a dot")
