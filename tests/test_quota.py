@@ -158,3 +158,32 @@ def test_usage_report(engine):
     assert report["tokens"] == {"limit": 500, "used": 25, "reserved": 0, "remaining": 475}
     assert report["tokens_today"]["remaining"] == 175
     assert report["requests_this_minute"]["used"] == 1
+
+
+def test_one_token_generations_count_against_the_probability_cap(engine):
+    """Attack: `generate` with max_new_tokens=1 and a chosen seed answers "is CDF(t) > u", so it is a
+    probability-bearing call; it must use up the same daily allowance as score and next-token."""
+    _setup(engine, logprob_calls_per_day=3)
+    _reserve(engine, 6, endpoint="generate", completion=1)
+    _reserve(engine, 1, endpoint="score")
+    _reserve(engine, 6, endpoint="generate", completion=1)
+    with pytest.raises(quota.QuotaExhausted, match="probability-bearing") as refused:
+        _reserve(engine, 6, endpoint="generate", completion=1)
+    assert refusal(refused.value).status == 402
+    with pytest.raises(quota.QuotaExhausted, match="probability-bearing"):
+        _reserve(engine, 1, endpoint="score")
+    _reserve(engine, 10, endpoint="generate", completion=5)  # longer generations are not capped by it
+    with session_scope(engine) as s:
+        assert s.exec(select(UsageDay)).one().logprob_calls == 3
+
+
+def test_one_token_samples_are_probability_bearing_whatever_their_number(engine):
+    """n one-token samples of one prompt are n draws from its next-token distribution: still a
+    probability-bearing call when the caller says how many tokens each sample may have."""
+    _setup(engine, logprob_calls_per_day=1)
+    with session_scope(engine) as s:
+        quota.reserve(s, access.resolve(s, "sam", "metered"), "generate", 8, completion_tokens=4, max_new_tokens=1)
+    with pytest.raises(quota.QuotaExhausted, match="probability-bearing"), session_scope(engine) as s:
+        quota.reserve(s, access.resolve(s, "sam", "metered"), "generate", 8, completion_tokens=4, max_new_tokens=1)
+    with session_scope(engine) as s:  # two tokens each, two samples: an ordinary generation
+        quota.reserve(s, access.resolve(s, "sam", "metered"), "generate", 8, completion_tokens=4, max_new_tokens=2)

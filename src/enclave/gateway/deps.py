@@ -9,6 +9,12 @@ only write lock, and a model call runs for seconds. A model call's admission (wh
 registry's decision, the reservation of its worst-case cost) is one such transaction
 (`MeteredCall`), so no revocation or grant change can slip between the decision and the
 reservation; its settlement is another, after the model has run.
+
+Each gateway process is a registered *instance* (`GatewayState` registers it when it is made): it
+stamps every reservation with its id and, on a thread of its own (so that a busy event loop cannot
+starve it), heartbeats every `heartbeat_s` and sweeps: the open reservations of instances silent for
+`dead_after_s` (killed, out of memory) are settled at their worst case, so a crash never locks a
+grant for longer than that.
 """
 
 from __future__ import annotations
@@ -16,23 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
+import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, Request
+from sqlalchemy import event
 from sqlalchemy.engine import Engine as DbEngine
 
 from enclave.gateway import quota
 from enclave.gateway.auth import Caller, authorize, identify
 from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
-from enclave.gateway.settings import GatewaySettings
+from enclave.gateway.settings import GatewaySettings, SettingsError
 from enclave.registry.access import Access
 from enclave.web.hub_auth import HubIdentity
 from enclave.web.transactions import in_transaction, in_transaction_thread
 
 DISCONNECT_POLL_S = 0.2
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -44,6 +55,48 @@ class GatewayState:
     db: DbEngine
     engine: Engine
     identity: HubIdentity
+    instance_id: str = dataclasses.field(init=False, default="")
+    _stop: threading.Event = dataclasses.field(init=False, repr=False, compare=False, default_factory=threading.Event)
+    _keeper: threading.Thread | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        """Register this process as a gateway instance and start its heartbeat and sweep. They stop
+        with `close()`, or when the app disposes of its database engine at shutdown."""
+        heartbeat_s, dead_after_s = self.settings.heartbeat_s, self.settings.dead_after_s
+        if heartbeat_s < 1 or dead_after_s < 2 * heartbeat_s:
+            raise SettingsError(f"ENCLAVE_GATEWAY_DEAD_AFTER_S ({dead_after_s}) must be at least twice "
+                                f"ENCLAVE_GATEWAY_HEARTBEAT_S ({heartbeat_s}), which must be at least 1")
+        self.instance_id = self.transaction(quota.register_instance)
+        event.listen(self.db, "engine_disposed", self._on_disposed)
+        self._keeper = threading.Thread(target=self._keep_alive, name=f"enclave-gateway-heartbeat-{self.instance_id}",
+                                        daemon=True)
+        self._keeper.start()
+
+    def _keep_alive(self) -> None:
+        dead_after = dt.timedelta(seconds=self.settings.dead_after_s)
+        while not self._stop.wait(self.settings.heartbeat_s):
+            try:
+                self.transaction(lambda session: quota.heartbeat(session, self.instance_id))
+                settled = self.transaction(lambda session: quota.sweep_dead(session, dead_after))
+            except Exception as exc:  # a registry outage: keep trying, the next beat may get through
+                log.warning("gateway heartbeat failed (will retry): %s", str(exc).splitlines()[0] if str(exc) else exc)
+                continue
+            if settled:
+                log.warning("settled %d reservations of gateway instances that stopped heartbeating "
+                            "(charged their worst case)", settled)
+
+    def close(self) -> None:
+        """Stop the heartbeat (at shutdown; idempotent)."""
+        self._stop.set()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(30)
+
+    def _on_disposed(self, db: DbEngine) -> None:
+        if self._keeper is None:
+            return
+        self.close()
+        db.pool.dispose()  # connections the heartbeat opened while the engine was being disposed
 
     def transaction(self, work: Callable[[Any], Any]) -> Any:
         return in_transaction(self.db, work)
@@ -95,14 +148,16 @@ class MeteredCall:
 
     async def __call__(self, endpoint: str, prompt: str, prompt_tokens: int, worst_case: int,
                        run: Callable[[], Awaitable[tuple[Any, list[str], int]]],
-                       completion_cap: int = 0) -> tuple[str, Any, int]:
+                       completion_cap: int = 0, max_new_tokens: int | None = None) -> tuple[str, Any, int]:
         """`run()` returns (result, output texts, completion tokens); this returns (call id, result,
-        completion tokens)."""
+        completion tokens). `completion_cap` is the most the call may generate (all samples),
+        `max_new_tokens` the most per sample (a one-token generation is probability-bearing)."""
         identity = self.state.identity
 
         def admit(session):
             caller, granted = self.credentials.decide(session, identity)
-            ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap)
+            ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap,
+                                   max_new_tokens=max_new_tokens, instance_id=self.state.instance_id)
             return caller, granted, ticket
 
         caller, granted, ticket = await self.state.run(admit)

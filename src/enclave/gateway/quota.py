@@ -4,6 +4,13 @@ Every check and every increment for one call happens in one transaction holding 
 account lock (a row lock on `usage_total` on PostgreSQL; SQLite's write lock, taken by BEGIN
 IMMEDIATE, on SQLite). Because reservations count against the grant until they settle, any number
 of concurrent calls together can never spend more than the grant allows.
+
+A crash must not lock a grant: each gateway process registers as an instance
+(`register_instance`), stamps its reservations with it and heartbeats every few seconds
+(`heartbeat`); every gateway's periodic `sweep_dead` settles the open reservations of instances
+whose heartbeat stopped, charging their worst case (what a killed process produced is not known,
+and the reservation is what the grant agreed to). Two gateways sweeping the same dead instance
+settle each reservation exactly once: the sweep re-reads the row under the project's account lock.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
+import socket
 
 from sqlalchemy import text
 from sqlmodel import Session, select
@@ -22,10 +31,11 @@ from enclave.registry import audit
 from enclave.registry.access import Access
 from enclave.registry.clock import iso, utcnow
 from enclave.registry.db import is_postgres
-from enclave.registry.models import ModelCall, RateWindow, Reservation, UsageDay, UsageTotal
+from enclave.registry.models import GatewayInstance, ModelCall, RateWindow, Reservation, UsageDay, UsageTotal
 
 LOGPROB_ENDPOINTS = frozenset({"score", "next-token"})
-# A reservation still open after this long belongs to a gateway that died mid-call.
+# A reservation without a gateway instance (from before instances were recorded) still open after
+# this long belongs to a gateway that died mid-call.
 STALE_AFTER = dt.timedelta(minutes=15)
 
 
@@ -85,15 +95,30 @@ def _lock_account(session: Session, project_id: int) -> UsageTotal:
     return _get_or_create(session, UsageTotal, (project_id,), tokens_used=0, tokens_reserved=0, calls=0)
 
 
+def probability_bearing(endpoint: str, completion_tokens: int, max_new_tokens: int | None = None) -> bool:
+    """Whether a call reveals the model's probabilities and so counts against the daily cap on such
+    calls: score and next-token, and a one-token generation (with a chosen seed, one sampled token
+    answers "is CDF(t) > u", so bisection over seeds recovers probabilities)."""
+    if endpoint in LOGPROB_ENDPOINTS:
+        return True
+    per_sample = max_new_tokens if max_new_tokens is not None else completion_tokens
+    return endpoint == "generate" and per_sample == 1
+
+
 def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens: int, *,
-            completion_tokens: int = 0, now: dt.datetime | None = None) -> Ticket:
+            completion_tokens: int = 0, max_new_tokens: int | None = None, instance_id: str | None = None,
+            now: dt.datetime | None = None) -> Ticket:
     """Check the grant and hold `worst_case_tokens` for this call, or refuse it: RequestTooLarge,
     RateLimited (with `retry_after`), QuotaExhausted (DailyQuotaExhausted, with `retry_after`, for
     what renews tomorrow).
 
-    `completion_tokens` is the most the call may generate, checked against the per-request cap.
+    `completion_tokens` is the most the call may generate (all samples), checked against the
+    per-request cap; `max_new_tokens` the most per sample, when the caller knows it (else
+    `completion_tokens` stands for it): a one-token generation is probability-bearing.
+    `instance_id` is the gateway instance that will settle the call (`register_instance`).
     """
     now = now or utcnow()
+    bears_probabilities = probability_bearing(endpoint, completion_tokens, max_new_tokens)
     grant, project = granted.grant, granted.project
     if completion_tokens > grant.max_tokens_per_request:
         raise RequestTooLarge(f"max_new_tokens x n = {completion_tokens} exceeds this grant's cap of "
@@ -105,9 +130,10 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
     if window.requests >= grant.requests_per_minute:
         raise RateLimited(f"rate limit: {grant.requests_per_minute} requests per minute for project {project.slug!r}",
                           retry_after=max(1, 60 - int(now.timestamp()) % 60))
-    if endpoint in LOGPROB_ENDPOINTS and day.logprob_calls >= grant.logprob_calls_per_day:
+    if bears_probabilities and day.logprob_calls >= grant.logprob_calls_per_day:
         raise DailyQuotaExhausted(f"this grant allows {grant.logprob_calls_per_day} probability-bearing calls "
-                             f"(score, next-token) per day; they are used up", retry_after=_seconds_to_midnight(now))
+                                  f"(score, next-token, one-token generate) per day; they are used up",
+                                  retry_after=_seconds_to_midnight(now))
     committed = account.tokens_used + account.tokens_reserved
     if committed + worst_case_tokens > grant.tokens_total:
         raise QuotaExhausted(f"token quota exhausted: {account.tokens_used} of {grant.tokens_total} used, "
@@ -118,13 +144,13 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
     window.requests += 1
     account.tokens_reserved += worst_case_tokens
     day.tokens_reserved += worst_case_tokens
-    if endpoint in LOGPROB_ENDPOINTS:
+    if bears_probabilities:
         day.logprob_calls += 1
     ticket = Ticket(id=secrets.token_hex(12), project_id=project.id, person_id=granted.person.id,
                     endpoint=endpoint, tokens_reserved=worst_case_tokens)
     session.add_all([window, account, day, Reservation(
         id=ticket.id, project_id=project.id, person_id=granted.person.id, endpoint=endpoint, day=day.day,
-        tokens_reserved=worst_case_tokens, created_at=now)])
+        tokens_reserved=worst_case_tokens, instance_id=instance_id, created_at=now)])
     session.flush()
     return ticket
 
@@ -178,26 +204,81 @@ def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRe
     return True
 
 
-def sweep_stale(session: Session, now: dt.datetime | None = None, older_than: dt.timedelta = STALE_AFTER) -> int:
-    """Charge the worst case for reservations whose gateway died before settling them: the tokens
-    may have been spent, and a charge must never be dropped."""
-    now = now or utcnow()
-    stale = session.exec(select(Reservation).where(Reservation.state == "open",
-                                                   Reservation.created_at < now - older_than)).all()
-    for reservation in stale:
-        account = _lock_account(session, reservation.project_id)
-        day = _get_or_create(session, UsageDay, (reservation.project_id, reservation.day),
-                             tokens_used=0, tokens_reserved=0, logprob_calls=0)
-        account.tokens_reserved -= reservation.tokens_reserved
-        account.tokens_used += reservation.tokens_reserved
-        day.tokens_reserved -= reservation.tokens_reserved
-        day.tokens_used += reservation.tokens_reserved
-        reservation.state, reservation.tokens_charged, reservation.settled_at = "expired", reservation.tokens_reserved, now
-        session.add_all([account, day, reservation])
-        audit.append(session, actor="system", action="model.charge_abandoned", subject=f"reservation:{reservation.id}",
-                     details={"tokens": reservation.tokens_reserved, "opened_at": iso(reservation.created_at)})
+def _expire(session: Session, reservation_id: str, project_id: int, now: dt.datetime, reason: str) -> bool:
+    """Charge an open reservation its worst case, exactly once: under the project's account lock,
+    re-read the row (another sweeper or the call's own settle may have got there first) and leave
+    it alone unless it is still open."""
+    account = _lock_account(session, project_id)
+    query = select(Reservation).where(Reservation.id == reservation_id).execution_options(populate_existing=True)
+    if is_postgres(session):
+        query = query.with_for_update()
+    reservation = session.exec(query).one_or_none()
+    if reservation is None or reservation.state != "open":
+        return False
+    day = _get_or_create(session, UsageDay, (reservation.project_id, reservation.day),
+                         tokens_used=0, tokens_reserved=0, logprob_calls=0)
+    account.tokens_reserved -= reservation.tokens_reserved
+    account.tokens_used += reservation.tokens_reserved
+    day.tokens_reserved -= reservation.tokens_reserved
+    day.tokens_used += reservation.tokens_reserved
+    reservation.state, reservation.tokens_charged, reservation.settled_at = "expired", reservation.tokens_reserved, now
+    session.add_all([account, day, reservation])
+    details = {"tokens": reservation.tokens_reserved, "opened_at": iso(reservation.created_at), "reason": reason}
+    if reservation.instance_id:
+        details["instance"] = reservation.instance_id
+    audit.append(session, actor="system", action="model.charge_abandoned", subject=f"reservation:{reservation.id}",
+                 details=details)
     session.flush()
-    return len(stale)
+    return True
+
+
+def _expire_all(session: Session, condition, now: dt.datetime, reason: str) -> int:
+    # In one order (project, then id) so that sweepers racing on PostgreSQL take the account locks
+    # in the same order and cannot deadlock.
+    rows = session.exec(select(Reservation.id, Reservation.project_id).where(Reservation.state == "open", condition)
+                        .order_by(Reservation.project_id, Reservation.id)).all()
+    return sum(_expire(session, rid, pid, now, reason) for rid, pid in rows)
+
+
+def sweep_stale(session: Session, now: dt.datetime | None = None, older_than: dt.timedelta = STALE_AFTER) -> int:
+    """Charge the worst case for reservations without a gateway instance (opened before instances
+    were recorded) that are older than `older_than`: their gateway died before settling them, the
+    tokens may have been spent, and a charge must never be dropped. Returns how many it settled."""
+    now = now or utcnow()
+    return _expire_all(session, Reservation.instance_id.is_(None) & (Reservation.created_at < now - older_than),
+                       now, "stale")
+
+
+def register_instance(session: Session, *, host: str | None = None, pid: int | None = None,
+                      now: dt.datetime | None = None) -> str:
+    """Record this gateway process as a live instance; returns its id, for `reserve` and `heartbeat`."""
+    now = now or utcnow()
+    instance = GatewayInstance(id=secrets.token_hex(12), host=(host or socket.gethostname())[:255],
+                               pid=os.getpid() if pid is None else pid, started_at=now, heartbeat_at=now)
+    session.add(instance)
+    session.flush()
+    return instance.id
+
+
+def heartbeat(session: Session, instance_id: str, now: dt.datetime | None = None) -> None:
+    """This instance is alive: its open reservations belong to calls still running."""
+    now = now or utcnow()
+    instance = session.get(GatewayInstance, instance_id)
+    if instance is None:  # removed by hand: come back rather than have our calls swept
+        instance = GatewayInstance(id=instance_id, host=socket.gethostname()[:255], pid=os.getpid(), started_at=now)
+    instance.heartbeat_at = now
+    session.add(instance)
+    session.flush()
+
+
+def sweep_dead(session: Session, dead_after: dt.timedelta, now: dt.datetime | None = None) -> int:
+    """Charge the worst case for the open reservations of gateway instances whose last heartbeat
+    is older than `dead_after`: the process died mid-call (what it had produced died with it), and
+    the grant must not stay locked. Safe to run in several gateways at once. Returns how many it
+    settled."""
+    now = now or utcnow()
+    dead = select(GatewayInstance.id).where(GatewayInstance.heartbeat_at < now - dead_after)
+    return _expire_all(session, Reservation.instance_id.in_(dead), now, "gateway instance stopped heartbeating")
 
 
 def usage(session: Session, granted: Access, now: dt.datetime | None = None) -> dict:
