@@ -21,7 +21,7 @@ SCHOLAR = "sam"
 PROJECT = "lab"
 
 
-def build_tiny_model(folder, n_embd: int = 64, n_positions: int = 128, seed: int = 0):
+def build_tiny_model(folder, n_embd: int = 64, n_positions: int = 128, seed: int = 0, sharpen: float = 20):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -31,9 +31,10 @@ def build_tiny_model(folder, n_embd: int = 64, n_positions: int = 128, seed: int
     config = GPT2Config(n_layer=2, n_head=2, n_embd=n_embd, n_positions=n_positions)
     model = GPT2LMHeadModel(config)
     # Random init gives near-uniform next-token distributions; sharpen them so sampling,
-    # top-k and rounding have something to bite on.
+    # top-k and rounding have something to bite on (20: one token takes almost all the mass; 8: a
+    # leading token and a long tail of small but non-zero probabilities).
     with torch.no_grad():
-        model.transformer.wte.weight.mul_(20)
+        model.transformer.wte.weight.mul_(sharpen)
     model.save_pretrained(folder)
     gpt2_tokenizer().save_pretrained(folder)
     return folder
@@ -64,7 +65,7 @@ class RunningGateway:
 
 @contextlib.contextmanager
 def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_queue: int = 64,
-          hub_api_url: str | None = None):
+          hub_api_url: str | None = None, sampling_secret_file=None):
     import uvicorn
 
     from enclave.gateway.app import create_app
@@ -82,7 +83,8 @@ def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_q
     engine = Engine(load_model(str(model_dir), device="cpu"), max_batch=max_batch, max_queue=max_queue)
     engine.start()
     settings = GatewaySettings(model_dir=str(model_dir), db_url=str(db.url.render_as_string(hide_password=False)),
-                               hub_api_url=hub_api_url)
+                               hub_api_url=hub_api_url,
+                               **({"sampling_secret_file": sampling_secret_file} if sampling_secret_file else {}))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
                                            log_level="warning"))

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from enclave.gateway.engine import ContextTooLong, Engine, QueueFull, SamplingParams, sample
+from enclave.gateway.engine import ContextTooLong, Engine, QueueFull, SamplingParams, derive_seed, sample
 from enclave.gateway.gpt2 import GPT2Forward
 from enclave.gateway.model import ModelLoadError, load_model
 
@@ -192,6 +192,47 @@ def test_n_samples_use_consecutive_seeds(loaded, gateway_engine):
     singles = [run(gateway_engine.generate(prompt, SamplingParams(max_new_tokens=12, seed=40 + i)))[0] for i in range(3)]
     assert [c.token_ids for c in many] == [c.token_ids for c in singles]
     assert len({tuple(c.token_ids) for c in many}) == 3
+
+
+def _sampled_tokens(engine, prompt, project: str = "", seeds=range(8)) -> list[list[int]]:
+    params = [SamplingParams(max_new_tokens=6, temperature=1.0, seed=seed) for seed in seeds]
+    return [run(engine.generate(prompt, p, project=project))[0].token_ids for p in params]
+
+
+def test_seeds_are_keyed_by_the_secret_the_project_and_the_prompt(loaded):
+    """A caller's seed reproduces a text within a project, but what the generator draws depends on
+    a secret the caller does not have, on the project and on the prompt."""
+    prompt = ids(loaded, PROMPTS[0])
+    secret, other_secret = b"k" * 32, b"j" * 32
+    engine = Engine(loaded, max_batch=8, max_queue=16, sampling_secret=secret)
+    engine.start()
+    try:
+        lab = _sampled_tokens(engine, prompt, "lab")
+        assert _sampled_tokens(engine, prompt, "lab") == lab  # same seed, prompt and project: same text
+        assert _sampled_tokens(engine, prompt, "other") != lab
+        engine.use_sampling_secret(other_secret)
+        assert _sampled_tokens(engine, prompt, "lab") != lab
+        engine.use_sampling_secret(secret)
+        assert _sampled_tokens(engine, prompt, "lab") == lab  # a kept secret keeps seeds reproducible
+        # Sequence i of a request runs with the derived seed, never the caller's number.
+        [completion] = run(engine.generate(prompt, SamplingParams(max_new_tokens=1, temperature=1.0, seed=5),
+                                           project="lab"))
+        keyed = torch.Generator().manual_seed(derive_seed(secret, "lab", 5, prompt))
+        with torch.inference_mode():
+            logits = loaded.model(torch.tensor([prompt])).logits[0, -1:]
+        assert sample(logits, [SamplingParams(temperature=1.0)], [keyed]) == completion.token_ids
+    finally:
+        engine.close()
+
+
+def test_derive_seed():
+    seed = derive_seed(b"s" * 32, "lab", 7, [1, 2, 3])
+    assert 0 <= seed < 2**63 and seed == derive_seed(b"s" * 32, "lab", 7, [1, 2, 3])
+    assert len({seed, derive_seed(b"t" * 32, "lab", 7, [1, 2, 3]), derive_seed(b"s" * 32, "lab2", 7, [1, 2, 3]),
+                derive_seed(b"s" * 32, "lab", 8, [1, 2, 3]), derive_seed(b"s" * 32, "lab", 7, [1, 2, 4]),
+                derive_seed(b"s" * 32, "lab", 7, [12, 3])}) == 6  # every input matters, without ambiguity
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Engine.use_sampling_secret(object.__new__(Engine), b"short")
 
 
 def test_length_and_stop_strings(loaded, gateway_engine):

@@ -1,10 +1,18 @@
 """Model stealing from the attacker's side (Carlini et al. 2024, "Stealing part of a production
 language model"): stack what the API returns for many prompts, take an SVD, and read the hidden
 size off the drop in singular values. Against raw logits the attack must succeed — so this test
-can fail — and against the gateway it must not."""
+can fail — and against the gateway it must not.
+
+Probability oracles: with a caller-chosen seed and inverse-CDF sampling in token order, one
+`generate` with `max_new_tokens=1` answers "is CDF(t) > u" for a u the caller can compute, so
+bisecting over seeds recovers probabilities far beyond the top 5. Against the old scheme (the
+engine's own `sample` with a generator seeded by the caller's seed) the attack must succeed, and
+against the gateway (draws keyed by a server secret) it must not. Single-token scores return only
+rounded numbers and count against the cap on probability-bearing calls."""
 
 from __future__ import annotations
 
+import math
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from enclave.gateway.engine import SamplingParams, sample
 from enclave.registry import people
 from enclave.registry.db import make_engine, session_scope, upgrade
 
@@ -99,8 +108,10 @@ def test_the_attack_fails_against_the_gateway(victim, tmp_path):
     index = {token: i for i, token in enumerate(columns)}
     rows = np.zeros((PROMPTS, len(columns)))
     for r, answer in enumerate(answers):
-        floor = np.log(min(answer.values())) - 1.0
-        for token, probability in answer.items():
+        # A probability that rounds to 0 says only "below the rounding": the attacker skips it.
+        revealed = {token: probability for token, probability in answer.items() if probability > 0}
+        floor = np.log(min(revealed.values())) - 1.0
+        for token, probability in revealed.items():
             rows[r, index[token]] = np.log(probability) - floor
     estimate, drop = estimate_hidden_size(rows)
     singular = singular_values(rows)
@@ -122,3 +133,174 @@ def test_probability_calls_run_out_long_before_full_vectors(tmp_path, victim):
         statuses = [c.post("/v1/score", json={"text": f"The answer is{tok}"}).status_code
                     for tok in [" a", " b", " c", " d", " e"] * 5]
     assert statuses[:20] == [200] * 20 and set(statuses[20:]) == {402}
+
+
+# -- probability oracles: seeded sampling and single-token scores ----------------------------------
+
+ORACLE_PROMPT = "The answer is"
+SEED_POOL = 2**18  # seeds whose first uniform draw the attacker precomputes (about 4e-6 apart)
+AGREEMENT_SEEDS = 200
+
+
+def first_uniform(seed: int) -> float:
+    """The number the old engine drew for a sequence seeded with `seed`: the attacker computes it."""
+    return torch.rand(1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).item()
+
+
+@pytest.fixture(scope="module")
+def oracle_victim(tmp_path_factory):
+    """A tiny model whose next-token distribution has a long tail of small probabilities, the
+    true distribution for the oracle prompt (the attack's yardstick, not known to the attacker),
+    and which token ids each single-token text can be."""
+    folder = build_tiny_model(tmp_path_factory.mktemp("oracle-victim"), n_embd=HIDDEN, n_positions=128, seed=3,
+                              sharpen=8)
+    from transformers import GPT2LMHeadModel
+
+    from enclave.demo.tokenizer import gpt2_tokenizer
+
+    tokenizer = gpt2_tokenizer()
+    model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True).eval()
+    with torch.inference_mode():
+        logits = model(torch.tensor([tokenizer.encode(ORACLE_PROMPT)])).logits[0, -1].float()
+    ids_of_text: dict[str, list[int]] = {}
+    for token_id in range(len(tokenizer)):
+        ids_of_text.setdefault(tokenizer.decode([token_id]), []).append(token_id)
+    return folder, logits, torch.softmax(logits.double(), dim=-1).numpy(), ids_of_text
+
+
+@pytest.fixture(scope="module")
+def seed_pool() -> tuple[np.ndarray, np.ndarray]:
+    """The attacker's table: seeds sorted by their first uniform draw under the old scheme."""
+    uniforms = np.array([first_uniform(seed) for seed in range(SEED_POOL)])
+    order = np.argsort(uniforms)
+    return order, uniforms[order]
+
+
+def bisect_cdf(draw, token: int, pool) -> float:
+    """The attacker's estimate of CDF(token) = P(id <= token): the smallest precomputed u whose
+    seed draws a later token, found by bisection over the pool (one call per step)."""
+    seeds, uniforms = pool
+    low, high = 0, len(seeds)  # seeds below `low` drew <= token, seeds from `high` on drew > token
+    while low < high:
+        middle = (low + high) // 2
+        if draw(int(seeds[middle])) > token:
+            high = middle
+        else:
+            low = middle + 1
+    below = uniforms[low - 1] if low > 0 else 0.0
+    above = uniforms[low] if low < len(uniforms) else 1.0
+    return (below + above) / 2
+
+
+def seed_bisection_attack(draw, token: int, pool) -> float:
+    """P(token) = CDF(token) - CDF(token - 1), each by bisection over seeds: about 36 calls."""
+    return bisect_cdf(draw, token, pool) - bisect_cdf(draw, token - 1, pool)
+
+
+def seed_agreement(draw, boundary: int, cdf_at_boundary: float) -> float:
+    """How often the attacker predicts "the draw is after `boundary`" right from the seed alone
+    (given the true CDF there, the most an attacker could know): 1.0 against the old scheme, about
+    0.5 (chance) when the draws cannot be predicted."""
+    seeds = random.Random(7).sample(range(SEED_POOL), AGREEMENT_SEEDS)
+    return sum((draw(seed) > boundary) == (first_uniform(seed) >= cdf_at_boundary) for seed in seeds) / len(seeds)
+
+
+def oracle_targets(probs: np.ndarray) -> tuple[int, float, int, float]:
+    """The token ranked 10th (far beyond the top 5 the API reveals) and its probability, and the
+    token id where the CDF in id order is closest to 1/2 with the CDF there."""
+    target = int(np.argsort(probs)[::-1][9])
+    cdf = np.cumsum(probs)
+    boundary = int(np.argmin(np.abs(cdf - 0.5)))
+    return target, float(probs[target]), boundary, float(cdf[boundary])
+
+
+def test_seed_bisection_recovers_probabilities_under_the_old_scheme(oracle_victim, seed_pool):
+    """The control: the engine's own sampling with a generator seeded by the caller's seed (the
+    gateway before sampling was keyed) answers the attacker's questions exactly."""
+    _, logits, probs, _ = oracle_victim
+    params = [SamplingParams(max_new_tokens=1, temperature=1.0)]
+
+    def draw(seed: int) -> int:
+        return sample(logits[None], params, [torch.Generator().manual_seed(seed)])[0]
+
+    target, truth, boundary, cdf_at_boundary = oracle_targets(probs)
+    assert truth < 0.005  # invisible in the API's top 5 at 3 decimals
+    estimate = seed_bisection_attack(draw, target, seed_pool)
+    assert abs(estimate - truth) < 2e-5 and abs(estimate - truth) / truth < 0.03, (estimate, truth)
+    assert seed_agreement(draw, boundary, cdf_at_boundary) > 0.98
+
+
+def test_seed_bisection_learns_nothing_from_the_gateway(oracle_victim, seed_pool, tmp_path):
+    folder, _, probs, ids_of_text = oracle_victim
+    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(db)
+    with session_scope(db) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    target, truth, boundary, cdf_at_boundary = oracle_targets(probs)
+    with serve(db, folder, sampling_secret_file=tmp_path / "sampling-secret") as gw, gw.client() as c:
+
+        def draw(seed: int) -> int:
+            reply = c.post("/v1/generate", json={"prompt": ORACLE_PROMPT, "max_new_tokens": 1, "temperature": 1.0,
+                                                 "seed": seed, "ignore_eos": True})
+            assert reply.status_code == 200, reply.text
+            return min(ids_of_text[reply.json()["choices"][0]["text"]])
+
+        assert [draw(seed) for seed in (11, 12, 13)] == [draw(seed) for seed in (11, 12, 13)]  # seeds still reproduce
+        estimate = seed_bisection_attack(draw, target, seed_pool)
+        agreement = seed_agreement(draw, boundary, cdf_at_boundary)
+    assert abs(estimate - truth) / truth > 0.5, (estimate, truth)
+    assert abs(agreement - 0.5) < 0.15, agreement
+
+
+def _single_token_score(c) -> dict:
+    reply = c.post("/v1/score", json={"text": " answer"})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_single_token_scores_return_rounded_numbers_only(tmp_path, victim):
+    """A one-token score is the cheapest probability oracle: every number in it is rounded to the
+    same 3 decimals, and the perplexity is derived from the rounded total, so it carries no digit
+    the total does not."""
+    folder, _, _, _ = victim
+    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(db)
+    with session_scope(db) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    with serve(db, folder) as gw, gw.client() as c:
+        scored = _single_token_score(c)
+        top = c.post("/v1/next-token", json={"prompt": ORACLE_PROMPT, "top_k": 5}).json()["top"]
+    [token] = scored["tokens"]
+    assert token["logprob"] == round(token["logprob"], 3) == scored["total_logprob"]
+    assert scored["perplexity"] == round(math.exp(-scored["total_logprob"]), 3)
+    assert all(entry["probability"] == round(entry["probability"], 3) for entry in top)
+    assert any(entry["probability"] == 0 for entry in top)  # this model's tail rounds away
+
+
+def test_single_token_scores_count_against_the_probability_cap(tmp_path, victim):
+    folder, _, _, _ = victim
+    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(db)
+    with session_scope(db) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    with serve(db, folder, grant={"logprob_calls_per_day": 3}) as gw, gw.client() as c:
+        statuses = [c.post("/v1/score", json={"text": " answer"}).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 402, 402]
+
+
+# DEPENDS ON another helper's change to src/enclave/gateway/quota.py (issue 11, item 8): a
+# `generate` that can make only one token counts as a probability-bearing call. Without it this
+# test fails; with it, the seed-bisection attack above is also capped.
+def test_one_token_generations_count_against_the_probability_cap(tmp_path, victim):
+    folder, _, _, _ = victim
+    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(db)
+    with session_scope(db) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    with serve(db, folder, grant={"logprob_calls_per_day": 3}) as gw, gw.client() as c:
+        statuses = [c.post("/v1/generate", json={"prompt": ORACLE_PROMPT, "max_new_tokens": 1, "seed": seed}).status_code
+                    for seed in range(5)]
+        longer = c.post("/v1/generate", json={"prompt": ORACLE_PROMPT, "max_new_tokens": 4, "seed": 9}).status_code
+        scored = c.post("/v1/score", json={"text": " answer"}).status_code
+    assert statuses == [200, 200, 200, 402, 402]
+    assert longer == 200 and scored == 402  # the cap is shared with scores; longer texts are not capped by it

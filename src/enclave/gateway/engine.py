@@ -8,7 +8,12 @@ therefore joins and leaves the batch at token granularity instead of waiting for
 
 Determinism: each sequence samples with its own `torch.Generator`, drawing exactly one uniform
 number per sampled token, and picks the token by inverse CDF over float64 probabilities of its own
-row, so sampling never reads another row. On CPU the forward is batch-invariant too (see
+row, so sampling never reads another row. A caller's seed is never the generator's seed: that
+would let the caller compute the uniform number and read "is CDF(t) > u" off a one-token answer,
+bisecting over seeds to probabilities far beyond what the API returns. The generator's seed is an
+HMAC, under the engine's sampling secret, of the project, the caller's seed (+ the sample's index)
+and the prompt (`derive_seed`): the same seed and prompt give the same text within a project, and
+the caller cannot predict a draw. On CPU the forward is batch-invariant too (see
 `GPT2Forward`): the same prompt, seed and parameters give the same tokens whatever else is in the
 batch, bit for bit. On CUDA (bf16) kernels differ with batch shape, so a near-tie can flip.
 
@@ -20,6 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import hmac
+import json
 import math
 import secrets
 import threading
@@ -40,6 +48,7 @@ MAX_TOP_TOKENS = 5
 # take a few hundred milliseconds; on a GPU the step is mostly launch overhead until far more.
 PREFILL_TOKENS_PER_STEP = {"cpu": 512, "cuda": 16384}
 RETRY_AFTER_BOUNDS_S = (1, 60)
+SAMPLING_SECRET_BYTES = 32
 
 
 class QueueFull(Unavailable):
@@ -113,12 +122,20 @@ class _Request:
             pass
 
 
+def derive_seed(secret: bytes, project: str, seed: int, prompt_ids: list[int]) -> int:
+    """The generator's seed for a caller's `seed` (already plus the sample's index): 63 bits of
+    HMAC-SHA256 under the sampling secret over (project, seed, prompt token ids), encoded without
+    ambiguity. Without the secret the caller cannot compute it, so a draw cannot be predicted."""
+    message = json.dumps(["enclave-sampling-v1", project, seed, prompt_ids], separators=(",", ":")).encode("utf-8")
+    return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:8], "big") >> 1
+
+
 class _Generation(_Request):
-    def __init__(self, loop, prompt_ids: list[int], params: SamplingParams, n: int, seed: int):
+    def __init__(self, loop, prompt_ids: list[int], params: SamplingParams, seeds: list[int]):
         super().__init__(loop)
         self.prompt_ids, self.params = prompt_ids, params
-        self.sequences = [_Sequence(self, i, seed + i) for i in range(n)]
-        self.unfinished = n
+        self.sequences = [_Sequence(self, i, seed) for i, seed in enumerate(seeds)]
+        self.unfinished = len(seeds)
 
 
 class _Job(_Request):
@@ -152,9 +169,14 @@ class _Sequence:
 
 class Engine:
     def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, max_queue: int = 256,
-                 kernel_settings: CpuKernelSettings = CpuKernelSettings()):
+                 kernel_settings: CpuKernelSettings = CpuKernelSettings(), sampling_secret: bytes | None = None):
+        """`sampling_secret` keys the seeds (`derive_seed`); None: a random one, so seeded outputs
+        reproduce only until the engine is made again (the app installs the service's kept secret
+        with `use_sampling_secret`)."""
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
+        self.use_sampling_secret(sampling_secret if sampling_secret is not None
+                                 else secrets.token_bytes(SAMPLING_SECRET_BYTES))
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.context_length = int(loaded.config.n_positions)
@@ -196,6 +218,12 @@ class Engine:
             request.resolve(error=gone)
         self._waiting.clear(), self._jobs.clear(), self._running.clear()
 
+    def use_sampling_secret(self, secret: bytes) -> None:
+        """Key the seeds of later generations with `secret` (at least 32 bytes)."""
+        if len(secret) < SAMPLING_SECRET_BYTES:
+            raise ValueError(f"the sampling secret must be at least {SAMPLING_SECRET_BYTES} bytes")
+        self._sampling_secret = bytes(secret)
+
     def model_info(self) -> dict:
         return self.loaded.model_info()
 
@@ -206,8 +234,10 @@ class Engine:
 
     # -- the API --------------------------------------------------------------------------------
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> list[Completion]:
-        """n completions of one prompt, with seeds seed, seed+1, ... Cancelling the awaiting task
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, n: int = 1,
+                       project: str = "") -> list[Completion]:
+        """n completions of one prompt, with seeds seed, seed+1, ..., each keyed with the project
+        and the prompt (`derive_seed`); with no seed, random ones. Cancelling the awaiting task
         drops its sequences at the next iteration."""
         self._check_ids(prompt_ids)
         if n < 1:
@@ -215,8 +245,11 @@ class Engine:
         if len(prompt_ids) + params.max_new_tokens > self.context_length:
             raise ContextTooLong(f"{len(prompt_ids)} prompt tokens + {params.max_new_tokens} new tokens "
                                  f"exceed the context of {self.context_length}")
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        request = _Generation(asyncio.get_running_loop(), list(prompt_ids), params, n, seed)
+        if params.seed is None:
+            seeds = [secrets.randbits(63) for _ in range(n)]
+        else:
+            seeds = [derive_seed(self._sampling_secret, project, params.seed + i, list(prompt_ids)) for i in range(n)]
+        request = _Generation(asyncio.get_running_loop(), list(prompt_ids), params, seeds)
         self._enqueue(request.sequences, n)
         return await self._wait(request)
 

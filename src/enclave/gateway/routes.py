@@ -2,10 +2,12 @@
 (generate, score, next-token).
 
 Nothing here returns hidden states, embeddings, full logit vectors, gradients or weights, and there
-is no logit bias: the only probabilities that leave are the top <= 5 next tokens, rounded, and the
-log-probabilities of a text's own tokens, both under a per-grant cap on such calls. Limits that
-depend on the model (its context) are checked before the caller is admitted, so a call that cannot
-run is never charged.
+is no logit bias: the only probabilities that leave are the top <= 5 next tokens and the
+log-probabilities of a text's own tokens, both under a per-grant cap on such calls, and every such
+number is rounded the same way (`rounded`). A caller's seed reaches the engine together with the
+project, and the engine keys it with its secret, so a one-token generation cannot be read as an
+answer to "is CDF(t) > u" for a u the caller computed. Limits that depend on the model (its
+context) are checked before the caller is admitted, so a call that cannot run is never charged.
 """
 
 from __future__ import annotations
@@ -19,13 +21,10 @@ from enclave.gateway import quota
 from enclave.gateway.deps import GatewayState, MeteredCall, get_access, get_engine, get_metered_call, get_state
 from enclave.gateway.engine import ContextTooLong, Engine, SamplingParams
 from enclave.gateway.schemas import (
-    Choice, GenerateRequest, GenerateResponse, ModelInfo, NextTokenRequest, NextTokenResponse, ScoreRequest,
-    ScoreResponse, TokenLogprob, TokenProbability, Usage,
+    LOGPROB_DECIMALS, Choice, GenerateRequest, GenerateResponse, ModelInfo, NextTokenRequest, NextTokenResponse,
+    ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
 )
 from enclave.registry.access import Access
-
-PROBABILITY_DIGITS = 3  # significant digits of returned probabilities
-LOGPROB_DECIMALS = 3
 
 router = APIRouter()
 
@@ -36,14 +35,20 @@ class InvalidRequest(BadInput):
     code = "invalid_request"
 
 
-def _round_sig(value: float, digits: int = PROBABILITY_DIGITS) -> float:
-    return float(f"{value:.{digits}g}")
+def rounded(value: float) -> float:
+    """The one rounding of every probability-bearing number returned: LOGPROB_DECIMALS decimals."""
+    return round(float(value), LOGPROB_DECIMALS)
 
 
 def _check_context(prompt_tokens: int, new_tokens: int, context: int) -> None:
     if prompt_tokens + new_tokens > context:
         raise ContextTooLong(f"the prompt is {prompt_tokens} tokens; with max_new_tokens {new_tokens} that exceeds "
                              f"the model's context of {context} tokens")
+
+
+async def _access(metered: MeteredCall) -> Access:
+    """The registry's decision for a metered call's credentials (`get_access`)."""
+    return await get_access(state=metered.state, credentials=metered.credentials)
 
 
 @router.get("/healthz", include_in_schema=False)
@@ -73,8 +78,12 @@ async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
 
+    # The project the seed is keyed with: the registry's decision for these credentials, the same
+    # one the admission below makes. Only a seeded call needs it (unseeded draws are random).
+    project = "" if body.seed is None else (await _access(metered)).project.slug
+
     async def run():
-        completions = await engine.generate(ids, params, n=body.n)
+        completions = await engine.generate(ids, params, n=body.n, project=project)
         return completions, [c.text for c in completions], sum(len(c.token_ids) for c in completions)
 
     call_id, completions, completion_tokens = await metered(
@@ -99,13 +108,14 @@ async def score(body: ScoreRequest, engine: Engine = Depends(get_engine),
         return await engine.score(ids), [], 0
 
     call_id, logprobs, _ = await metered("score", body.text, len(ids) - 1, len(ids) - 1, run)
-    total = float(sum(logprobs))
+    total = rounded(sum(logprobs))
     return ScoreResponse(
         id=call_id,
-        tokens=[TokenLogprob(token=tokenizer.decode([t]), logprob=round(lp, LOGPROB_DECIMALS))
-                for t, lp in zip(ids[1:], logprobs)],
-        total_logprob=round(total, LOGPROB_DECIMALS),
-        perplexity=_round_sig(math.exp(-total / len(logprobs)), 6),
+        tokens=[TokenLogprob(token=tokenizer.decode([t]), logprob=rounded(lp)) for t, lp in zip(ids[1:], logprobs)],
+        total_logprob=total,
+        # From the rounded total, so the perplexity carries no digit of the log-probabilities that
+        # the total does not.
+        perplexity=rounded(math.exp(-total / len(logprobs))),
         usage=Usage(prompt_tokens=len(ids) - 1, completion_tokens=0, total_tokens=len(ids) - 1))
 
 
@@ -121,5 +131,5 @@ async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine
     call_id, top, _ = await metered("next-token", body.prompt, len(ids), len(ids), run)
     return NextTokenResponse(
         id=call_id,
-        top=[TokenProbability(token=engine.tokenizer.decode([t]), probability=_round_sig(p)) for t, p in top],
+        top=[TokenProbability(token=engine.tokenizer.decode([t]), probability=rounded(p)) for t, p in top],
         usage=Usage(prompt_tokens=len(ids), completion_tokens=0, total_tokens=len(ids)))

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_PROMPT_CHARS = 200_000
 MAX_N = 8
 MAX_NEXT_TOKEN_K = 5  # never more: more returned probabilities make logit reconstruction cheaper
+# Every probability-bearing number returned (log-probabilities, their total, perplexity, next-token
+# probabilities) is rounded to this many decimals, the same way (`enclave.gateway.routes.rounded`).
+LOGPROB_DECIMALS = 3
+_ROUNDED = f"rounded to {LOGPROB_DECIMALS} decimals"
 
 
 class Strict(BaseModel):
@@ -22,7 +26,9 @@ class GenerateRequest(Strict):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     top_k: int = Field(default=0, ge=0, le=1000, description="Sample from the k most likely tokens; 0 = off.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Same seed and prompt, same output.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description=(
+        "Same seed and prompt, same output, within a project. The seed is keyed with a server secret, "
+        "the project and the prompt, so it does not determine the random draws by itself."))
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=4, description="Stop before any of these strings (at most 4).")
     n: int = Field(default=1, ge=1, le=MAX_N, description="Number of samples.")
@@ -53,14 +59,14 @@ class ScoreRequest(Strict):
 
 class TokenLogprob(BaseModel):
     token: str
-    logprob: float
+    logprob: float = Field(description=f"ln P(token | the text before it), {_ROUNDED}.")
 
 
 class ScoreResponse(BaseModel):
     id: str
     tokens: list[TokenLogprob]
-    total_logprob: float
-    perplexity: float
+    total_logprob: float = Field(description=f"The sum of the tokens' log-probabilities, {_ROUNDED}.")
+    perplexity: float = Field(description=f"exp(-total_logprob / tokens) of the rounded total, {_ROUNDED}.")
     usage: Usage
 
 
@@ -71,7 +77,7 @@ class NextTokenRequest(Strict):
 
 class TokenProbability(BaseModel):
     token: str
-    probability: float
+    probability: float = Field(description=f"P(token | prompt), {_ROUNDED} (so a small one can be 0).")
 
 
 class NextTokenResponse(BaseModel):

@@ -10,15 +10,19 @@ the services it manages); everything below is handed the values.
   heartbeats and sweeps, and how long a silent instance has before its open reservations are
   settled at their worst case (seconds; defaults 5 and 30);
 - ENCLAVE_CPU_KERNELS=0 turns our compiled CPU kernels off; CXX names the compiler that builds them
-  (default g++, else c++); they are kept in kernels/ of the enclave cache (ENCLAVE_CACHE_DIR).
+  (default g++, else c++); they are kept in kernels/ of the enclave cache (ENCLAVE_CACHE_DIR);
+- ENCLAVE_GATEWAY_SEED_SECRET_FILE: the 32-byte secret that keys sampling seeds, so a caller's seed
+  reproduces a text without letting the caller predict the draws (default
+  <ENCLAVE_HOME>/gateway/sampling-secret, created 0600 on first start).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
-from enclave.envsettings import cache_dir, database_url, env_int, env_str
+from enclave.envsettings import cache_dir, database_url, enclave_home, env_int, env_str
 from enclave.errors import SettingsError
 
 __all__ = ["CpuKernelSettings", "GatewaySettings", "SettingsError", "keep_hub_offline"]
@@ -45,6 +49,9 @@ class GatewaySettings:
     heartbeat_s: int = 5
     dead_after_s: int = 30
     kernels: CpuKernelSettings = CpuKernelSettings()
+    # The file that keeps the sampling secret; None: a fresh random secret each start (tests), so a
+    # seed reproduces its text only until the gateway restarts.
+    sampling_secret_file: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> "GatewaySettings":
@@ -65,6 +72,8 @@ class GatewaySettings:
             dead_after_s=env_int("ENCLAVE_GATEWAY_DEAD_AFTER_S", 30),
             kernels=CpuKernelSettings(enabled=env_str("ENCLAVE_CPU_KERNELS", "1") != "0", compiler=env_str("CXX"),
                                       cache=str(cache_dir("kernels"))),
+            sampling_secret_file=Path(env_str("ENCLAVE_GATEWAY_SEED_SECRET_FILE")
+                                      or enclave_home() / "gateway" / "sampling-secret"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         keep_hub_offline()
