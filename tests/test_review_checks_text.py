@@ -295,6 +295,21 @@ def test_a_name_alone_one_value_or_a_common_combination_does_not_block(crowd_pro
         assert not of(scan({"out.txt": text + "\n"}, protected=protected), "record_linkage"), text
 
 
+def test_each_record_is_reported_once_on_its_own_line(tmp_path):
+    """Two rendered records that share an income: each is one finding spanning its own whole line,
+    not a match that borrows the neighbour's income, plus a stray one for the rest of the line."""
+    path = people_csv(tmp_path, n=CROWD, columns=["name", "dob", "sex", "zip", "occupation", "income"])
+    protected = [ProtectedSource.from_path(path, name="people", quasi_identifiers=[])]
+    by_income: dict[int, list[data.Person]] = {}
+    for p in crowd():
+        by_income.setdefault(p.income, []).append(p)
+    a, b = next(group for group in by_income.values() if len(group) >= 2)[:2]
+    text = f"{data.render_record(a)}\n{data.render_record(b)}\n"
+    found = of(scan({"out.txt": text}, protected=protected), "record_linkage", "block")
+    assert [(f.evidence["record"]["name"], f.evidence["line"], len(f.evidence["matched"])) for f in found] == [
+        (a.name, 1, 6), (b.name, 2, 6)]
+
+
 def test_a_person_listed_once_per_visit_is_still_one_person(tmp_path):
     """Six rows of one patient (a visit per row) must not make a name with a date of birth look like
     a group of six; headers are matched in any case and spacing ("Full Name" is full_name)."""

@@ -1,8 +1,12 @@
-"""Record linkage: does an export hold several quasi-identifiers of one protected record?
+"""Record linkage: do values of an export single out one record of a protected dataset?
 
 Sweeney showed that ZIP code, date of birth and sex single out most Americans; a name with a date
 of birth does so outright. So the question is not whether a value of a protected dataset appears
-(the value "F" appears everywhere) but whether enough values *of one record* appear close together.
+(the value "F" appears everywhere) but whether values *of one record* appear close together that
+fewer than k records of the dataset share (k-anonymity's equivalence class): a direct identifier
+(a name, by the policy's column names) with any other value of the record, or at least
+`min_values` quasi-identifiers. A name alone, one quasi-identifier, or values that k records share
+do not single anyone out.
 
 Values are compared in the folded view (`textfold`), so case, spacing, punctuation and look-alike
 characters do not matter; dates are compared as calendar dates, whatever their format
@@ -11,9 +15,10 @@ Values shared by many records (sex, a common ZIP code) never start a match, they
 found through a rarer value, so the work stays proportional to the rare values found.
 
 "Close together" means within `window` characters for the policy's combinations (name + date of
-birth stays a disclosure when a line break is put between them), and additionally on one line for
-the any-`min_values` rule, whose weaker values (sex, occupation, income) would otherwise add up
-across the rows of a table to a person who is in none of them.
+birth stays a disclosure when a line break is put between them) and for a direct identifier with
+a value few records share; every other combination must be on one line, because weak values (sex,
+occupation, income) would otherwise add up across the rows of a table to a person who is in none
+of them.
 """
 from __future__ import annotations
 
