@@ -471,3 +471,19 @@ def test_a_scan_without_a_cache_directory_writes_nothing(tmp_path):
     index = context.build_text_index([ProtectedSource.from_path(source)], 32, 8, ScanCache())
     assert index.query(SECRET, 40)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_name_column_left_out_of_a_registered_dataset_still_links(tmp_path):
+    """The pipeline indexes a dataset's name column even when it was registered with other
+    quasi-identifiers only: a name with a date of birth still singles a person out."""
+    from enclave.review.scan import DEFAULT_POLICY, ExportFile, ScanContext, load_policy, scan_files
+
+    rows = ["name,dob,zip,sex"] + [f"Person{i} Smith,19{50 + i % 40}-0{1 + i % 9}-1{i % 9},{10000 + i},{'MF'[i % 2]}"
+                                   for i in range(200)]
+    (tmp_path / "people.csv").write_text("\n".join(rows) + "\n")
+    context = ScanContext(protected=[ProtectedSource("people", tmp_path / "people.csv", None, ("dob", "sex"))])
+    policy = load_policy(DEFAULT_POLICY)
+    leak = scan_files([ExportFile("note.txt", b"We met Person7 Smith, born 1957-08-17, at the clinic.\n")], policy, context)
+    assert [f.severity.value for f in leak.findings if f.check == "record_linkage"] == ["block"]
+    control = scan_files([ExportFile("note.txt", b"We met Person7 Smith at the clinic.\n")], policy, context)
+    assert not [f for f in control.findings if f.check == "record_linkage"]

@@ -187,6 +187,9 @@ class Env:
     @functools.cached_property
     def record_indexes(self) -> list[RecordIndex]:
         out = []
+        # A name column is indexed even when whoever registered the dataset left it out of its
+        # quasi-identifiers: a name with one more value singles a person out.
+        direct = tuple(self.policy.linkage.direct_identifier_columns)
         for source in self.context.protected:
             if source.quasi_identifiers is None:
                 continue
@@ -195,9 +198,9 @@ class Env:
                     continue
                 try:
                     st = path.stat()
-                    key = (str(path), st.st_size, st.st_mtime_ns, source.quasi_identifiers, source.name)
+                    key = (str(path), st.st_size, st.st_mtime_ns, source.quasi_identifiers, source.name, direct)
                     index = self.context.cache.record_indexes.get_or_build(
-                        key, lambda p=path, s=source: RecordIndex.from_csv(s.name, p, s.quasi_identifiers or ()))
+                        key, lambda p=path, s=source: RecordIndex.from_csv(s.name, p, s.quasi_identifiers or (), direct))
                     if index.columns:  # a file of a dataset folder without the dataset's QI columns
                         out.append(index)
                 except (OSError, UnicodeError, ValueError) as exc:
