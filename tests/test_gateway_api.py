@@ -298,3 +298,30 @@ def test_a_full_size_gpt2_directory_serves(tmp_path, full_size_model_dir):
         assert generated.status_code == 200 and generated.json()["usage"]["completion_tokens"] >= 1
         assert c.post("/v1/score", json={"text": "The enclave"}).status_code == 200
         assert len(c.post("/v1/next-token", json={"prompt": "The", "top_k": 5}).json()["top"]) == 5
+
+
+def test_the_sampling_secret_file_comes_from_the_environment(monkeypatch, tmp_path):
+    from enclave.gateway.settings import GatewaySettings
+
+    monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ENCLAVE_GATEWAY_SEED_SECRET_FILE", raising=False)
+    default = GatewaySettings.from_env(model_dir="unused").sampling_secret_file
+    assert default == (tmp_path / "home" / "gateway" / "sampling-secret").resolve()
+    monkeypatch.setenv("ENCLAVE_GATEWAY_SEED_SECRET_FILE", str(tmp_path / "elsewhere"))
+    assert GatewaySettings.from_env(model_dir="unused").sampling_secret_file == tmp_path / "elsewhere"
+
+
+def test_a_short_sampling_secret_is_a_clear_start_up_error(tmp_path, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from enclave.errors import SettingsError
+    from enclave.gateway.app import create_app
+    from enclave.gateway.settings import GatewaySettings
+
+    (tmp_path / "secret").write_bytes(b"too short")
+    _fresh_registry(tmp_path / "enclave.db")
+    settings = GatewaySettings(model_dir=str(tiny_model_dir), db_url=f"sqlite:///{tmp_path / 'enclave.db'}",
+                               sampling_secret_file=tmp_path / "secret")
+    with pytest.raises(SettingsError, match="sampling secret .* shorter than 32 bytes"):
+        with TestClient(create_app(settings)):
+            pass
