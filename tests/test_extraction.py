@@ -302,5 +302,8 @@ def test_one_token_generations_count_against_the_probability_cap(tmp_path, victi
                     for seed in range(5)]
         longer = c.post("/v1/generate", json={"prompt": ORACLE_PROMPT, "max_new_tokens": 4, "seed": 9}).status_code
         scored = c.post("/v1/score", json={"text": " answer"}).status_code
+        # n one-token samples are n answers of the oracle, not a longer text.
+        several = c.post("/v1/generate", json={"prompt": ORACLE_PROMPT, "max_new_tokens": 1, "n": 4}).status_code
     assert statuses == [200, 200, 200, 402, 402]
+    assert several == 402
     assert longer == 200 and scored == 402  # the cap is shared with scores; longer texts are not capped by it

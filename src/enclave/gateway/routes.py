@@ -88,7 +88,7 @@ async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
 
     call_id, completions, completion_tokens = await metered(
         "generate", body.prompt, len(ids), len(ids) + body.max_new_tokens * body.n, run,
-        completion_cap=body.max_new_tokens * body.n)
+        completion_cap=body.max_new_tokens * body.n, max_new_tokens=body.max_new_tokens)
     return GenerateResponse(
         id=call_id,
         choices=[Choice(text=c.text, finish_reason=c.finish_reason, tokens=len(c.token_ids)) for c in completions],
