@@ -309,3 +309,67 @@ def test_a_leftover_of_ours_on_a_port_is_stopped_at_the_next_start(tmp_path, mod
         with contextlib.suppress(subprocess.TimeoutExpired):
             stack.cli.wait(timeout=30)
         cleanup(stack)
+
+
+@pytest.mark.docker
+def test_a_hard_stop_stops_the_notebook_containers_at_once(docker_client):
+    """What a hub stopped hard after Ctrl-C leaves running: the enclave network's notebook
+    containers (labelled by the spawner) stop together, each within a second even when it ignores
+    SIGTERM; a container on the network without the label is not ours to stop."""
+    import uuid
+
+    from enclave.hub.launch import stop_notebook_containers
+
+    base = next((t for image in docker_client.images.list() for t in image.tags if t.startswith("enclave-base:")), None)
+    if base is None:
+        pytest.skip("no enclave-base image built on this engine")
+    name = f"enclave-stop-{uuid.uuid4().hex[:6]}"
+    network = docker_client.networks.create(name, driver="bridge", internal=True)
+    started = []
+    try:
+        for i in range(3):
+            started.append(docker_client.containers.run(base, ["sleep", "600"], detach=True, network=name, auto_remove=True,
+                                                        labels={"enclave.user": f"s{i}"}, name=f"{name}-nb{i}"))
+        other = docker_client.containers.run(base, ["sleep", "600"], detach=True, network=name, auto_remove=True,
+                                             name=f"{name}-other")
+        started.append(other)
+        t0 = time.monotonic()
+        stopped = stop_notebook_containers(name, timeout=1)
+        took = time.monotonic() - t0
+        assert sorted(stopped) == [f"{name}-nb{i}" for i in range(3)]
+        assert took < 6, f"stopping took {took:.1f} s"
+        running = [c.name for c in docker_client.containers.list(filters={"network": name})]
+        assert running == [f"{name}-other"]
+    finally:
+        for container in started:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+        network.remove()
+
+
+def test_a_second_start_over_a_running_enclave_is_refused_and_harms_nothing(tmp_path, model_dir):
+    """A running stack is not a leftover: a second `serve hub` on the same state directory says so
+    (exit 2, one line) and leaves the first one serving."""
+    first = launch(tmp_path, model_dir)
+    seen: set[int] = set()
+    try:
+        wait_up(first)
+        seen = set(processes_of(first))
+        second = launch(tmp_path, model_dir)  # same home, same ports
+        try:
+            assert second.cli.wait(timeout=60) == 2
+            errors = [line for line in second.log().splitlines() if line.startswith("enclave: ")]
+            assert len(errors) == 1 and "already running" in errors[0], second.log()[-2000:]
+        finally:  # its CLI only: the processes of the same home are the first stack's
+            if second.cli.poll() is None:
+                os.killpg(second.cli.pid, signal.SIGKILL)
+                second.cli.wait()
+        assert first.cli.poll() is None
+        assert all(_alive(pid) for pid in seen), "the second start stopped part of the first"
+        assert httpx.get(f"http://127.0.0.1:{first.ports['public']}/hub/api/", timeout=5).status_code == 200
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.cli.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            first.cli.wait(timeout=30)
+        cleanup(first, seen)

@@ -248,6 +248,31 @@ def stop_processes(pids: Iterable[int], grace: float = 3.0) -> None:
                 pass
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def refuse_if_running(state_dir: Path) -> None:
+    """A hub of this stack still run by a live launcher is not a leftover: refuse to start a
+    second one over it (rather than stop the first)."""
+    hub, launcher = _read_pid(state_dir / "jupyterhub.pid"), _read_pid(state_dir / "launcher.pid")
+    if hub is None or launcher is None or not _alive(hub) or not _alive(launcher):
+        return
+    if _environ(hub).get(STACK_MARK) == stack_id(state_dir) and _ppid(hub) == launcher:
+        raise HubLaunchError(f"this enclave is already running (hub pid {hub}, started by pid {launcher}, state in "
+                             f"{state_dir}); stop it first (Ctrl-C where it runs)")
+
+
 def stop_leftovers(state_dir: Path, progress: Callable[[str], None] = lambda line: None, grace: float = 3.0) -> list[str]:
     """Stop what an earlier run of this stack left running (its proxy by pid file; any process
     with the stack's mark); returns what was stopped, as "name (pid N)"."""
@@ -301,11 +326,9 @@ def _bindable(host: str, port: int) -> bool | None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return None
-            raise HubLaunchError(f"cannot use {host}:{port}: {exc.strerror}") from None
+            # Anything but "in use" (an address not on this machine, a name, a privileged port)
+            # is not ours to judge here: the hub's own start reports it.
+            return False if exc.errno == errno.EADDRINUSE else None
     return True
 
 
@@ -373,7 +396,34 @@ def reset_passwords(engine: Engine, usernames: Iterable[str]) -> dict[str, str]:
         return {username: set_password(session, actor, username) for username in usernames}
 
 
-STOP_GRACE_S = 6.0  # the hub's own clean stop; then a hard one (its tethered services follow at once)
+STOP_GRACE_S = 5.0  # the hub's own clean stop; then a hard one (its tethered services follow at once)
+
+
+def stop_notebook_containers(network_name: str, timeout: int = 1) -> list[str]:
+    """Stop, all at once, the notebook containers on the enclave network (what a hub stopped hard
+    leaves running; DockerSpawner would stop them one at a time, 10 s each). Each gets SIGTERM and
+    `timeout` seconds; they were started with auto-remove, and their work volumes stay. Returns
+    their names."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = docker_client(timeout=timeout + 20)
+    try:
+        containers = client.containers.list(filters={"network": network_name, "label": "enclave.user"})
+        if containers:
+            with ThreadPoolExecutor(max_workers=min(len(containers), 16)) as pool:
+                list(pool.map(lambda c: _stop_quietly(c, timeout), containers))
+        return [c.name for c in containers]
+    finally:
+        client.close()
+
+
+def _stop_quietly(container, timeout: int) -> None:
+    import docker.errors
+
+    try:
+        container.stop(timeout=timeout)
+    except docker.errors.NotFound:  # gone already (auto-removed)
+        pass
 
 
 def wait_for_hub(hub: subprocess.Popen, grace: float = STOP_GRACE_S) -> tuple[int, bool]:
@@ -409,6 +459,7 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
                                   model_dir=model_dir)
     settings.review_command = review_command(settings)
     state_dir = Path(settings.state_dir)
+    refuse_if_running(state_dir)
     stop_leftovers(state_dir, progress)
     check_ports(settings, progress)  # before the image build, which can take minutes
     image_id = None
@@ -422,6 +473,7 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
                                     "mode with no isolation (never for real data)") from None
         check_ports(settings, progress)  # the bridge address exists now
     hub = start_hub(hub_environment(settings, image_id), state_dir)
+    (state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
     progress(f"hub: {settings.public_url}  (model gateway for notebooks: "
              f"http://{settings.service_ip}:{settings.gateway_port}/v1/)")
     for username, password in (logins or {}).items():
@@ -429,7 +481,18 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
     try:
         code, asked = wait_for_hub(hub)
     finally:
-        stop_leftovers(state_dir, progress, grace=2.0)
+        stop_leftovers(state_dir, progress, grace=1.5)
+        (state_dir / "launcher.pid").unlink(missing_ok=True)
+    if asked and code == -signal.SIGKILL and not unisolated:
+        # A deliberate stop that the hub did not finish: its notebooks too (a hub that died on
+        # its own leaves them to the warden at the next start).
+        try:
+            stopped = stop_notebook_containers(settings.network_name)
+        except Exception as exc:  # the engine gone as well: nothing more to do here
+            progress(f"could not stop notebook containers: {exc}")
+        else:
+            if stopped:
+                progress(f"stopped notebook containers: {', '.join(stopped)}")
     if asked and code in (0, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
         return
     if code == -signal.SIGKILL:
