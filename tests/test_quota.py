@@ -17,6 +17,7 @@ from enclave.registry.db import session_scope
 from enclave.registry.models import ModelCall, Reservation, UsageDay, UsageTotal
 from enclave.web.errors import refusal
 
+from tests.gateway_fixtures import serve, tiny_model_dir  # noqa: F401  (fixture)
 from tests.helpers import OPERATOR, approved_project
 
 
@@ -187,3 +188,16 @@ def test_one_token_samples_are_probability_bearing_whatever_their_number(engine)
         quota.reserve(s, access.resolve(s, "sam", "metered"), "generate", 8, completion_tokens=4, max_new_tokens=1)
     with session_scope(engine) as s:  # two tokens each, two samples: an ordinary generation
         quota.reserve(s, access.resolve(s, "sam", "metered"), "generate", 8, completion_tokens=4, max_new_tokens=2)
+
+
+def test_one_token_generate_through_the_gateway_uses_up_the_probability_cap(engine, tiny_model_dir):  # noqa: F811
+    """The same attack over HTTP: seeded one-token generations are refused once the day's
+    probability-bearing calls are spent, and they spend the allowance score needs too."""
+    with serve(engine, tiny_model_dir, grant={"logprob_calls_per_day": 2}) as gw, gw.client() as c:
+        for seed in (1, 2):
+            assert c.post("/v1/generate", json={"prompt": "The", "max_new_tokens": 1, "seed": seed}).status_code == 200
+        for path, body in [("/v1/generate", {"prompt": "The", "max_new_tokens": 1, "seed": 3}),
+                           ("/v1/score", {"text": "The end"})]:
+            refused = c.post(path, json=body)
+            assert refused.status_code == 402 and "probability-bearing" in refused.json()["message"], refused.text
+        assert c.post("/v1/generate", json={"prompt": "The", "max_new_tokens": 3, "seed": 4}).status_code == 200
