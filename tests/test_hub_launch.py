@@ -130,7 +130,7 @@ def _default_signals():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def launch(tmp_path: Path, model_dir: Path, ports: dict[str, int] | None = None) -> Launched:
+def launch(tmp_path: Path, model_dir: Path, ports: dict[str, int] | None = None, extra_env: dict | None = None) -> Launched:
     home = tmp_path / "home"
     db_url = f"sqlite:///{tmp_path / 'enclave.db'}"
     if not (tmp_path / "enclave.db").exists():
@@ -147,6 +147,7 @@ def launch(tmp_path: Path, model_dir: Path, ports: dict[str, int] | None = None)
     })
     for name in ("ENCLAVE_HUB_STATE", "ENCLAVE_HUB_OPERATOR_TOKEN", "CONFIGPROXY_AUTH_TOKEN"):
         env.pop(name, None)
+    env.update(extra_env or {})
     log_path = tmp_path / f"cli-{len(list(tmp_path.glob('cli-*.log')))}.log"
     out = open(log_path, "ab")
     cli = subprocess.Popen(
@@ -255,6 +256,55 @@ def test_ctrl_c_returns_within_10_seconds(tmp_path, model_dir):
         assert code in (0, 130), stack.log()[-3000:]
         assert not wait_gone(stack, timeout=3, also=seen)
         assert all(port_free(p) for p in stack.ports.values())
+    finally:
+        cleanup(stack, seen)
+
+
+def test_ctrl_c_returns_within_10_seconds_with_a_notebook_running(tmp_path, model_dir):
+    """A scholar's notebook server is running (developer mode: a local process) when the operator
+    presses Ctrl-C: still back within 10 s, and the notebook server is gone too."""
+    import secrets
+
+    from enclave.registry import grants
+    from enclave.registry.db import session_scope
+    from tests.conftest import OPERATOR
+    from tests.helpers import approved_project
+
+    db_url = f"sqlite:///{tmp_path / 'enclave.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    from enclave.registry import people
+    with session_scope(engine) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Olga Operator", "op@example.org", roles=["operator"], bootstrap=True)
+    approved_project(engine, "p1", "alice")
+    with session_scope(engine) as s:
+        grants.set_grant(s, OPERATOR, "p1", session_hours=8)
+    engine.dispose()
+    token = secrets.token_hex(24)
+    stack = launch(tmp_path, model_dir, extra_env={"ENCLAVE_HUB_OPERATOR_TOKEN": token})
+    seen: set[int] = set()
+    try:
+        wait_up(stack)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['public']}/hub/api",
+                           headers={"Authorization": f"token {token}"}, timeout=60)
+        with api:
+            api.post("/users/alice")
+            reply = api.post("/users/alice/server", json={"project": "p1"})
+            assert reply.status_code in (201, 202), reply.text
+            deadline = time.monotonic() + 120
+            while not (api.get("/users/alice").json().get("servers") or {}).get("", {}).get("ready"):
+                assert time.monotonic() < deadline, stack.log()[-3000:]
+                time.sleep(0.5)
+        seen = set(processes_of(stack))
+        assert any("jupyterhub.singleuser" in cmd for cmd in processes_of(stack).values())
+        start = time.monotonic()
+        os.killpg(stack.cli.pid, signal.SIGINT)
+        code = stack.cli.wait(timeout=120)
+        took = time.monotonic() - start
+        print(f"Ctrl-C with a notebook running returned after {took:.1f} s")
+        assert took < 10, f"Ctrl-C took {took:.1f} s to return:\n{stack.log()[-3000:]}"
+        assert code in (0, 130), stack.log()[-3000:]
+        assert not wait_gone(stack, timeout=3, also=seen)
     finally:
         cleanup(stack, seen)
 

@@ -159,7 +159,8 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
     else:
         c.JupyterHub.spawner_class = "enclave.hub.spawner.EnclaveLocalSpawner"
         c.EnclaveLocalSpawner.notebook_dir = str(state / "unisolated-work")
-        c.EnclaveLocalSpawner.cmd = [python, "-m", "jupyterhub.singleuser"]
+        # Tethered like the services: a developer's notebook servers stop with their hub.
+        c.EnclaveLocalSpawner.cmd = tether([python, "-m", "jupyterhub.singleuser"])
         if os.geteuid() == 0:
             c.EnclaveLocalSpawner.args = ["--allow-root"]
         (state / "unisolated-work").mkdir(exist_ok=True)
