@@ -443,8 +443,7 @@ def wait_for_hub(hub: subprocess.Popen, grace: float = STOP_GRACE_S) -> tuple[in
         hub.send_signal(signal.SIGINT)
         return hub.wait(timeout=grace), True
     except (KeyboardInterrupt, subprocess.TimeoutExpired):
-        _say(f"the hub did not stop within {grace:g} s: stopping it hard (notebook servers still running are "
-             "re-checked by the warden at the next start)")
+        _say(f"the hub did not stop within {grace:g} s: stopping it hard (its services go with it)")
         hub.kill()
         return hub.wait(), True
 
