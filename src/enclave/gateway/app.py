@@ -65,6 +65,7 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         try:
             yield
         finally:
+            app.state.gateway.close()  # stop the heartbeat before the database goes
             if owned is not None:
                 owned.close()
             db.dispose()
