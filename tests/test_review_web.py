@@ -309,7 +309,8 @@ def test_a_restart_finishes_what_a_stopped_service_left(engine, tmp_path):
             assert client.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "awaiting_review"
         # Approved, then the service stops before releasing: the next start releases it.
         with session_scope(engine) as s:
-            service.decide(s, RITA, unchecked, "approve")
+            shown = [f.sha256 for f in service.current_files(s, service.get_request(s, unchecked))]
+            service.decide(s, RITA, unchecked, "approve", seen=shown)
     with TestClient(create_app(settings, scanner=fake_scanner(), identity=FakeIdentity(TOKENS))) as client:
         assert client.get(f"{P}/api/exports/{unchecked}", headers=_auth(AUTHOR)).json()["state"] == "released"
     assert verify(settings.release_dir / LAB / unchecked).ok
