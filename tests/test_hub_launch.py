@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from enclave.hub.launch import process_alive, process_cmdline, process_environ
 from enclave.hub.tether import STACK_MARK
 from enclave.registry.db import make_engine, upgrade
 from tests.gateway_fixtures import tiny_model_dir  # noqa: F401  (fixture)
@@ -51,29 +52,6 @@ class Launched:
         return int((self.state_dir / "jupyterhub.pid").read_text().strip())
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _parents() -> dict[int, int]:
     out = {}
     for entry in Path("/proc").iterdir():
@@ -99,11 +77,11 @@ def processes_of(stack: Launched, also: set[int] = frozenset()) -> dict[int, str
     found = {}
     candidates = descendants(stack.cli.pid) | set(also)
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and str(stack.home) in _environ(int(entry.name)).get("ENCLAVE_HOME", ""):
+        if entry.name.isdigit() and str(stack.home) in process_environ(int(entry.name)).get("ENCLAVE_HOME", ""):
             candidates.add(int(entry.name))
     for pid in candidates - {os.getpid(), stack.cli.pid}:
-        if _alive(pid):
-            found[pid] = _cmdline(pid)
+        if process_alive(pid):
+            found[pid] = process_cmdline(pid)
     return found
 
 
@@ -415,7 +393,7 @@ def test_a_second_start_over_a_running_enclave_is_refused_and_harms_nothing(tmp_
                 os.killpg(second.cli.pid, signal.SIGKILL)
                 second.cli.wait()
         assert first.cli.poll() is None
-        assert all(_alive(pid) for pid in seen), "the second start stopped part of the first"
+        assert all(process_alive(pid) for pid in seen), "the second start stopped part of the first"
         assert httpx.get(f"http://127.0.0.1:{first.ports['public']}/hub/api/", timeout=5).status_code == 200
     finally:
         with contextlib.suppress(ProcessLookupError):

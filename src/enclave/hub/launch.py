@@ -171,7 +171,7 @@ def stack_id(state_dir: Path | str) -> str:
 
 # --- the stack's own processes, found again -----------------------------------------------------
 
-def _environ(pid: int) -> dict[str, str]:
+def process_environ(pid: int) -> dict[str, str]:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -179,14 +179,14 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def _cmdline(pid: int) -> str:
+def process_cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
@@ -205,9 +205,9 @@ def _ancestors() -> set[int]:
 
 
 def _describe(pid: int) -> str:
-    env = _environ(pid)
+    env = process_environ(pid)
     name = env.get("JUPYTERHUB_SERVICE_NAME")
-    cmd = _cmdline(pid)
+    cmd = process_cmdline(pid)
     if not name:
         name = "proxy" if "configurable-http-proxy" in cmd else "hub" if "jupyterhub" in cmd else (cmd[:60] or "process")
     return f"{name} (pid {pid})"
@@ -224,7 +224,7 @@ def stack_processes(state_dir: Path | str) -> list[int]:
     for entry in proc.iterdir():
         if entry.name.isdigit() and int(entry.name) not in mine:
             pid = int(entry.name)
-            if _environ(pid).get(STACK_MARK) == mark and _alive(pid):
+            if process_environ(pid).get(STACK_MARK) == mark and process_alive(pid):
                 found.append(pid)
     return sorted(found)
 
@@ -238,10 +238,10 @@ def stop_processes(pids: Iterable[int], grace: float = 3.0) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(process_alive(pid) for pid in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -266,9 +266,9 @@ def refuse_if_running(state_dir: Path) -> None:
     """A hub of this stack still run by a live launcher is not a leftover: refuse to start a
     second one over it (rather than stop the first)."""
     hub, launcher = _read_pid(state_dir / "jupyterhub.pid"), _read_pid(state_dir / "launcher.pid")
-    if hub is None or launcher is None or not _alive(hub) or not _alive(launcher):
+    if hub is None or launcher is None or not process_alive(hub) or not process_alive(launcher):
         return
-    if _environ(hub).get(STACK_MARK) == stack_id(state_dir) and _ppid(hub) == launcher:
+    if process_environ(hub).get(STACK_MARK) == stack_id(state_dir) and _ppid(hub) == launcher:
         raise HubLaunchError(f"this enclave is already running (hub pid {hub}, started by pid {launcher}, state in "
                              f"{state_dir}); stop it first (Ctrl-C where it runs)")
 
@@ -354,7 +354,7 @@ def check_ports(settings: EnclaveHubSettings, progress: Callable[[str], None] = 
         if _bindable(host, port) is not False:
             continue
         holder = port_holder(port)
-        if holder is not None and _environ(holder).get(STACK_MARK) == mark:
+        if holder is not None and process_environ(holder).get(STACK_MARK) == mark:
             progress(f"port {port} ({what}) is held by {_describe(holder)} of an earlier run of this enclave; stopping it")
             stop_processes([holder])
             deadline = time.monotonic() + 5
@@ -362,7 +362,7 @@ def check_ports(settings: EnclaveHubSettings, progress: Callable[[str], None] = 
                 time.sleep(0.1)
             if _bindable(host, port) is not False:
                 continue
-        who = f" (pid {holder}: {_cmdline(holder)[:80]})" if holder is not None else ""
+        who = f" (pid {holder}: {process_cmdline(holder)[:80]})" if holder is not None else ""
         raise HubLaunchError(f"port {port} ({what}) on {host} is in use by another program{who}; stop it, or "
                              f"give the enclave another port ({knob})")
 

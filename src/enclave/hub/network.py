@@ -127,34 +127,39 @@ def _ipv6_in_kernel() -> bool:
     return os.path.exists("/proc/net/if_inet6")
 
 
+def _load(tables, chains: dict[str, list[list[str]]], jumps: list[tuple[str, list[str]]]) -> None:
+    """Fill our chains afresh and jump to them from the top of the built-in ones (idempotent);
+    `tables` is `_iptables` or `_ip6tables`."""
+    for chain, chain_rules in chains.items():
+        if tables("-n", "-L", chain, check=False).returncode != 0:
+            tables("-N", chain)
+        tables("-F", chain)
+        for rule in chain_rules:
+            tables("-A", chain, *rule)
+    for chain, jump in jumps:
+        if chain == "DOCKER-USER" and tables("-n", "-L", "DOCKER-USER", check=False).returncode != 0:
+            tables("-N", "DOCKER-USER")
+        if tables("-C", chain, *jump, check=False).returncode != 0:
+            tables("-I", chain, "1", *jump)
+
+
+def _unload(tables, chains: tuple[str, ...], jumps: list[tuple[str, list[str]]]) -> None:
+    """Remove our jumps and chains (the opposite of `_load`)."""
+    for chain, jump in jumps:
+        while tables("-C", chain, *jump, check=False).returncode == 0:
+            tables("-D", chain, *jump)
+    for chain in chains:
+        if tables("-n", "-L", chain, check=False).returncode == 0:
+            tables("-F", chain)
+            tables("-X", chain)
+
+
 def install(net: EnclaveNetwork, allowed_ports: list[int]) -> None:
     """Install (or refresh) the rules; idempotent. Needs root."""
-    for chain, chain_rules in rules(net, allowed_ports).items():
-        if _iptables("-n", "-L", chain, check=False).returncode != 0:
-            _iptables("-N", chain)
-        _iptables("-F", chain)
-        for rule in chain_rules:
-            _iptables("-A", chain, *rule)
-    for chain, jump in _jumps(net):
-        if chain == "DOCKER-USER" and _iptables("-n", "-L", "DOCKER-USER", check=False).returncode != 0:
-            _iptables("-N", "DOCKER-USER")
-        if _iptables("-C", chain, *jump, check=False).returncode != 0:
-            _iptables("-I", chain, "1", *jump)
-    _install6(net)
-
-
-def _install6(net: EnclaveNetwork) -> None:
+    _load(_iptables, rules(net, allowed_ports), _jumps(net))
     if shutil.which("ip6tables") is None and not _ipv6_in_kernel():
         return  # a kernel without IPv6 carries none
-    for chain, chain_rules in rules6(net).items():
-        if _ip6tables("-n", "-L", chain, check=False).returncode != 0:
-            _ip6tables("-N", chain)
-        _ip6tables("-F", chain)
-        for rule in chain_rules:
-            _ip6tables("-A", chain, *rule)
-    for chain, jump in _jumps6(net):
-        if _ip6tables("-C", chain, *jump, check=False).returncode != 0:
-            _ip6tables("-I", chain, "1", *jump)
+    _load(_ip6tables, rules6(net), _jumps6(net))
 
 
 def _jumps6(net: EnclaveNetwork) -> list[tuple[str, list[str]]]:
@@ -177,19 +182,7 @@ def _jumps(net: EnclaveNetwork) -> list[tuple[str, list[str]]]:
 
 
 def uninstall(net: EnclaveNetwork) -> None:
-    for chain, jump in _jumps(net):
-        while _iptables("-C", chain, *jump, check=False).returncode == 0:
-            _iptables("-D", chain, *jump)
-    for chain in (input_chain(net), forward_chain(net)):
-        if _iptables("-n", "-L", chain, check=False).returncode == 0:
-            _iptables("-F", chain)
-            _iptables("-X", chain)
+    _unload(_iptables, (input_chain(net), forward_chain(net)), _jumps(net))
     if shutil.which("ip6tables") is None:
         return
-    for chain, jump in _jumps6(net):
-        while _ip6tables("-C", chain, *jump, check=False).returncode == 0:
-            _ip6tables("-D", chain, *jump)
-    for chain in (input_chain6(net), forward_chain6(net)):
-        if _ip6tables("-n", "-L", chain, check=False).returncode == 0:
-            _ip6tables("-F", chain)
-            _ip6tables("-X", chain)
+    _unload(_ip6tables, (input_chain6(net), forward_chain6(net)), _jumps6(net))
