@@ -147,9 +147,10 @@ class MeteredCall:
         self.request, self.state, self.credentials = request, state, credentials
 
     async def __call__(self, endpoint: str, prompt: str, prompt_tokens: int, worst_case: int,
-                       run: Callable[[], Awaitable[tuple[Any, list[str], int]]],
+                       run: Callable[[Access], Awaitable[tuple[Any, list[str], int]]],
                        completion_cap: int = 0, max_new_tokens: int | None = None) -> tuple[str, Any, int]:
-        """`run()` returns (result, output texts, completion tokens); this returns (call id, result,
+        """`run(granted)` gets the admitted access decision (its project keys seeded sampling) and
+        returns (result, output texts, completion tokens); this returns (call id, result,
         completion tokens). `completion_cap` is the most the call may generate (all samples),
         `max_new_tokens` the most per sample (a one-token generation is probability-bearing)."""
         identity = self.state.identity
@@ -164,7 +165,7 @@ class MeteredCall:
         started = time.perf_counter()
         status, outputs, completion = "error", [], 0
         try:
-            result, outputs, completion = await _until_disconnect(self.request, run())
+            result, outputs, completion = await _until_disconnect(self.request, run(granted))
             status = "ok"
             return ticket.id, result, completion
         except ClientGone:

@@ -46,11 +46,6 @@ def _check_context(prompt_tokens: int, new_tokens: int, context: int) -> None:
                              f"the model's context of {context} tokens")
 
 
-async def _access(metered: MeteredCall) -> Access:
-    """The registry's decision for a metered call's credentials (`get_access`)."""
-    return await get_access(state=metered.state, credentials=metered.credentials)
-
-
 @router.get("/healthz", include_in_schema=False)
 async def healthz(engine: Engine = Depends(get_engine)) -> dict:
     return {"status": "ok", **engine.stats()}
@@ -78,11 +73,10 @@ async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
 
-    # The project the seed is keyed with: the registry's decision for these credentials, the same
-    # one the admission below makes. Only a seeded call needs it (unseeded draws are random).
-    project = "" if body.seed is None else (await _access(metered)).project.slug
-
-    async def run():
+    async def run(granted: Access):
+        # A seed is keyed with the admitted project, so it reproduces its text only there
+        # (unseeded draws are random).
+        project = "" if body.seed is None else granted.project.slug
         completions = await engine.generate(ids, params, n=body.n, project=project)
         return completions, [c.text for c in completions], sum(len(c.token_ids) for c in completions)
 
@@ -104,7 +98,7 @@ async def score(body: ScoreRequest, engine: Engine = Depends(get_engine),
     ids = [tokenizer.eos_token_id, *tokenizer.encode(body.text)]
     _check_context(len(ids), 0, engine.context_length)
 
-    async def run():
+    async def run(_granted: Access):
         return await engine.score(ids), [], 0
 
     call_id, logprobs, _ = await metered("score", body.text, len(ids) - 1, len(ids) - 1, run)
@@ -125,7 +119,7 @@ async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine
     ids = engine.tokenizer.encode(body.prompt)
     _check_context(len(ids), 0, engine.context_length)
 
-    async def run():
+    async def run(_granted: Access):
         return await engine.next_token(ids, body.top_k), [], 0
 
     call_id, top, _ = await metered("next-token", body.prompt, len(ids), len(ids), run)
