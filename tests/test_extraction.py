@@ -51,6 +51,17 @@ def estimate_hidden_size(rows: np.ndarray) -> tuple[int, float]:
     return best + 1, float(ratios[best])
 
 
+@pytest.fixture
+def db(tmp_path):
+    """A migrated SQLite registry with one operator (these attacks need no second database)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(engine)
+    with session_scope(engine) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory):
     folder = build_tiny_model(tmp_path_factory.mktemp("victim"), n_embd=HIDDEN, n_positions=128, seed=3)
@@ -83,12 +94,8 @@ def test_the_attack_recovers_the_hidden_size_from_raw_logits(victim):
     assert drop > 1e3
 
 
-def test_the_attack_fails_against_the_gateway(victim, tmp_path):
+def test_the_attack_fails_against_the_gateway(victim, db):
     folder, _, _, prompts = victim
-    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
-    upgrade(db)
-    with session_scope(db) as s:
-        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
     # A generous grant: the attacker gets every call they ask for and still learns nothing.
     with serve(db, folder, grant={"logprob_calls_per_day": 10 * PROMPTS}, max_batch=16) as gw:
 
@@ -120,15 +127,11 @@ def test_the_attack_fails_against_the_gateway(victim, tmp_path):
     assert max(around_h) < 2, around_h  # no trace of a rank boundary at the hidden size
 
 
-def test_probability_calls_run_out_long_before_full_vectors(tmp_path, victim):
+def test_probability_calls_run_out_long_before_full_vectors(victim, db):
     """Rebuilding one full log-probability vector through /v1/score takes one call per vocabulary
     entry (50,257); the per-grant cap on probability-bearing calls stops it thousands of times
     earlier."""
     folder, _, _, _ = victim
-    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
-    upgrade(db)
-    with session_scope(db) as s:
-        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
     with serve(db, folder, grant={"logprob_calls_per_day": 20}) as gw, gw.client() as c:
         statuses = [c.post("/v1/score", json={"text": f"The answer is{tok}"}).status_code
                     for tok in [" a", " b", " c", " d", " e"] * 5]
@@ -230,12 +233,8 @@ def test_seed_bisection_recovers_probabilities_under_the_old_scheme(oracle_victi
     assert seed_agreement(draw, boundary, cdf_at_boundary) > 0.98
 
 
-def test_seed_bisection_learns_nothing_from_the_gateway(oracle_victim, seed_pool, tmp_path):
+def test_seed_bisection_learns_nothing_from_the_gateway(oracle_victim, seed_pool, tmp_path, db):
     folder, _, probs, ids_of_text = oracle_victim
-    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
-    upgrade(db)
-    with session_scope(db) as s:
-        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
     target, truth, boundary, cdf_at_boundary = oracle_targets(probs)
     with serve(db, folder, sampling_secret_file=tmp_path / "sampling-secret") as gw, gw.client() as c:
 
@@ -258,15 +257,11 @@ def _single_token_score(c) -> dict:
     return reply.json()
 
 
-def test_single_token_scores_return_rounded_numbers_only(tmp_path, victim):
+def test_single_token_scores_return_rounded_numbers_only(victim, db):
     """A one-token score is the cheapest probability oracle: every number in it is rounded to the
     same 3 decimals, and the perplexity is derived from the rounded total, so it carries no digit
     the total does not."""
     folder, _, _, _ = victim
-    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
-    upgrade(db)
-    with session_scope(db) as s:
-        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
     with serve(db, folder) as gw, gw.client() as c:
         scored = _single_token_score(c)
         top = c.post("/v1/next-token", json={"prompt": ORACLE_PROMPT, "top_k": 5}).json()["top"]
@@ -277,26 +272,17 @@ def test_single_token_scores_return_rounded_numbers_only(tmp_path, victim):
     assert any(entry["probability"] == 0 for entry in top)  # this model's tail rounds away
 
 
-def test_single_token_scores_count_against_the_probability_cap(tmp_path, victim):
+def test_single_token_scores_count_against_the_probability_cap(victim, db):
     folder, _, _, _ = victim
-    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
-    upgrade(db)
-    with session_scope(db) as s:
-        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
     with serve(db, folder, grant={"logprob_calls_per_day": 3}) as gw, gw.client() as c:
         statuses = [c.post("/v1/score", json={"text": " answer"}).status_code for _ in range(5)]
     assert statuses == [200, 200, 200, 402, 402]
 
 
-# DEPENDS ON another helper's change to src/enclave/gateway/quota.py (issue 11, item 8): a
-# `generate` that can make only one token counts as a probability-bearing call. Without it this
-# test fails; with it, the seed-bisection attack above is also capped.
-def test_one_token_generations_count_against_the_probability_cap(tmp_path, victim):
+# A `generate` that can make only one token answers the seed-bisection oracle's question, so it
+# counts as a probability-bearing call (`quota.probability_bearing`) and that attack is capped too.
+def test_one_token_generations_count_against_the_probability_cap(victim, db):
     folder, _, _, _ = victim
-    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
-    upgrade(db)
-    with session_scope(db) as s:
-        people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
     with serve(db, folder, grant={"logprob_calls_per_day": 3}) as gw, gw.client() as c:
         statuses = [c.post("/v1/generate", json={"prompt": ORACLE_PROMPT, "max_new_tokens": 1, "seed": seed}).status_code
                     for seed in range(5)]
