@@ -27,6 +27,8 @@ def grant_set(
     session_hours: Annotated[Optional[float], typer.Option("--session-hours", help="Longest notebook session.")] = None,
     export_bytes: Annotated[Optional[int], typer.Option("--export-bytes", help="Bytes the project may export in total.")] = None,
     logprob_calls_per_day: Annotated[Optional[int], typer.Option("--logprob-calls-per-day", help="Calls returning probabilities (score, next-token) per day.")] = None,
+    view_bytes_per_day: Annotated[Optional[str], typer.Option("--view-bytes-per-day", help="Bytes the project's notebooks may send to browsers per UTC day, e.g. 128M (counted on the host; a session that spends it is stopped).")] = None,
+    work_bytes: Annotated[Optional[str], typer.Option("--work-bytes", help="Size limit of each member's work volume, e.g. 2G.")] = None,
     as_: AsUser = None,
 ) -> None:
     """Create or change a project's grant; unset fields keep their values."""
@@ -36,9 +38,11 @@ def grant_set(
             max_tokens_per_request=max_tokens_per_request, epsilon=epsilon, delta=delta, cpu=cpu,
             mem_bytes=grants.parse_size(mem) if mem is not None else None, session_hours=session_hours,
             export_bytes=export_bytes, logprob_calls_per_day=logprob_calls_per_day,
+            view_bytes_per_day=grants.parse_size(view_bytes_per_day) if view_bytes_per_day is not None else None,
+            work_bytes=grants.parse_size(work_bytes) if work_bytes is not None else None,
         )
         record = grants.grant_json(grant)
-    typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "updated_at", "updated_by")))
+    typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "view_bytes_per_day", "work_bytes", "updated_at", "updated_by")))
 
 
 @app.command("show")

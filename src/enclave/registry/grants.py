@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "session_hours": 8.0,
     "export_bytes": 10 * MIB,
     "logprob_calls_per_day": 2000,
+    # A day of ordinary JupyterLab use (the application itself, plots, tables) is a few tens of MB;
+    # pulling a dataset out through the browser is more.
+    "view_bytes_per_day": 128 * MIB,
+    "work_bytes": 2 * GIB,
 }
 
 # field -> (type, smallest allowed value, whether that smallest value itself is excluded)
@@ -47,6 +51,8 @@ LIMITS: dict[str, tuple[type, float, bool]] = {
     "session_hours": (float, 0, True),
     "export_bytes": (int, 0, False),
     "logprob_calls_per_day": (int, 0, False),
+    "view_bytes_per_day": (int, 0, False),
+    "work_bytes": (int, 16 * MIB, False),
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -125,4 +131,5 @@ def grant_values(grant: Grant) -> dict[str, Any]:
 
 def grant_json(grant: Grant) -> dict[str, Any]:
     return {**grant_values(grant), "mem": format_size(grant.mem_bytes),
+            "view_per_day": format_size(grant.view_bytes_per_day), "work": format_size(grant.work_bytes),
             "updated_at": iso(grant.updated_at), "updated_by": grant.updated_by}

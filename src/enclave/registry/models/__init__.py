@@ -3,7 +3,8 @@
 - `core`: people, projects, memberships, datasets, grants, API keys, credentials, the audit chain;
 - `metering`: token accounts, rate windows, gateway instances, reservations and recorded model calls
   (the gateway);
-- `exports`: export requests, their files, findings, reviews, comments and releases (the airlock).
+- `exports`: export requests, their files, findings, reviews, comments and releases (the airlock);
+- `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub).
 
 Services import their tables from here, never define their own, so that migrations (which import
 only this package) see the whole schema. Schema changes go through Alembic migrations in
@@ -21,11 +22,13 @@ from enclave.registry.models.exports import (
 from enclave.registry.models.metering import (
     GatewayInstance, ModelCall, RateWindow, Reservation, UsageDay, UsageTotal,
 )
+from enclave.registry.models.sessions import EgressDay, NotebookSession, WorkVolume, WorkVolumeState
 
 __all__ = [
-    "APPEND_ONLY_TABLES", "ApiKey", "AuditEvent", "Credential", "Dataset", "DatasetAccess", "Decision", "ExportComment",
+    "APPEND_ONLY_TABLES", "ApiKey", "AuditEvent", "Credential", "Dataset", "DatasetAccess", "Decision", "EgressDay",
+    "ExportComment",
     "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "GatewayInstance",
     "Grant",
-    "Membership", "ModelCall", "Person", "Project", "ProjectStatus", "RateWindow", "Reservation", "Role", "Sensitivity",
-    "UsageDay", "UsageTotal", "Visibility",
+    "Membership", "ModelCall", "NotebookSession", "Person", "Project", "ProjectStatus", "RateWindow", "Reservation", "Role",
+    "Sensitivity", "UsageDay", "UsageTotal", "Visibility", "WorkVolume", "WorkVolumeState",
 ]

@@ -135,6 +135,13 @@ class Grant(SQLModel, table=True):
     # enough of them reconstruct full logit vectors (the model-stealing attacks of Carlini et al.
     # 2024 need thousands of full vectors; this keeps them out of reach of any one grant).
     logprob_calls_per_day: int = Field(default=2000, sa_column=Column(Integer, nullable=False, server_default="2000"))
+    # Bytes the project's notebook servers may send towards browsers per UTC day (counted on the
+    # host): the browser is an egress channel around the airlock, so it has a budget of its own.
+    view_bytes_per_day: int = Field(default=128 * 1024**2, sa_column=Column(
+        BigInteger, nullable=False, server_default=str(128 * 1024**2)))
+    # Size limit of each member's work volume for this project.
+    work_bytes: int = Field(default=2 * 1024**3, sa_column=Column(BigInteger, nullable=False,
+                                                                  server_default=str(2 * 1024**3)))
     updated_at: dt.datetime = Field(default_factory=utcnow)
     updated_by: str
 
