@@ -113,7 +113,7 @@ def main() -> int:
         settings = EnclaveHubSettings(mode="docker", state_dir=f"{tmp}/hub", public_url=f"http://127.0.0.1:{port}",
                                       hub_port=free_port(), proxy_api_port=free_port(), gateway=False,
                                       network_name=net.name, bridge=net.bridge, subnet=net.subnet, image=image,
-                                      work_volume_template=f"{net.name}-work-{{username}}")
+                                      work_volume_template=f"{net.name}-work-{{username}}-{{project}}")
         install(net, [settings.hub_port])
         token = secrets.token_hex(24)
         env = hub_environment(settings, image, {"ENCLAVE_DB_URL": db_url, "ENCLAVE_HUB_OPERATOR_TOKEN": token})

@@ -132,7 +132,7 @@ def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
     with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
                        review=True, extra_env={"ENCLAVE_HOME": str(tmp / "home")},
                        network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet,
-                       work_volume_template=f"{enclave_net.name}-work-{{username}}") as stack:
+                       work_volume_template=f"{enclave_net.name}-work-{{username}}-{{project}}") as stack:
         s = stack.settings
         install(enclave_net, [s.hub_port, s.gateway_port, s.review_port])
         _wait_gateway(stack)

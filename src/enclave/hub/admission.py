@@ -14,6 +14,8 @@ from enclave.errors import AccessDenied
 from enclave.registry.models import Membership, Project, ProjectStatus, Role
 from enclave.registry.people import find_person
 from enclave.registry.lifecycle import status_of
+from enclave.registry.sessions import view_budget_refusal
+from enclave.registry.volumes import volume_for_session, volume_name
 
 # Who may log in to the hub at all: scholars to work, reviewers to reach the review UI through
 # hub OAuth, operators for the admin page.
@@ -44,6 +46,15 @@ class SessionPlan:
     mem_bytes: int
     session_hours: float
     datasets: tuple[DatasetMount, ...]
+    work_volume: str = ""  # the Docker volume of ~/work ("" in developer mode)
+    work_bytes: int = 0
+    view_bytes_per_day: int = 0
+
+    def spec(self) -> dict:
+        """What the session is started with, for its record and audit event."""
+        return {"mounts": [{"dataset": m.name, "path": str(m.host_path)} for m in self.datasets],
+                "limits": {"cpu": self.cpu, "mem_bytes": self.mem_bytes, "session_hours": self.session_hours,
+                           "work_bytes": self.work_bytes, "view_bytes_per_day": self.view_bytes_per_day}}
 
 
 def login_decision(session: Session, username: str, roles: frozenset[str] = LOGIN_ROLES) -> LoginDecision:
@@ -69,9 +80,17 @@ def live_projects(session: Session, username: str) -> list[str]:
     return sorted(p.slug for p in projects if status_of(p) is ProjectStatus.approved)
 
 
-def session_plan(session: Session, username: str, project: str | None) -> SessionPlan:
-    """The plan for a spawn, or AccessDenied with the registry's reason."""
+def session_plan(session: Session, username: str, project: str | None, volume_template: str = "") -> SessionPlan:
+    """The plan for a spawn, or AccessDenied with the registry's reason. With a volume template,
+    the scholar's work volume for the project is recorded (and refused while it is held)."""
     access: Access = resolve(session, username, project)
+    spent = view_budget_refusal(session, access.project, access.grant)
+    if spent:
+        raise AccessDenied(spent, "view_budget")
+    volume = ""
+    if volume_template:
+        volume = volume_for_session(session, access.person, access.project,
+                                    volume_name(volume_template, username, access.project.slug)).name
     mounts = []
     for dataset in datasets_for(session, access.project):
         path = Path(dataset.path)
@@ -81,4 +100,5 @@ def session_plan(session: Session, username: str, project: str | None) -> Sessio
         mounts.append(DatasetMount(dataset.name, path.resolve(), path.is_dir()))
     grant = access.grant
     return SessionPlan(username=username, project=access.project.slug, cpu=grant.cpu, mem_bytes=grant.mem_bytes,
-                       session_hours=grant.session_hours, datasets=tuple(mounts))
+                       session_hours=grant.session_hours, datasets=tuple(mounts), work_volume=volume,
+                       work_bytes=grant.work_bytes, view_bytes_per_day=grant.view_bytes_per_day)

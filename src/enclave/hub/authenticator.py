@@ -21,7 +21,10 @@ from traitlets import Bool, Set, default
 
 from enclave.hub.admission import LOGIN_ROLES, login_decision
 from enclave.hub.registry_link import RegistryLink
+from enclave.registry import audit
 from enclave.registry.credentials import check_password
+
+ACTOR = "system"
 
 
 class EnclaveAdmission(RegistryLink):
@@ -55,10 +58,18 @@ class EnclaveAdmission(RegistryLink):
     async def _decide(self, username: str):
         return await self.in_registry(lambda s: login_decision(s, username, frozenset(self.login_roles)))
 
+    async def record(self, action: str, username: str, handler=None, **details) -> None:
+        """Put a login (or a failed one) on the registry's audit chain."""
+        address = getattr(getattr(handler, "request", None), "remote_ip", None)
+        await self.in_registry(lambda s: audit.append(
+            s, actor=ACTOR, action=action, subject=f"person:{username[:64]}",
+            details={"user": username[:64], **({"address": address} if address else {}), **details}))
+
     async def check_allowed(self, username, authentication=None):
         decision = await self._decide(username)
         if not decision.allowed:
             self.log.warning("enclave: refused login of %s: %s", username, decision.reason)
+            await self.record("hub.login_failed", username, reason=decision.reason)
             raise web.HTTPError(403, decision.reason)
         return True
 
@@ -84,6 +95,8 @@ class EnclaveAdmission(RegistryLink):
         authenticated = await super().get_authenticated_user(handler, data)
         if authenticated is not None and self.operators_are_admins:
             authenticated["admin"] = await self._admin_flag(authenticated["name"])
+        if authenticated is not None:
+            await self.record("hub.login", authenticated["name"], handler)
         return authenticated
 
 
@@ -98,5 +111,6 @@ class EnclavePasswordAuthenticator(EnclaveAdmission, Authenticator):
         ok = await self.in_registry(lambda s: check_password(s, username, password))
         if not ok:
             self.log.warning("enclave: failed login for %s", username)
+            await self.record("hub.login_failed", username, handler, reason="wrong user name or password")
             return None
         return {"name": username}

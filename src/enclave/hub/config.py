@@ -58,8 +58,11 @@ class EnclaveHubSettings(Configurable):
     warden_interval = Integer(15, help="Seconds between the warden's registry re-checks of running servers."
                               ).tag(config=True, env="ENCLAVE_WARDEN_INTERVAL")
     work_volume_template = Unicode(
-        "enclave-work-{username}", help="Docker volume holding each scholar's ~/work ({username} expands)."
+        "enclave-work-{username}-{project}",
+        help="Docker volume holding a scholar's ~/work for one project ({username} and {project} expand; both required)."
     ).tag(config=True, env="ENCLAVE_WORK_VOLUME_TEMPLATE")
+    egress_interval = Integer(2, help="Seconds between the warden's readings of the browser-egress counters."
+                              ).tag(config=True, env="ENCLAVE_EGRESS_INTERVAL")
     gateway = Bool(True, help="Run the model gateway as a hub-managed service.").tag(config=True, env="ENCLAVE_HUB_GATEWAY")
     enclave_home = Unicode(help="The enclave's home directory, passed on to the services (default: $ENCLAVE_HOME)."
                            ).tag(config=True, env="ENCLAVE_HOME")
@@ -152,6 +155,7 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         c.EnclaveDockerSpawner.dns_servers = [net.dns_sink]
         c.EnclaveDockerSpawner.cmd = ["jupyterhub-singleuser"]
         c.EnclaveDockerSpawner.work_volume_template = s.work_volume_template
+        c.EnclaveDockerSpawner.bridge = net.bridge  # each container's browser egress is counted there
         # `docker stop` waits this long for a notebook server before killing it (Docker's default
         # is 10 s, and DockerSpawner stops containers one at a time): the hub stops promptly.
         c.EnclaveDockerSpawner.extra_create_kwargs = {"stop_timeout": 2}
@@ -174,9 +178,12 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         env_common["ENCLAVE_HOME"] = s.enclave_home
     if s.model_dir:
         env_common["ENCLAVE_MODEL_DIR"] = s.model_dir
+    warden = [python, "-m", "enclave.hub.warden", f"--interval={s.warden_interval}",
+              f"--egress-interval={s.egress_interval}"]
+    if s.mode == "docker":
+        warden += [f"--network={s.network.name}", f"--bridge={s.network.bridge}"]
     services = [
-        {"name": "warden", "command": tether([python, "-m", "enclave.hub.warden", f"--interval={s.warden_interval}"]),
-         "environment": env_common},
+        {"name": "warden", "command": tether(warden), "environment": env_common},
         {"name": "idle-culler", "command": tether([python, "-m", "jupyterhub_idle_culler",
                                                    f"--timeout={s.idle_timeout}", "--cull-every=300"])},
     ]
@@ -206,7 +213,9 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         # Scholars (and reviewers, operators) may call the services; a notebook's token gets these
         # only because the user holds them (server_token_scopes takes the intersection).
         {"name": "user", "scopes": ["self", "access:services!service=gateway", "access:services!service=review"]},
-        {"name": "enclave-warden", "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
+        # read:tokens: the warden records every hub token on the registry's audit chain.
+        {"name": "enclave-warden", "scopes": ["list:users", "read:users", "read:servers", "read:tokens",
+                                              "delete:servers"],
          "services": ["warden"]},
         {"name": "idle-culler", "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
          "services": ["idle-culler"]},

@@ -25,6 +25,10 @@ def input_chain(net: "EnclaveNetwork") -> str:
     return f"ENC-IN-{net.bridge}"  # per bridge, so two enclaves (or a test's) never share rules
 
 
+def egress_chain(net: "EnclaveNetwork") -> str:
+    return f"ENC-EGR-{net.bridge}"  # per-session byte counters (enclave.hub.egress)
+
+
 def forward_chain(net: "EnclaveNetwork") -> str:
     return f"ENC-FWD-{net.bridge}"
 
@@ -89,10 +93,18 @@ def _container_range(net: EnclaveNetwork) -> str:
     return str(list(network.subnets(prefixlen_diff=1))[0])
 
 
-def rules(net: "EnclaveNetwork", allowed_ports: list[int]) -> dict[str, list[list[str]]]:
-    """The rule set, as iptables argument lists per chain (pure, so it can be tested and shown)."""
+# The port notebook servers listen on inside their containers (DockerSpawner's default).
+NOTEBOOK_PORT = 8888
+
+
+def rules(net: "EnclaveNetwork", allowed_ports: list[int], notebook_port: int = NOTEBOOK_PORT,
+          ) -> dict[str, list[list[str]]]:
+    """The rule set, as iptables argument lists per chain (pure, so it can be tested and shown).
+    The egress chain itself holds one counter per session (the spawner adds them)."""
     established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
-    input_rules = [established + ["-j", "ACCEPT"]]
+    # First, before anything is accepted: what notebook servers send towards browsers is counted.
+    input_rules = [["-p", "tcp", "--sport", str(notebook_port), "-j", egress_chain(net)],
+                   established + ["-j", "ACCEPT"]]
     for port in sorted(set(allowed_ports)):
         input_rules.append(["-p", "tcp", "-d", net.host_ip, "--dport", str(port), "-j", "ACCEPT"])
     input_rules.append(["-j", "DROP"])
@@ -115,7 +127,7 @@ def _run(tool: str, args: tuple[str, ...], check: bool) -> subprocess.CompletedP
     return done
 
 
-def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return _run("iptables", args, check)
 
 
@@ -129,7 +141,7 @@ def _ipv6_in_kernel() -> bool:
 
 def _load(tables, chains: dict[str, list[list[str]]], jumps: list[tuple[str, list[str]]]) -> None:
     """Fill our chains afresh and jump to them from the top of the built-in ones (idempotent);
-    `tables` is `_iptables` or `_ip6tables`."""
+    `tables` is `iptables` or `_ip6tables`."""
     for chain, chain_rules in chains.items():
         if tables("-n", "-L", chain, check=False).returncode != 0:
             tables("-N", chain)
@@ -156,7 +168,11 @@ def _unload(tables, chains: tuple[str, ...], jumps: list[tuple[str, list[str]]])
 
 def install(net: EnclaveNetwork, allowed_ports: list[int]) -> None:
     """Install (or refresh) the rules; idempotent. Needs root."""
-    _load(_iptables, rules(net, allowed_ports), _jumps(net))
+    # Created if missing but never flushed here: it holds the counters of sessions that may
+    # outlive this hub (a restart must not reset what they have sent).
+    if iptables("-n", "-L", egress_chain(net), check=False).returncode != 0:
+        iptables("-N", egress_chain(net))
+    _load(iptables, rules(net, allowed_ports), _jumps(net))
     if shutil.which("ip6tables") is None and not _ipv6_in_kernel():
         return  # a kernel without IPv6 carries none
     _load(_ip6tables, rules6(net), _jumps6(net))
@@ -182,7 +198,8 @@ def _jumps(net: EnclaveNetwork) -> list[tuple[str, list[str]]]:
 
 
 def uninstall(net: EnclaveNetwork) -> None:
-    _unload(_iptables, (input_chain(net), forward_chain(net)), _jumps(net))
+    # The input chain jumps to the egress chain: it goes first.
+    _unload(iptables, (input_chain(net), forward_chain(net), egress_chain(net)), _jumps(net))
     if shutil.which("ip6tables") is None:
         return
     _unload(_ip6tables, (input_chain6(net), forward_chain6(net)), _jumps6(net))

@@ -3,12 +3,20 @@
 `EnclaveDockerSpawner` is DockerSpawner with the registry in charge of every start (approved,
 unexpired project with a grant) and with a container that can hold nothing it should not:
 read-only root, tmpfs /tmp, no capabilities, no privilege gain, a non-root user, pids/memory/CPU
-limits from the grant, the project's datasets mounted read-only, its own work volume, an internal
-network shared only with the hub, gateway and review, and a DNS server that answers nothing (so
-names outside the enclave do not resolve even on Docker versions whose embedded resolver forwards
-queries out of internal networks, CVE-2024-29018)."""
+limits from the grant, the project's datasets mounted read-only, the scholar's work volume for that
+project (never another project's), an internal network shared only with the hub, gateway and
+review, and a DNS server that answers nothing (so names outside the enclave do not resolve even on
+Docker versions whose embedded resolver forwards queries out of internal networks, CVE-2024-29018).
+
+Every session is on the record (`enclave.registry.sessions`): the spawner writes it when the
+container starts (image, mounts, limits, the container's address, a digest of its hub token, by
+which the gateway and review bind its requests to its project) and closes it at the stop. Before
+the server answers anyone, a byte counter for the container goes into the host firewall
+(`enclave.hub.egress`), so everything it sends towards browsers is metered."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import html
 
 from dockerspawner import DockerSpawner
@@ -16,9 +24,12 @@ from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
 from traitlets import Integer, List, Unicode, default
 
+from enclave.hub import egress
 from enclave.hub.admission import SessionPlan, live_projects, session_plan
+from enclave.hub.network import EnclaveNetwork
 from enclave.hub.registry_link import RegistryLink
-from enclave.errors import AccessDenied
+from enclave.errors import AccessDenied, BadInput
+from enclave.registry import sessions
 
 # Scopes a notebook's $JUPYTERHUB_API_TOKEN carries: post activity, reach its own server, and call
 # the gateway and the review service. Nothing that reads other users or administers the hub.
@@ -42,6 +53,9 @@ class EnclaveSessionMixin(RegistryLink):
     ).tag(config=True)
 
     plan: SessionPlan | None = None
+    # The registry's record of the running session (kept in the spawner's state, so a restarted
+    # hub still closes the right one).
+    enclave_session: str = ""
 
     @default("server_token_scopes")
     def _default_server_token_scopes(self):
@@ -74,6 +88,36 @@ class EnclaveSessionMixin(RegistryLink):
         project = (formdata.get("project") or [""])[0]
         return {"project": project} if project else {}
 
+    def get_state(self):
+        state = super().get_state()
+        if self.enclave_session:
+            state["enclave_session"] = self.enclave_session
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.enclave_session = state.get("enclave_session", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.enclave_session = ""
+
+    def token_digest(self) -> str:
+        return hashlib.sha256(self.api_token.encode()).hexdigest() if self.api_token else ""
+
+    async def record_start(self, plan: SessionPlan, **facts) -> str:
+        """Open the session's registry record; returns its id."""
+        record = await self.in_registry(lambda s: sessions.open_session(
+            s, username=self.user.name, project=plan.project, server_name=self.name or "",
+            token_sha256=self.token_digest(), spec=plan.spec(), **facts).id)
+        self.enclave_session = record
+        return record
+
+    async def record_stop(self, reason: str = "") -> None:
+        session_id = self.enclave_session
+        if session_id:
+            await self.in_registry(lambda s: sessions.close_session(s, session_id, reason or STOPPED_BY_HUB))
+
     async def enclave_plan(self) -> SessionPlan:
         # A scholar chooses the project and nothing else: not the image, not the limits.
         unknown = sorted(set(self.user_options or {}) - {"project"})
@@ -81,10 +125,13 @@ class EnclaveSessionMixin(RegistryLink):
             raise web.HTTPError(400, f"Only the project can be chosen when starting a notebook, not {', '.join(unknown)}")
         project = (self.user_options or {}).get("project") or None
         try:
-            plan = await self.in_registry(lambda s: session_plan(s, self.user.name, project))
+            plan = await self.in_registry(lambda s: session_plan(s, self.user.name, project, self.volume_template()))
         except AccessDenied as denied:
             self.log.warning("enclave: refused spawn for %s: %s", self.user.name, denied)
             raise web.HTTPError(403, f"You cannot start a notebook: {denied}") from None
+        except BadInput as wrong:  # the hub's own settings (e.g. the volume template)
+            self.log.error("enclave: cannot plan %s's session: %s", self.user.name, wrong)
+            raise web.HTTPError(500, f"The enclave is misconfigured: {wrong}") from None
         # Remember which project this server works for; the warden reads it through the REST API.
         options = {**(self.user_options or {}), "project": plan.project}
         self.user_options = options
@@ -93,6 +140,9 @@ class EnclaveSessionMixin(RegistryLink):
             self.db.commit()
         self.plan = plan
         return plan
+
+    def volume_template(self) -> str:
+        return ""  # no work volume of ours (developer mode)
 
     def enclave_env(self) -> dict[str, str]:
         env = {}
@@ -112,7 +162,14 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
         "datasets", help="Where the project's datasets are mounted read-only, under home_dir."
     ).tag(config=True)
     work_volume_template = Unicode(
-        "enclave-work-{username}", help="Docker volume name for a user's work directory ({username} expands)."
+        "enclave-work-{username}-{project}",
+        help="""Docker volume name of a scholar's work directory for one project ({username} and
+        {project} expand; both are required, so that copies never follow a scholar into another
+        project).""",
+    ).tag(config=True)
+    bridge = Unicode(
+        "", help="""Linux bridge of the enclave network, whose firewall chains count each container's
+        browser egress (empty: no metering, for tests of the spawner alone).""",
     ).tag(config=True)
     pids_limit = Integer(512, help="Most processes/threads a notebook container may have.").tag(config=True)
     tmp_size = Unicode("1g", help="Size of the tmpfs mounted at /tmp.").tag(config=True)
@@ -155,11 +212,15 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
             config["dns_opt"] = ["timeout:1", "attempts:1"]
         return config
 
+    def volume_template(self) -> str:
+        return self.work_volume_template
+
+    @property
+    def enclave_network(self) -> EnclaveNetwork | None:
+        return EnclaveNetwork(self.network_name, self.bridge) if self.bridge else None
+
     def _volumes(self, plan: SessionPlan) -> dict:
-        volumes: dict = {
-            self.work_volume_template.format(username=self.escaped_name): {
-                "bind": f"{self.home_dir}/{self.work_dir_name}", "mode": "rw"},
-        }
+        volumes: dict = {plan.work_volume: {"bind": f"{self.home_dir}/{self.work_dir_name}", "mode": "rw"}}
         for mount in plan.datasets:
             target = f"{self.home_dir}/{self.datasets_dir_name}/{mount.name}"
             if not mount.is_dir:
@@ -179,7 +240,46 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
                                     "labels": {"enclave.project": plan.project, "enclave.user": self.user.name}}
         self.log.info("enclave: starting %s for project %s (cpu %s, mem %s, %d dataset(s))", self.user.name,
                       plan.project, plan.cpu, plan.mem_bytes, len(plan.datasets))
-        return await super().start()
+        ip, port = await super().start()
+        try:
+            session_id = await self.record_start(plan, mode="docker", container_id=self.object_id,
+                                                 container_ip=ip, image=self.image, work_volume=plan.work_volume)
+            net = self.enclave_network
+            if net is not None:
+                await asyncio.to_thread(egress.start_counting, net, session_id, ip)
+        except Exception:
+            # No session runs off the record or unmetered: take the container down again.
+            self.log.exception("enclave: could not record or meter %s's session; stopping it", self.user.name)
+            await self._stop_container()
+            await self.record_stop("failed to start: could not be recorded or metered")
+            raise
+        return ip, port
+
+    async def _stop_container(self) -> None:
+        await DockerSpawner.stop(self)
+
+    async def stop(self, now=False):
+        """Stop the container, then take the final reading of its byte counter and close the
+        session's record (the counter outlives the container, the record outlives both)."""
+        session_id, address = self.enclave_session, self.ip
+        await self._stop_container()
+        net = self.enclave_network
+        if session_id and net is not None and address:
+            def settle(s):
+                record = s.get(sessions.NotebookSession, session_id)
+                counters = egress.read_counters(net)
+                if record is not None and session_id in counters:
+                    sessions.record_egress(s, record, counters[session_id])
+            try:
+                await self.in_registry(settle)
+                await asyncio.to_thread(egress.stop_counting, net, session_id, address)
+            except Exception:  # the stop itself must go ahead; the warden settles what is left
+                self.log.exception("enclave: could not settle the egress of session %s", session_id)
+        self.enclave_session = session_id
+        try:
+            await self.record_stop()
+        finally:
+            self.enclave_session = ""
 
 
 class EnclaveLocalSpawner(EnclaveSessionMixin, LocalProcessSpawner):
@@ -187,8 +287,19 @@ class EnclaveLocalSpawner(EnclaveSessionMixin, LocalProcessSpawner):
     notebook is a local process with none of the container's isolation. Never for real data."""
 
     async def start(self):
-        await self.enclave_plan()
-        return await super().start()
+        plan = await self.enclave_plan()
+        started = await super().start()
+        await self.record_start(plan, mode="unisolated")
+        return started
+
+    async def stop(self, now=False):
+        session_id = self.enclave_session
+        await super().stop(now=now)
+        self.enclave_session = session_id  # the stop cleared the state
+        try:
+            await self.record_stop()
+        finally:
+            self.enclave_session = ""
 
     def user_env(self, env):
         # Run as the hub's own user: developer mode has no per-user Unix accounts.
@@ -197,5 +308,7 @@ class EnclaveLocalSpawner(EnclaveSessionMixin, LocalProcessSpawner):
     def make_preexec_fn(self, name):
         return None
 
+
+STOPPED_BY_HUB = "stopped by the hub (the scholar, the idle culler or a hub shutdown)"
 
 __all__ = ["EnclaveDockerSpawner", "EnclaveLocalSpawner", "SERVER_TOKEN_SCOPES"]

@@ -12,6 +12,11 @@ A chain alone cannot stop someone with write access to the database from rewriti
 point onwards and recomputing every later hash. Operators defeat that by publishing the head
 (`enclave audit head`) somewhere we do not control and later checking that the chain still passes
 through it (`enclave audit verify --anchor SEQ:HASH`).
+
+The model calls (`model_call`: what was asked and answered, kept for review's provenance check) sit
+outside the chain, but each call's audit event carries SHA-256 digests of its prompt and outputs
+(`model_call_digests`). `verify_model_calls` checks every row against its event and every model
+call event against its row, so a prompt or an answer edited or deleted in the database is found.
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ from sqlmodel import Session, select
 from enclave.registry.clock import iso, utcnow
 from enclave.registry.db import is_postgres
 from enclave.errors import BadInput
-from enclave.registry.models import AuditEvent
+from enclave.registry.models import AuditEvent, ModelCall
 
 GENESIS_HASH = "0" * 64
 HASHED_FIELDS = ("seq", "time", "actor", "action", "subject", "details", "prev_hash")
+# The events that record a model call, one per `model_call` row (`action` is "model.<endpoint>").
+MODEL_CALL_ACTIONS = frozenset({"model.generate", "model.score", "model.next-token"})
+# Problems named one by one before the rest are only counted.
+MAX_PROBLEMS_NAMED = 20
 # Any fixed 64-bit number: the key of PostgreSQL's transaction-scoped advisory lock for appends.
 _PG_CHAIN_LOCK_KEY = 0x656E636C61766501
 
@@ -68,6 +77,16 @@ def append(session: Session, actor: str, action: str, subject: str, details: Map
     session.add(event)
     session.flush()
     return event
+
+
+def sha256_text(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def model_call_digests(prompt: str, outputs_json: str) -> dict[str, str]:
+    """The digests a model call's audit event carries: of the prompt and of the outputs exactly as
+    stored (the JSON text of the `outputs` column)."""
+    return {"prompt_sha256": sha256_text(prompt), "outputs_sha256": sha256_text(outputs_json)}
 
 
 def event_record(event: AuditEvent) -> dict[str, Any]:
@@ -168,3 +187,102 @@ def parse_anchor(text_value: str) -> tuple[int, str]:
     if not sep or not seq_text.isdigit() or len(hash_value) != 64 or any(c not in "0123456789abcdef" for c in hash_value):
         raise BadInput(f"bad anchor {text_value!r}: expected SEQ:HASH with a 64-hex-digit SHA-256")
     return int(seq_text), hash_value
+
+
+@dataclasses.dataclass
+class CallVerification:
+    """The model calls against their audit events: how many rows were checked, and what is wrong."""
+
+    checked: int
+    bad: int
+    problems: list[str]  # the first MAX_PROBLEMS_NAMED, each naming the call and the event's seq
+
+    @property
+    def ok(self) -> bool:
+        return self.bad == 0
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"model calls match their audit events: {self.checked} calls"
+        more = f"\n  ... and {self.bad - len(self.problems)} more" if self.bad > len(self.problems) else ""
+        return (f"model calls do not match their audit events: {self.bad} problems in {self.checked} calls\n  "
+                + "\n  ".join(self.problems) + more)
+
+
+def _call_problem(call: ModelCall, event: AuditEvent | None) -> str | None:
+    """What is wrong with one model call and the event it points at, or None."""
+    where = f"model call {call.id} (audit event seq {call.audit_seq})"
+    if event is None:
+        return f"{where}: the audit event is missing"
+    if event.action != f"model.{call.endpoint}":
+        return f"{where}: the event is {event.action!r}, not a model.{call.endpoint} call"
+    try:
+        details = json.loads(event.details)
+    except ValueError:
+        details = None
+    if not isinstance(details, dict) or details.get("call") != call.id:
+        recorded = details.get("call") if isinstance(details, dict) else None
+        return f"{where}: the event records call {recorded!r}, not this one"
+    digests = model_call_digests(call.prompt, call.outputs)
+    for field, what in (("prompt_sha256", "prompt"), ("outputs_sha256", "outputs")):
+        if details.get(field) != digests[field]:
+            return f"{where}: its {what} does not match the {field} in the event (edited in the database)"
+    for field in ("status", "prompt_tokens", "completion_tokens"):
+        if details.get(field) != getattr(call, field):
+            return f"{where}: its {field} {getattr(call, field)!r} differs from the event's {details.get(field)!r}"
+    return None
+
+
+def verify_model_calls(session: Session, batch: int = 1000) -> CallVerification:
+    """Check every `model_call` row against the audit event it points at (`audit_seq`): the event
+    exists, records this call of this endpoint, and its digests of the prompt and the outputs, its
+    status and its token counts match the row. Then check that every model call event still has
+    its row (a deleted call hides what was asked from review). Meaningful when the chain itself
+    verifies (`verify_database`): only then are the events' digests the ones written at the time."""
+    problems: list[str] = []
+    checked = bad = 0
+
+    def found(problem: str) -> None:
+        nonlocal bad
+        bad += 1
+        if len(problems) < MAX_PROBLEMS_NAMED:
+            problems.append(problem)
+
+    last: tuple[int, str] = (0, "")
+    while True:  # rows in (audit_seq, id) order, a batch at a time
+        rows = session.exec(select(ModelCall).where(
+            (ModelCall.audit_seq > last[0]) | ((ModelCall.audit_seq == last[0]) & (ModelCall.id > last[1])))
+            .order_by(ModelCall.audit_seq, ModelCall.id).limit(batch)).all()
+        if not rows:
+            break
+        events = {e.seq: e for e in session.exec(select(AuditEvent).where(
+            AuditEvent.seq.in_({r.audit_seq for r in rows}))).all()}
+        for call in rows:
+            checked += 1
+            problem = _call_problem(call, events.get(call.audit_seq))
+            if problem:
+                found(problem)
+        last = (rows[-1].audit_seq, rows[-1].id)
+
+    last_seq = 0
+    while True:  # model call events in seq order, a batch at a time
+        events = session.exec(select(AuditEvent).where(AuditEvent.seq > last_seq,
+                                                       AuditEvent.action.in_(MODEL_CALL_ACTIONS))
+                              .order_by(AuditEvent.seq).limit(batch)).all()
+        if not events:
+            break
+        recorded = {}
+        for event in events:
+            try:
+                details = json.loads(event.details)
+            except ValueError:
+                details = None
+            recorded[event.seq] = details.get("call") if isinstance(details, dict) else None
+        present = set(session.exec(select(ModelCall.id).where(
+            ModelCall.id.in_({c for c in recorded.values() if isinstance(c, str)}))).all())
+        for seq, call_id in recorded.items():
+            if call_id not in present:
+                found(f"audit event seq {seq} records model call {call_id!r}, which is not in the model_call table "
+                      "(deleted)")
+        last_seq = events[-1].seq
+    return CallVerification(checked=checked, bad=bad, problems=problems)

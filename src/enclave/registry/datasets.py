@@ -15,6 +15,7 @@ from enclave.registry.models import Dataset, DatasetAccess, Project, Sensitivity
 from enclave.registry.lifecycle import require_live
 from enclave.registry.people import require_role
 from enclave.registry.projects import get_project
+from enclave.registry.volumes import hold_project_volumes
 
 
 def _fingerprint(path: Path) -> tuple[str | None, int | None]:
@@ -109,6 +110,8 @@ def disallow(session: Session, actor: str, name: str, slug: str) -> None:
     session.delete(access)
     session.flush()
     audit.append(session, actor=actor, action="dataset.disallow", subject=f"dataset:{name}", details={"project": slug})
+    # The members' work volumes may hold copies of the withdrawn dataset.
+    hold_project_volumes(session, actor, project, f"dataset {name!r} withdrawn from the project")
 
 
 def datasets_for(session: Session, project: Project) -> list[Dataset]:

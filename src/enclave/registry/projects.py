@@ -13,6 +13,7 @@ from enclave.errors import BadInput, NotFound, Conflict
 from enclave.registry.lifecycle import EXPIRABLE, check_transition, require_live, status_of
 from enclave.registry.models import Membership, Person, Project, ProjectStatus, Role
 from enclave.registry.people import SYSTEM_ACTOR, get_person, require_role
+from enclave.registry.volumes import hold_project_volumes
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 # The version of the terms of use a PI accepts when a project is recorded.
@@ -98,6 +99,10 @@ def _apply(session, project, step, actor, reason, until, now) -> Project:
     session.add(project)
     session.flush()
     audit.append(session, actor=actor, action=f"project.{step.action}", subject=f"project:{project.slug}", details=details)
+    if step.target is ProjectStatus.revoked:
+        # Copies of the project's data in its members' work volumes stay out of reach, also if
+        # the project is ever reinstated, until an operator has looked at them.
+        hold_project_volumes(session, actor, project, f"project revoked: {reason}" if reason else "project revoked", now)
     return project
 
 

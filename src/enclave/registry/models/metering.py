@@ -86,7 +86,8 @@ class Reservation(SQLModel, table=True):
 class ModelCall(SQLModel, table=True):
     """What a scholar asked the model and what it answered. Kept inside the enclave so the review
     airlock can trace exported text back to the calls that produced it; the audit event of the
-    call carries SHA-256 digests of both texts, so the chain covers them."""
+    call carries SHA-256 digests of both texts, so the chain covers them (`enclave audit verify`
+    checks each row against them)."""
 
     __tablename__ = "model_call"
 
@@ -96,7 +97,10 @@ class ModelCall(SQLModel, table=True):
     endpoint: str = Field(max_length=32)
     status: str = Field(max_length=16)
     prompt: str = Field(sa_column=Column(Text, nullable=False))
-    # JSON list of the returned texts (several when n > 1; empty for score and next-token).
+    # What the caller was given, as JSON: generate's texts (a list, several when n > 1; empty when
+    # the call did not finish), score's rounded log-probabilities ({"tokens": [{"token", "logprob"}],
+    # "total_logprob", "perplexity"}) or next-token's rounded probabilities ({"top": [{"token",
+    # "probability"}]}). The audit event's outputs_sha256 is the digest of exactly this text.
     outputs: str = Field(sa_column=Column(Text, nullable=False))
     prompt_tokens: int
     completion_tokens: int

@@ -43,6 +43,8 @@ class NotebookSession(SQLModel, table=True):
     egress_counter: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     # The egress total last written to the audit chain.
     egress_audited: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    # Docker log timestamp up to which the lock-down extension's read log was collected.
+    log_cursor: str = Field(default="", sa_column=Column(String(40), nullable=False, server_default=""))
 
 
 class EgressDay(SQLModel, table=True):

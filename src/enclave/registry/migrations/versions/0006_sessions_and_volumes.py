@@ -39,6 +39,7 @@ def upgrade() -> None:
     sa.Column('egress_bytes', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('egress_counter', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('egress_audited', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('log_cursor', sa.String(length=40), server_default='', nullable=False),
     sa.ForeignKeyConstraint(['person_id'], ['person.id'], ),
     sa.ForeignKeyConstraint(['project_id'], ['project.id'], ),
     sa.PrimaryKeyConstraint('id')
