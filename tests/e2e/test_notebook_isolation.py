@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from enclave.hub.network import EnclaveNetwork, ensure_network, install, uninstall
-from enclave.registry import datasets, grants, people, projects
+from enclave.registry import audit, datasets, grants, people, projects, sessions, volumes
 from enclave.registry.credentials import set_password
 from enclave.registry.db import make_engine, session_scope, upgrade
 from tests.e2e.kernel import Server
@@ -34,6 +34,10 @@ ALICE_PASSWORD = "alice-password-e2e"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 BOB_PASSWORD = "bob-password-e2e1"
 RITA_PASSWORD = "rita-password-e2e"
+DAVE_PASSWORD = "dave-password-e2e"
+# Dave's project p3 may send this much to browsers per day: enough for the test's own REST calls,
+# not for pulling copies of the dataset out through the contents API.
+DAVE_VIEW_BUDGET = 6 * 1024**2
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +133,13 @@ def world(tmp_path_factory, enclave_net, image_id, outside, host_listener):
         projects.add_member(s, OPERATOR, "p1", "carol")
         people.add_person(s, OPERATOR, "rita", "Rita", "rita@example.org", roles=["reviewer"])
         set_password(s, OPERATOR, "rita", RITA_PASSWORD)
+    # Dave works in two projects: p3 (with the census and a small browser budget) and p1.
+    approved_project(engine, "p3", "dave")
+    with session_scope(engine) as s:
+        grants.set_grant(s, OPERATOR, "p3", mem_bytes=1024**3, cpu=1.0, view_bytes_per_day=DAVE_VIEW_BUDGET)
+        datasets.allow(s, OPERATOR, "census", "p3")
+        projects.add_member(s, OPERATOR, "p1", "dave")
+        set_password(s, OPERATOR, "dave", DAVE_PASSWORD)
     with running_stack(tmp, db_url, mode="docker", image=image_id, model_dir=str(model_dir), gateway=True,
                        review=True, extra_env={"ENCLAVE_HOME": str(tmp / "home")},
                        network_name=enclave_net.name, bridge=enclave_net.bridge, subnet=enclave_net.subnet,
@@ -457,6 +468,116 @@ def test_h_export_from_the_notebook_is_reviewed_in_the_browser_and_released(worl
     assert (manifest.parent / "files" / "table1.csv").read_text() == "region,patients\nnorth,120\nsouth,85\n"
 
 
+def test_i_the_session_and_its_start_are_on_the_record(world, alice, image_id):
+    """Logins, the spawn (image, mounts, limits), tokens and the lock-down's read log are registry
+    audit events, not lines in a container's stdout."""
+    alice["server"].get("/api/contents/work/small.txt")  # a read the lock-down logs
+    engine = world["engine"]
+    deadline = time.time() + 60
+    while True:
+        with session_scope(engine) as s:
+            events = [(e.action, json.loads(e.details)) for e in audit.iter_events(s)]
+        reads = [entry for action, d in events if action == "session.read_log" and d.get("project") == "p1"
+                 for entry in d["entries"]]
+        tokens = [d for action, d in events if action == "hub.token_created" and d["user"] == "alice"]
+        if any(r["event"] == "contents_read" and r["path"] == "work/small.txt" for r in reads) and len(tokens) >= 2:
+            break
+        assert time.time() < deadline, f"read log or tokens not recorded: {reads[-5:]} {tokens}"
+        time.sleep(1)
+    assert any(a == "hub.login" and d["user"] == "alice" for a, d in events)
+    started = [d for a, d in events if a == "session.started" and d["project"] == "p1" and d["mode"] == "docker"]
+    assert started and started[0]["image"] == image_id
+    assert started[0]["mounts"] == [{"dataset": "census", "path": str(Path(started[0]["mounts"][0]["path"]))}]
+    assert started[0]["limits"]["mem_bytes"] == 1024**3
+    assert any(t["note"].startswith("Server at") for t in tokens)  # the notebook's own token, too
+
+
+def _start(stack, browser, name: str, project: str, timeout: float = 180) -> None:
+    reply = browser.hub_api("POST", f"/users/{name}/server", json={"project": project})
+    assert reply.status_code in (201, 202), reply.text
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        server = (stack.user_model(name).get("servers") or {}).get("")
+        if server and server.get("ready"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name}'s server did not start:\n{stack.log()[-4000:]}")
+
+
+def test_j_one_project_per_session_and_a_browser_budget_that_stops_a_bulk_pull(world, docker_client):
+    """Dave is in p1 and p3 and starts a session for p3. From inside it, nothing acts for p1 (not
+    the gateway, not an export), whatever header or token it uses. Then he copies the dataset into
+    his work directory and pulls it out through the contents API as a script would: the host's
+    counters charge his project's budget and the session is stopped, with the record kept."""
+    stack, engine = world["stack"], world["engine"]
+    browser = Browser(stack)
+    assert browser.login("dave", DAVE_PASSWORD).status_code == 302
+    _start(stack, browser, "dave", "p3")
+    token = browser.hub_api("POST", "/users/dave/tokens", json={"scopes": ["access:servers!user=dave",
+                            "access:services!service=gateway", "access:services!service=review"],
+                            "note": "e2e"}).json()["token"]
+    server = Server(f"{stack.public_url}/user/dave", token)
+    try:
+        result = _inside({"server": server}, f"""
+            import json, os, httpx
+            gw, rv = os.environ["ENCLAVE_GATEWAY_URL"], os.environ["ENCLAVE_REVIEW_URL"]
+            own = {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}}
+            personal = {{"Authorization": "token {token}"}}  # a token made outside, typed into the notebook
+            body = {{"prompt": "Hello", "max_new_tokens": 2, "seed": 1}}
+            out = {{"project": os.environ.get("ENCLAVE_PROJECT")}}
+            out["own_p3"] = httpx.post(gw + "/v1/generate", headers=own, json=body, timeout=60).status_code
+            out["own_p1"] = httpx.post(gw + "/v1/generate", headers={{**own, "X-Enclave-Project": "p1"}}, json=body, timeout=60).text
+            out["personal_p1"] = httpx.post(gw + "/v1/generate", headers={{**personal, "X-Enclave-Project": "p1"}}, json=body, timeout=60).text
+            open(os.path.expanduser("~/work/t.csv"), "w").write("a,b\n1,2\n")
+            files = {{"files": ("t.csv", open(os.path.expanduser("~/work/t.csv"), "rb"))}}
+            data = {{"justification": "filed under another project", "context": ""}}
+            out["export_p1"] = httpx.post(rv + "/api/exports", headers={{**own, "X-Enclave-Project": "p1"}}, files=files, data=data, timeout=60).text
+            rows = open(os.path.expanduser("~/datasets/census/people.csv")).read()
+            for i in range(20):
+                open(os.path.expanduser(f"~/work/pull_{{i}}.csv"), "w").write((rows * (900_000 // len(rows)))[:900_000])
+            print(json.dumps(out))
+        """)
+        assert result["project"] == "p3" and result["own_p3"] == 200, result
+        for attempt in ("own_p1", "personal_p1", "export_p1"):
+            assert "p3" in result[attempt] and "p1" in result[attempt] and "session" in result[attempt], (attempt, result)
+        pulled, refused_at = 0, None
+        started = time.monotonic()
+        for i in range(20):
+            try:
+                reply = server.get(f"/api/contents/work/pull_{i}.csv", timeout=10)
+            except Exception:  # dropped by the host firewall, or the server is gone
+                refused_at = i
+                break
+            if reply.status_code != 200:
+                refused_at = i
+                break
+            pulled += len(reply.content)
+            time.sleep(0.5)
+        assert refused_at is not None, f"pulled {pulled} bytes, nothing stopped it"
+        assert pulled < DAVE_VIEW_BUDGET + 8 * 1024**2, pulled  # cut off within a few seconds' worth
+        assert stack.wait_stopped("dave", timeout=60) < 60
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert not docker_client.containers.list(filters={"label": "enclave.user=dave"}, all=True)  # removed
+    with session_scope(engine) as s:
+        (record,) = sessions.list_sessions(s, username="dave", project="p3")
+        assert record.stopped_at is not None and record.stop_reason.startswith("view_budget"), record.stop_reason
+        assert record.egress_bytes >= DAVE_VIEW_BUDGET
+        events = [(e.action, json.loads(e.details)) for e in audit.iter_events(s)]
+    assert sum(d["bytes"] for a, d in events if a == "session.egress" and d["session"] == record.id) >= 4 * 1024**2
+    assert any(a == "session.stopped" and d["session"] == record.id and d["reason"].startswith("view_budget")
+               for a, d in events)
+    # The next start is refused, saying why, until the day is over.
+    reply = browser.hub_api("POST", "/users/dave/server", json={"project": "p3"})
+    message = reply.text if reply.status_code >= 400 else progress(stack, "dave", timeout=60).get("message", "")
+    assert "browser egress budget" in message, message
+    # His work volume was his and p3's alone.
+    assert [v.name for v in docker_client.volumes.list(filters={"name": f"{world['net'].name}-work-dave"})] == [
+        f"{world['net'].name}-work-dave-p3"], took
+    browser.close()
+
+
 def test_z_revocation_stops_the_server_and_the_next_call(world, alice):
     import httpx
 
@@ -470,4 +591,8 @@ def test_z_revocation_stops_the_server_and_the_next_call(world, alice):
     reply = httpx.get(url, headers={"Authorization": f"token {gateway_token}"})
     assert reply.status_code == 403 and "revoked" in reply.text
     assert stack.wait_stopped("alice", timeout=60) < 60
+    # Her work volume for p1 is held: no session mounts it until an operator releases or destroys it.
+    with session_scope(world["engine"]) as s:
+        (volume,) = [v for v in volumes.list_volumes(s) if v.name.endswith("-work-alice-p1")]
+        assert volume.state == "held" and "revoked" in volume.state_reason
 
