@@ -219,3 +219,25 @@ def test_session_and_volume_commands(world, db_url, tmp_path, monkeypatch):
     cli.fails("volume", "release", "no-such-volume", "--reason", "x", match="no work volume 'no-such-volume'")
     cli("volume", "destroy", plan.work_volume, "--reason", "project revoked for good")
     assert cli.json("volume", "list", "--project", "p1")[0]["state"] == "destroyed"
+
+
+def test_a_session_acts_for_its_own_project_and_person_only(world):
+    from enclave.web.session_binding import session_project, token_digest
+
+    with session_scope(world) as s:
+        sessions.open_session(s, username="alice", project="p2", mode="docker", container_ip="10.0.0.9",
+                              token_sha256=token_digest("server-token"))
+    with session_scope(world) as s:
+        # From her p2 session: p2, whether she names it or not, with its token or from its address.
+        assert session_project(s, "alice", None, token="server-token", address=None) == "p2"
+        assert session_project(s, "alice", "p2", token="personal-token", address="10.0.0.9") == "p2"
+        # Naming p1 (where she is a member too) is refused, with either token.
+        for token, address in (("server-token", None), ("personal-token", "10.0.0.9")):
+            with pytest.raises(AccessDenied, match="works for project 'p2', not 'p1': one project per session") as refused:
+                session_project(s, "alice", "p1", token=token, address=address)
+            assert refused.value.reason == "wrong_project"
+        # Someone else's token used from her container acts for nobody there.
+        with pytest.raises(AccessDenied, match="comes from alice's notebook session"):
+            session_project(s, "bob", "p2", token="bob-token", address="10.0.0.9")
+        # Outside any session (a laptop script), the header decides, and the registry after it.
+        assert session_project(s, "alice", "p1", token="personal-token", address="127.0.0.1") == "p1"
