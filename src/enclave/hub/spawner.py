@@ -30,6 +30,7 @@ from enclave.hub.network import EnclaveNetwork
 from enclave.hub.registry_link import RegistryLink
 from enclave.errors import AccessDenied, BadInput
 from enclave.registry import sessions
+from enclave.registry.models import NotebookSession
 
 # Scopes a notebook's $JUPYTERHUB_API_TOKEN carries: post activity, reach its own server, and call
 # the gateway and the review service. Nothing that reads other users or administers the hub.
@@ -261,18 +262,21 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
     async def stop(self, now=False):
         """Stop the container, then take the final reading of its byte counter and close the
         session's record (the counter outlives the container, the record outlives both)."""
-        session_id, address = self.enclave_session, self.ip
+        session_id = self.enclave_session
         await self._stop_container()
         net = self.enclave_network
-        if session_id and net is not None and address:
+        if session_id and net is not None:
             def settle(s):
-                record = s.get(sessions.NotebookSession, session_id)
+                record = s.get(NotebookSession, session_id)
+                if record is None:
+                    return
                 counters = egress.read_counters(net)
-                if record is not None and session_id in counters:
+                if session_id in counters:
                     sessions.record_egress(s, record, counters[session_id])
+                if record.container_ip:
+                    egress.stop_counting(net, session_id, record.container_ip)
             try:
                 await self.in_registry(settle)
-                await asyncio.to_thread(egress.stop_counting, net, session_id, address)
             except Exception:  # the stop itself must go ahead; the warden settles what is left
                 self.log.exception("enclave: could not settle the egress of session %s", session_id)
         self.enclave_session = session_id
