@@ -241,3 +241,24 @@ def test_a_session_acts_for_its_own_project_and_person_only(world):
             session_project(s, "bob", "p2", token="bob-token", address="10.0.0.9")
         # Outside any session (a laptop script), the header decides, and the registry after it.
         assert session_project(s, "alice", "p1", token="personal-token", address="127.0.0.1") == "p1"
+
+
+@pytest.mark.docker
+def test_the_warden_measures_a_work_volume_on_the_host(docker_client):
+    import os
+    import uuid
+    from pathlib import Path
+
+    from enclave.hub.warden import volume_size
+
+    name = f"enclave-test-size-{uuid.uuid4().hex[:8]}"
+    volume = docker_client.volumes.create(name)
+    try:
+        assert volume_size(docker_client, name) == 0
+        folder = Path(volume.attrs["Mountpoint"]) / "deep" / "er"
+        folder.mkdir(parents=True)
+        (folder / "copy.csv").write_bytes(os.urandom(3 * 1024**2))
+        assert 3 * 1024**2 <= volume_size(docker_client, name) < 3 * 1024**2 + 64 * 1024
+        assert volume_size(docker_client, "enclave-test-no-such-volume") is None
+    finally:
+        volume.remove(force=True)
