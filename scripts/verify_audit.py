@@ -9,6 +9,10 @@ and ":", UTF-8, non-ASCII unescaped) of the object with exactly the keys seq, ti
 subject, details, prev_hash; the first event's prev_hash is 64 zeros and every later one is the
 previous event's hash; seq counts 1, 2, 3, ... with no gaps. Optional SEQ:HASH arguments are heads
 published earlier: the log must still pass through them. Exit 0 when intact, 1 otherwise.
+
+The export holds the events only. The model calls' prompts and answers stay inside the enclave;
+`enclave audit verify` (against the database) checks each of them against the SHA-256 digests its
+event carries (prompt_sha256, outputs_sha256 in the event's details).
 """
 
 import hashlib

@@ -1,4 +1,5 @@
-"""`enclave audit ...`: verify, export and inspect the hash-chained audit log."""
+"""`enclave audit ...`: verify (the chain, and the model calls against their events), export and inspect
+the hash-chained audit log."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def audit_verify(
     file: Annotated[Optional[Path], typer.Option("--file", help="Verify an exported JSON-lines file instead of the database.")] = None,
     anchor: Annotated[Optional[list[str]], typer.Option("--anchor", metavar="SEQ:HASH", help="A published head the chain must pass through; repeatable.")] = None,
 ) -> None:
-    """Recompute the hash chain; exit 0 if intact, 1 naming the first bad seq."""
+    """Recompute the hash chain and check every model call against the digests in its audit event;
+    exit 0 if all is intact, 1 naming the first bad seq and each model call that does not match."""
     anchors = dict(audit.parse_anchor(a) for a in anchor or [])
-    if file is not None:
+    calls = None
+    if file is not None:  # an export holds the events only, not the model calls
         try:
             with file.open(encoding="utf-8") as handle:
                 result = audit.verify_records(audit.read_jsonl(handle), anchors)
@@ -32,8 +35,11 @@ def audit_verify(
     else:
         with registry() as s:
             result = audit.verify_database(s, anchors)
+            calls = audit.verify_model_calls(s)
     typer.echo(result.summary(), err=not result.ok)
-    if not result.ok:
+    if calls is not None:
+        typer.echo(calls.summary(), err=not calls.ok)
+    if not result.ok or (calls is not None and not calls.ok):
         raise typer.Exit(1)
 
 

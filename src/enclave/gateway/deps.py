@@ -10,6 +10,13 @@ registry's decision, the reservation of its worst-case cost) is one such transac
 (`MeteredCall`), so no revocation or grant change can slip between the decision and the
 reservation; its settlement is another, after the model has run.
 
+A caller is identified and authorised (`get_metered_call`, a dependency) before the route's body
+runs, so nothing is tokenised for a caller who would be refused; the admission then decides again,
+in the transaction of the reservation.
+
+Refused calls are counted per minute and caller in `GatewayState.refusal_tally` (see `refusals`) and
+written to the audit log by the heartbeat thread once their minute is over, and at shutdown.
+
 Each gateway process is a registered *instance* (`GatewayState` registers it when it is made): it
 stamps every reservation with its id and, on a thread of its own (so that a busy event loop cannot
 starve it), heartbeats every `heartbeat_s` and sweeps: the open reservations of instances silent for
@@ -33,7 +40,8 @@ from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine as DbEngine
 
-from enclave.gateway import quota
+from enclave.errors import UserError
+from enclave.gateway import quota, refusals
 from enclave.gateway.auth import Caller, authorize, identify
 from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
@@ -55,6 +63,7 @@ class GatewayState:
     db: DbEngine
     engine: Engine
     identity: HubIdentity
+    refusal_tally: refusals.RefusalTally = dataclasses.field(default_factory=refusals.RefusalTally)
     instance_id: str = dataclasses.field(init=False, default="")
     _stop: threading.Event = dataclasses.field(init=False, repr=False, compare=False, default_factory=threading.Event)
     _keeper: threading.Thread | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
@@ -75,6 +84,7 @@ class GatewayState:
     def _keep_alive(self) -> None:
         dead_after = dt.timedelta(seconds=self.settings.dead_after_s)
         while not self._stop.wait(self.settings.heartbeat_s):
+            self.flush_refusals()
             try:
                 self.transaction(lambda session: quota.heartbeat(session, self.instance_id))
                 settled = self.transaction(lambda session: quota.sweep_dead(session, dead_after))
@@ -85,12 +95,32 @@ class GatewayState:
                 log.warning("settled %d reservations of gateway instances that stopped heartbeating "
                             "(charged their worst case)", settled)
 
+    def flush_refusals(self, everything: bool = False) -> int:
+        """Write the refusals of minutes that are over (all of them when `everything`) as audit
+        events; on a registry outage keep them for the next try. Returns how many events it wrote."""
+        groups = self.refusal_tally.take(everything)
+        if not groups:
+            return 0
+        try:
+            return self.transaction(lambda session: refusals.write(session, groups))
+        except Exception as exc:  # the registry is down: count them again, the next beat may get through
+            self.refusal_tally.put_back(groups)
+            log.warning("could not record %d refused calls in the audit log (will retry): %s",
+                        sum(g.count for g in groups), str(exc).splitlines()[0] if str(exc) else exc)
+            return 0
+
+    def refused(self, request: Request, exc: UserError, status: int) -> None:
+        """Count a refused call (`refusals.is_refusal`) for the next flush."""
+        self.refusal_tally.add(refusals.caller_of(request), exc.code, status, refusals.endpoint_of(request))
+
     def close(self) -> None:
-        """Stop the heartbeat (at shutdown; idempotent)."""
+        """Stop the heartbeat and write every refusal still counted (at shutdown; idempotent)."""
         self._stop.set()
         keeper, self._keeper = self._keeper, None
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join(30)
+        if keeper is not None:
+            self.flush_refusals(everything=True)
 
     def _on_disposed(self, db: DbEngine) -> None:
         if self._keeper is None:
@@ -117,19 +147,24 @@ async def get_engine(state: GatewayState = Depends(get_state)) -> Engine:
 @dataclasses.dataclass(frozen=True)
 class Credentials:
     """What a request says about its caller: `Authorization` and `X-Enclave-Project`. Read from the
-    request rather than declared as header parameters, which would change the published schema."""
+    request rather than declared as header parameters, which would change the published schema.
+    `identified` hears the caller's name as soon as the token is known, so a refusal after that
+    (no access, no quota) is counted against the person, not the token."""
 
     authorization: str | None
     project: str | None
+    identified: Callable[[str], None] = lambda _username: None
 
     def decide(self, session, identity: HubIdentity) -> tuple[Caller, Access]:
         """The caller and the registry's decision, in the transaction of `session`."""
         caller = identify(session, self.authorization, identity)
+        self.identified(caller.username)
         return caller, authorize(session, caller, self.project)
 
 
 async def get_credentials(request: Request) -> Credentials:
-    return Credentials(request.headers.get("authorization"), request.headers.get("x-enclave-project"))
+    return Credentials(request.headers.get("authorization"), request.headers.get("x-enclave-project"),
+                       lambda username: refusals.note_caller(request, username))
 
 
 async def get_access(state: GatewayState = Depends(get_state),
@@ -141,18 +176,23 @@ async def get_access(state: GatewayState = Depends(get_state),
 
 class MeteredCall:
     """One request's model call: admit it (identify, authorise and reserve the worst case, in one
-    transaction), run it until done or the client leaves, then settle the actual cost and record it."""
+    transaction), run it until done or the client leaves, then settle the actual cost and record it.
+    `outputs` of the run are what the caller is given (generated texts, or the rounded numbers of
+    score and next-token), stored with the call and digested in its audit event."""
 
     def __init__(self, request: Request, state: GatewayState, credentials: Credentials):
         self.request, self.state, self.credentials = request, state, credentials
 
     async def __call__(self, endpoint: str, prompt: str, prompt_tokens: int, worst_case: int,
-                       run: Callable[[Access], Awaitable[tuple[Any, list[str], int]]],
-                       completion_cap: int = 0, max_new_tokens: int | None = None) -> tuple[str, Any, int]:
+                       run: Callable[[Access], Awaitable[tuple[Any, Any, int]]],
+                       completion_cap: int = 0, max_new_tokens: int | None = None,
+                       produced: Callable[[], int] | None = None) -> tuple[str, Any, int]:
         """`run(granted)` gets the admitted access decision (its project keys seeded sampling) and
-        returns (result, output texts, completion tokens); this returns (call id, result,
-        completion tokens). `completion_cap` is the most the call may generate (all samples),
-        `max_new_tokens` the most per sample (a one-token generation is probability-bearing)."""
+        returns (result, outputs, completion tokens); this returns (call id, result, completion
+        tokens). `completion_cap` is the most the call may generate (all samples),
+        `max_new_tokens` the most per sample (a one-token generation is probability-bearing).
+        `produced()` says how many tokens the run has generated so far: a call whose client left
+        is charged for them (and its prompt), not for nothing and not for its worst case."""
         identity = self.state.identity
 
         def admit(session):
@@ -170,6 +210,7 @@ class MeteredCall:
             return ticket.id, result, completion
         except ClientGone:
             status = "cancelled"
+            completion = produced() if produced is not None else 0
             raise
         except QueueFull:
             status = "busy"
@@ -185,7 +226,10 @@ class MeteredCall:
 
 
 async def get_metered_call(request: Request, state: GatewayState = Depends(get_state),
-                     credentials: Credentials = Depends(get_credentials)) -> MeteredCall:
+                           credentials: Credentials = Depends(get_credentials)) -> MeteredCall:
+    """A metered call for a caller already identified and authorised: the route's body (which
+    tokenises the prompt) runs only for a caller the registry would admit right now."""
+    await state.run(lambda session: credentials.decide(session, state.identity))
     return MeteredCall(request, state, credentials)
 
 

@@ -98,6 +98,15 @@ class Completion:
     finish_reason: str  # "stop" (end-of-text or a stop string) or "length"
 
 
+class GenerationProgress:
+    """How many tokens a generation has sampled so far, all its samples together. Only the engine
+    thread writes it; a caller that goes away reads it to charge what the call produced before the
+    engine noticed (at most one step per sample may follow, which nobody sees or pays for)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+
 class _Request:
     """One caller's future; the engine thread resolves it on the caller's event loop."""
 
@@ -131,9 +140,11 @@ def derive_seed(secret: bytes, project: str, seed: int, prompt_ids: list[int]) -
 
 
 class _Generation(_Request):
-    def __init__(self, loop, prompt_ids: list[int], params: SamplingParams, seeds: list[int]):
+    def __init__(self, loop, prompt_ids: list[int], params: SamplingParams, seeds: list[int],
+                 progress: GenerationProgress | None = None):
         super().__init__(loop)
         self.prompt_ids, self.params = prompt_ids, params
+        self.progress = progress if progress is not None else GenerationProgress()
         self.sequences = [_Sequence(self, i, seed) for i, seed in enumerate(seeds)]
         self.unfinished = len(seeds)
 
@@ -235,10 +246,10 @@ class Engine:
     # -- the API --------------------------------------------------------------------------------
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, n: int = 1,
-                       project: str = "") -> list[Completion]:
+                       project: str = "", progress: GenerationProgress | None = None) -> list[Completion]:
         """n completions of one prompt, with seeds seed, seed+1, ..., each keyed with the project
         and the prompt (`derive_seed`); with no seed, random ones. Cancelling the awaiting task
-        drops its sequences at the next iteration."""
+        drops its sequences at the next iteration; `progress` counts the tokens sampled until then."""
         self._check_ids(prompt_ids)
         if n < 1:
             raise ValueError("n must be at least 1")
@@ -249,7 +260,7 @@ class Engine:
             seeds = [secrets.randbits(63) for _ in range(n)]
         else:
             seeds = [derive_seed(self._sampling_secret, project, params.seed + i, list(prompt_ids)) for i in range(n)]
-        request = _Generation(asyncio.get_running_loop(), list(prompt_ids), params, seeds)
+        request = _Generation(asyncio.get_running_loop(), list(prompt_ids), params, seeds, progress)
         self._enqueue(request.sequences, n)
         return await self._wait(request)
 
@@ -421,6 +432,7 @@ class Engine:
         tokens = sample(logits, [s.request.params for s in sequences], [s.generator for s in sequences])
         for sequence, token in zip(sequences, tokens):
             sequence.tokens.append(token)
+            sequence.request.progress.tokens += 1
             self._check_finished(sequence)
         self._retire([i for i, s in enumerate(self._running) if s.finish_reason is not None])
 

@@ -2,7 +2,8 @@
 
 A `UserError` (bad input, unknown or unauthorised caller, an exhausted grant, a busy engine, a
 registry that is down) takes its status, code and headers from the one table in
-`enclave.web.errors`. Besides those there are only: a body that fails validation (422), a client
+`enclave.web.errors`; a refusal of the caller (401, 402, 403, 429) is also counted for the audit
+log (`refusals`). Besides those there are only: a body that fails validation (422), a client
 that went away mid-call (499, which nobody reads but the log), and a bug (500, never with detail:
 no traceback reaches a scholar; the server log keeps it).
 """
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from enclave.errors import UserError
+from enclave.gateway import refusals
 from enclave.web.errors import refusal
 
 log = logging.getLogger("enclave.gateway")
@@ -29,8 +31,11 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
-async def user_error(_request: Request, exc: UserError) -> JSONResponse:
+async def user_error(request: Request, exc: UserError) -> JSONResponse:
     answer = refusal(exc)
+    state = getattr(request.app.state, "gateway", None)
+    if state is not None and refusals.is_refusal(exc):
+        state.refused(request, exc, answer.status)
     return JSONResponse(answer.body(), status_code=answer.status, headers=answer.headers)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import secrets
@@ -159,16 +158,14 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
 class CallRecord:
     """What happened in a call, for the audit log and the model-call record."""
 
-    status: str  # ok | error | cancelled
+    status: str  # ok | error | cancelled | busy
     prompt: str
-    outputs: list[str]
+    # What the caller was given: generate's texts (a list), or the rounded numbers of score and
+    # next-token (an object); stored as JSON and digested in the call's audit event.
+    outputs: list[str] | dict
     prompt_tokens: int
     completion_tokens: int
     latency_ms: int
-
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRecord, *, actor: str,
@@ -194,7 +191,7 @@ def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRe
     event = audit.append(session, actor=actor, action=f"model.{ticket.endpoint}", subject=f"project:{project_slug}", details={
         "call": ticket.id, "status": record.status, "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens, "charged_tokens": charged, "latency_ms": record.latency_ms,
-        "prompt_sha256": _sha256(record.prompt), "outputs_sha256": _sha256(outputs_json),
+        **audit.model_call_digests(record.prompt, outputs_json),
     })
     session.add_all([account, day, reservation, ModelCall(
         id=ticket.id, person_id=ticket.person_id, project_id=ticket.project_id, endpoint=ticket.endpoint,

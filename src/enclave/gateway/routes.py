@@ -8,10 +8,17 @@ number is rounded the same way (`rounded`). A caller's seed reaches the engine t
 project, and the engine keys it with its secret, so a one-token generation cannot be read as an
 answer to "is CDF(t) > u" for a u the caller computed. Limits that depend on the model (its
 context) are checked before the caller is admitted, so a call that cannot run is never charged.
+
+A prompt is tokenised only for a caller the registry has identified and authorised (the
+`get_metered_call` dependency runs before the route's body), and on a worker thread (`tokenise`),
+so neither an anonymous flood of long prompts nor a scholar's long prompt stalls the event loop.
+What score and next-token return (the rounded numbers) is recorded as the call's outputs, as
+generate's texts are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from fastapi import APIRouter, Depends
@@ -19,7 +26,7 @@ from fastapi import APIRouter, Depends
 from enclave.errors import BadInput
 from enclave.gateway import quota
 from enclave.gateway.deps import GatewayState, MeteredCall, get_access, get_engine, get_metered_call, get_state
-from enclave.gateway.engine import ContextTooLong, Engine, SamplingParams
+from enclave.gateway.engine import ContextTooLong, Engine, GenerationProgress, SamplingParams
 from enclave.gateway.schemas import (
     LOGPROB_DECIMALS, Choice, GenerateRequest, GenerateResponse, ModelInfo, NextTokenRequest, NextTokenResponse,
     ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
@@ -62,27 +69,44 @@ async def usage(granted: Access = Depends(get_access), state: GatewayState = Dep
     return await state.run(lambda session: {"user": granted.person.username, **quota.usage(session, granted)})
 
 
+def _tokenise(engine: Engine, text: str, new_tokens: int, *, score: bool = False) -> list[int]:
+    """The token ids of `text` (after <|endoftext|> when scoring, so the first token is scored
+    too, as GPT-2 was trained), checked against the model's context."""
+    tokenizer = engine.tokenizer
+    ids = [tokenizer.eos_token_id, *tokenizer.encode(text)] if score else tokenizer.encode(text)
+    _check_context(len(ids), new_tokens, engine.context_length)
+    return ids
+
+
+async def tokenise(engine: Engine, text: str, new_tokens: int = 0, *, score: bool = False) -> list[int]:
+    """`_tokenise` on a worker thread: a prompt of 200,000 characters takes a tenth of a second,
+    which the event loop (every other caller's requests) must not wait for. The routes call it
+    only after their `get_metered_call` dependency has identified and authorised the caller."""
+    return await asyncio.to_thread(_tokenise, engine, text, new_tokens, score=score)
+
+
 @router.post("/v1/generate", response_model=GenerateResponse, summary="Continue a prompt")
 async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
                    metered: MeteredCall = Depends(get_metered_call)) -> GenerateResponse:
-    ids = engine.tokenizer.encode(body.prompt)
-    _check_context(len(ids), body.max_new_tokens, engine.context_length)
     try:
         params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
                                 top_p=body.top_p, seed=body.seed, stop=list(body.stop), ignore_eos=body.ignore_eos)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+    ids = await tokenise(engine, body.prompt, body.max_new_tokens)
+    progress = GenerationProgress()
 
     async def run(granted: Access):
         # A seed is keyed with the admitted project, so it reproduces its text only there
         # (unseeded draws are random).
         project = "" if body.seed is None else granted.project.slug
-        completions = await engine.generate(ids, params, n=body.n, project=project)
+        completions = await engine.generate(ids, params, n=body.n, project=project, progress=progress)
         return completions, [c.text for c in completions], sum(len(c.token_ids) for c in completions)
 
     call_id, completions, completion_tokens = await metered(
         "generate", body.prompt, len(ids), len(ids) + body.max_new_tokens * body.n, run,
-        completion_cap=body.max_new_tokens * body.n, max_new_tokens=body.max_new_tokens)
+        completion_cap=body.max_new_tokens * body.n, max_new_tokens=body.max_new_tokens,
+        produced=lambda: progress.tokens)
     return GenerateResponse(
         id=call_id,
         choices=[Choice(text=c.text, finish_reason=c.finish_reason, tokens=len(c.token_ids)) for c in completions],
@@ -90,40 +114,47 @@ async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
                     total_tokens=len(ids) + completion_tokens))
 
 
+def _scored(engine: Engine, ids: list[int], logprobs: list[float]) -> dict:
+    """What score returns, rounded (`rounded`): also what is recorded as the call's outputs."""
+    total = rounded(sum(logprobs))
+    return {
+        "tokens": [{"token": engine.tokenizer.decode([t]), "logprob": rounded(lp)} for t, lp in zip(ids[1:], logprobs)],
+        "total_logprob": total,
+        # From the rounded total, so the perplexity carries no digit of the log-probabilities that
+        # the total does not.
+        "perplexity": rounded(math.exp(-total / len(logprobs))),
+    }
+
+
 @router.post("/v1/score", response_model=ScoreResponse, summary="Log-probabilities of a text's own tokens")
 async def score(body: ScoreRequest, engine: Engine = Depends(get_engine),
                 metered: MeteredCall = Depends(get_metered_call)) -> ScoreResponse:
-    tokenizer = engine.tokenizer
-    # Prepend <|endoftext|> so the first token is scored too, as GPT-2 was trained.
-    ids = [tokenizer.eos_token_id, *tokenizer.encode(body.text)]
-    _check_context(len(ids), 0, engine.context_length)
+    ids = await tokenise(engine, body.text, score=True)
 
     async def run(_granted: Access):
-        return await engine.score(ids), [], 0
+        scored = await asyncio.to_thread(_scored, engine, ids, await engine.score(ids))
+        return scored, scored, 0
 
-    call_id, logprobs, _ = await metered("score", body.text, len(ids) - 1, len(ids) - 1, run)
-    total = rounded(sum(logprobs))
-    return ScoreResponse(
-        id=call_id,
-        tokens=[TokenLogprob(token=tokenizer.decode([t]), logprob=rounded(lp)) for t, lp in zip(ids[1:], logprobs)],
-        total_logprob=total,
-        # From the rounded total, so the perplexity carries no digit of the log-probabilities that
-        # the total does not.
-        perplexity=rounded(math.exp(-total / len(logprobs))),
-        usage=Usage(prompt_tokens=len(ids) - 1, completion_tokens=0, total_tokens=len(ids) - 1))
+    call_id, scored, _ = await metered("score", body.text, len(ids) - 1, len(ids) - 1, run)
+    return ScoreResponse(id=call_id, tokens=[TokenLogprob(**t) for t in scored["tokens"]],
+                         total_logprob=scored["total_logprob"], perplexity=scored["perplexity"],
+                         usage=Usage(prompt_tokens=len(ids) - 1, completion_tokens=0, total_tokens=len(ids) - 1))
+
+
+def _top(engine: Engine, top: list[tuple[int, float]]) -> dict:
+    """What next-token returns, rounded (`rounded`): also what is recorded as the call's outputs."""
+    return {"top": [{"token": engine.tokenizer.decode([t]), "probability": rounded(p)} for t, p in top]}
 
 
 @router.post("/v1/next-token", response_model=NextTokenResponse, summary="The most likely next tokens (at most 5)")
 async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine),
                      metered: MeteredCall = Depends(get_metered_call)) -> NextTokenResponse:
-    ids = engine.tokenizer.encode(body.prompt)
-    _check_context(len(ids), 0, engine.context_length)
+    ids = await tokenise(engine, body.prompt)
 
     async def run(_granted: Access):
-        return await engine.next_token(ids, body.top_k), [], 0
+        top = _top(engine, await engine.next_token(ids, body.top_k))
+        return top, top, 0
 
     call_id, top, _ = await metered("next-token", body.prompt, len(ids), len(ids), run)
-    return NextTokenResponse(
-        id=call_id,
-        top=[TokenProbability(token=engine.tokenizer.decode([t]), probability=rounded(p)) for t, p in top],
-        usage=Usage(prompt_tokens=len(ids), completion_tokens=0, total_tokens=len(ids)))
+    return NextTokenResponse(id=call_id, top=[TokenProbability(**t) for t in top["top"]],
+                             usage=Usage(prompt_tokens=len(ids), completion_tokens=0, total_tokens=len(ids)))
