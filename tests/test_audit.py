@@ -4,6 +4,7 @@ forked by concurrent appenders. Every test runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -211,3 +212,104 @@ def test_export_verifies_without_the_database(engine, tmp_path):
 def test_verify_records_reports_malformed_input():
     assert audit.verify_records([{"seq": 1}]).problem.startswith("record lacks")
     assert audit.verify_records([]).ok
+
+
+# -- model calls against the digests in their events ------------------------------------------------
+
+
+def _model_calls(engine, n: int = 3) -> list[tuple[str, int]]:
+    """n settled model calls through the gateway's real metering (reserve, settle): (call id, seq)."""
+    from enclave.gateway import quota
+    from enclave.registry import access, grants
+    from enclave.registry.models import ModelCall
+    from tests.helpers import approved_project
+
+    approved_project(engine, "calls", "sam")
+    with session_scope(engine) as s:
+        grants.set_grant(s, OPERATOR, "calls", requests_per_minute=1000)
+    made = []
+    for i in range(n):
+        with session_scope(engine) as s:
+            granted = access.resolve(s, "sam", "calls")
+            ticket = quota.reserve(s, granted, "generate" if i % 2 == 0 else "score", 10)
+            outputs = [f"answer {i}"] if i % 2 == 0 else {"tokens": [{"token": "x", "logprob": -1.5}],
+                                                         "total_logprob": -1.5, "perplexity": 4.482}
+            record = quota.CallRecord(status="ok", prompt=f"question {i}", outputs=outputs, prompt_tokens=2,
+                                      completion_tokens=3 if i % 2 == 0 else 0, latency_ms=1)
+            quota.settle(s, ticket, 5, record, actor="sam", project_slug="calls")
+            made.append((ticket.id, s.get(ModelCall, ticket.id).audit_seq))
+    return made
+
+
+def _verify_calls(engine) -> audit.CallVerification:
+    with session_scope(engine) as s:
+        return audit.verify_model_calls(s)
+
+
+@pytest.mark.parametrize("attack, expected", [
+    ("edit_prompt", "its prompt does not match the prompt_sha256"),
+    ("edit_outputs", "its outputs does not match the outputs_sha256"),
+    ("edit_tokens", "its completion_tokens 0 differs from the event's 3"),
+    ("point_at_another_call", "the event records call"),
+    ("point_at_another_event", "the event is 'person.add', not a model.generate call"),
+    ("point_at_nothing", "the audit event is missing"),
+    ("delete_row", "which is not in the model_call table (deleted)"),
+])
+def test_a_tampered_model_call_is_named_with_its_event(engine, attack, expected):
+    """Attack: someone with write access to the database rewrites what a scholar asked or was
+    answered (to hide it from review's provenance check), or removes the call. The chain itself
+    stays intact; the digests in the call's event give it away."""
+    calls = _model_calls(engine)
+    assert _verify_calls(engine).ok and _verify_calls(engine).checked == 3
+    (victim, seq), (_, other_seq) = calls[0], calls[2]  # two generate calls
+    statements = {
+        "edit_prompt": "UPDATE model_call SET prompt = 'an innocent question' WHERE id = :id",
+        "edit_outputs": "UPDATE model_call SET outputs = '[\"an innocent answer\"]' WHERE id = :id",
+        "edit_tokens": "UPDATE model_call SET completion_tokens = 0 WHERE id = :id",
+        "point_at_another_call": f"UPDATE model_call SET audit_seq = {other_seq} WHERE id = :id",
+        "point_at_another_event": "UPDATE model_call SET audit_seq = 1 WHERE id = :id",
+        "point_at_nothing": "UPDATE model_call SET audit_seq = 999999 WHERE id = :id",
+        "delete_row": "DELETE FROM model_call WHERE id = :id",
+    }
+    with tamper(engine) as conn:
+        conn.execute(text(statements[attack]), {"id": victim})
+    assert _verify(engine).ok  # the chain cannot see it...
+    result = _verify_calls(engine)  # ...the model-call check does
+    assert not result.ok and result.bad == 1, result.summary()
+    # The event named: the call's own, or the one its row was repointed at.
+    named = {"point_at_another_call": other_seq, "point_at_another_event": 1, "point_at_nothing": 999999}.get(attack, seq)
+    assert expected in result.problems[0] and f"seq {named}" in result.problems[0], result.problems
+    if attack != "delete_row":
+        assert f"model call {victim}" in result.problems[0]
+    else:
+        assert repr(victim) in result.problems[0]
+
+
+def test_audit_verify_fails_on_a_tampered_model_call(engine, db_url):
+    """`enclave audit verify`, as an operator runs it: exit 0 while the calls match, 1 with a line
+    naming the call and its event once a prompt was edited in the database."""
+    (victim, seq), *_ = _model_calls(engine)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}, "ENCLAVE_DB_URL": db_url}
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "enclave.cli", "audit", "verify"], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    intact = verify()
+    assert intact.returncode == 0, intact.stderr
+    assert "audit chain intact" in intact.stdout and "model calls match their audit events: 3 calls" in intact.stdout
+    with tamper(engine) as conn:
+        conn.execute(text("UPDATE model_call SET prompt = 'an innocent question' WHERE id = :id"), {"id": victim})
+    broken = verify()
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "audit chain intact" in broken.stdout
+    assert f"model call {victim} (audit event seq {seq}): its prompt does not match" in broken.stderr, broken.stderr
+
+
+def test_many_bad_calls_are_counted_past_the_ones_named(engine):
+    calls = _model_calls(engine, n=audit.MAX_PROBLEMS_NAMED + 5)
+    with tamper(engine) as conn:
+        conn.execute(text("UPDATE model_call SET prompt = 'x'"))
+    result = _verify_calls(engine)
+    assert (result.bad, len(result.problems), result.checked) == (len(calls), audit.MAX_PROBLEMS_NAMED, len(calls))
+    assert "and 5 more" in result.summary()

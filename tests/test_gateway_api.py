@@ -4,6 +4,7 @@ careless callers are refused. Runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import socket
 import threading
@@ -77,13 +78,23 @@ def test_score_and_next_token(gw):
         assert [t["token"] for t in scored["tokens"]] == ["Hello", " world"]
         assert scored["total_logprob"] == pytest.approx(sum(t["logprob"] for t in scored["tokens"]), abs=2e-3)
         assert scored["perplexity"] > 1
-        top = c.post("/v1/next-token", json={"prompt": "Hello", "top_k": 5}).json()["top"]
+        answered = c.post("/v1/next-token", json={"prompt": "Hello", "top_k": 5}).json()
+    top = answered["top"]
     assert len(top) == 5
     for entry in top:
         p = entry["probability"]
         assert 0 <= p <= 1 and round(p, 3) == p  # rounded to 3 decimals, like every returned probability
     assert top[0]["probability"] > 0
     assert [e["probability"] for e in top] == sorted((e["probability"] for e in top), reverse=True)
+    # What the caller got (the same rounded numbers) is recorded with the call and digested in its
+    # audit event, as generate's texts are.
+    with gw.registry() as s:
+        for reply, kept in [(scored, ("tokens", "total_logprob", "perplexity")), (answered, ("top",))]:
+            call = s.get(ModelCall, reply["id"])
+            assert json.loads(call.outputs) == {k: reply[k] for k in kept}
+            event = s.get(audit.AuditEvent, call.audit_seq)
+            assert json.loads(event.details)["outputs_sha256"] == hashlib.sha256(call.outputs.encode()).hexdigest()
+        assert audit.verify_model_calls(s).ok
 
 
 def test_a_seed_reproduces_a_text_only_in_its_project_and_under_the_kept_secret(engine, tiny_model_dir, tmp_path):
@@ -231,7 +242,25 @@ def test_a_client_that_disconnects_frees_its_slot(engine, long_model_dir):
         _disconnect_mid_generation(gw)
 
 
-def _disconnect_mid_generation(gw):
+def test_a_cancelled_generation_is_charged_for_what_it_produced(engine, long_model_dir):
+    """A client that hangs up mid-generation is charged its prompt and the tokens the engine made
+    for it until it left: not nothing (else hanging up just before the end would be free), and not
+    the worst case it reserved."""
+    with serve(engine, long_model_dir, grant={"max_tokens_per_request": 1000}) as gw:
+        _disconnect_mid_generation(gw, linger=0.3)
+        with gw.registry() as s:
+            call = s.exec(select(ModelCall)).one()
+            reservation = s.exec(select(Reservation)).one()
+            details = json.loads(s.get(audit.AuditEvent, call.audit_seq).details)
+        assert call.status == "cancelled" and 0 < call.completion_tokens < 1000
+        assert reservation.tokens_charged == call.prompt_tokens + call.completion_tokens < reservation.tokens_reserved
+        assert (details["charged_tokens"], details["completion_tokens"]) == (reservation.tokens_charged,
+                                                                             call.completion_tokens)
+        with gw.client() as c:
+            assert _usage(c)["tokens"]["used"] == reservation.tokens_charged
+
+
+def _disconnect_mid_generation(gw, linger: float = 0.0):
     body = json.dumps({"prompt": "x", "max_new_tokens": 1000, "ignore_eos": True}).encode()
     host, port = gw.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
@@ -241,6 +270,7 @@ def _disconnect_mid_generation(gw):
         while gw.engine.stats()["running"] == 0 and time.time() < deadline:
             time.sleep(0.01)
         assert gw.engine.stats()["running"] == 1
+        time.sleep(linger)  # let the engine make some tokens first
     deadline = time.time() + 10
     while gw.engine.stats()["running"] and time.time() < deadline:
         time.sleep(0.05)
