@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from enclave.registry.credentials import set_password
 from enclave.registry.db import session_scope
 from enclave.review import service
 from enclave.review.quarantine import Quarantine, StagedFile
@@ -22,10 +23,25 @@ from enclave.review.release import (
 )
 from enclave.review.worker import run_checks
 
+from tests.conftest import OPERATOR
 from tests.review_stack import AUTHOR, LAB, REVIEWERS, fake_scanner, seed, settings_for, warn
 
 ENCLAVE = str(Path(sys.executable).with_name("enclave"))
 RITA, RAVI = REVIEWERS
+
+
+def _reviewer_passwords(engine, tmp_path: Path) -> dict[str, str]:
+    """Each reviewer's own password (as their hub login takes it), in a file only they may read:
+    what `enclave review approve|reject|request-changes --password-file` reads."""
+    files = {}
+    with session_scope(engine) as s:
+        for reviewer in REVIEWERS:
+            password = set_password(s, OPERATOR, reviewer, f"{reviewer} own password 1")
+            path = tmp_path / f"{reviewer}.password"
+            path.write_text(password + "\n")
+            path.chmod(0o600)
+            files[reviewer] = str(path)
+    return files
 
 
 def _release(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, Ed25519PrivateKey]:
@@ -146,6 +162,7 @@ def test_reviewer_cli_list_show_approve_reject(engine, tmp_path, monkeypatch):
         clean = service.submit(s, AUTHOR, LAB, [StagedFile("b.txt", *quarantine.put_bytes(b"fine"))], "why").id
     run_checks(engine, settings, quarantine, warned, fake_scanner({"out.txt": [warn("out.txt")]}))
     run_checks(engine, settings, quarantine, clean, fake_scanner())
+    passwords = _reviewer_passwords(engine, tmp_path)
     for name in [n for n in os.environ if n.startswith(("ENCLAVE_", "JUPYTERHUB_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("ENCLAVE_DB_URL", settings.db_url)
@@ -156,15 +173,19 @@ def test_reviewer_cli_list_show_approve_reject(engine, tmp_path, monkeypatch):
 
     with session_scope(engine) as s:  # what `enclave review show` prints for each
         seen = {r: ",".join(f.sha256 for f in service.current_files(s, service.get_request(s, r))) for r in (warned, clean)}
+    rita = ("--password-file", passwords[RITA])
     cli("review", "list", "--as", RITA)
     cli("review", "list", "--as", AUTHOR, code=2)
-    cli("review", "approve", warned, "--as", AUTHOR, "--seen", seen[warned], code=2)  # never your own
-    cli("review", "reject", clean, "--as", RITA, "--seen", seen[clean], code=2)  # needs a reason
-    cli("review", "approve", "exp-nonexistent", "--as", RITA, "--seen", seen[warned], code=2)
-    cli("review", "approve", warned, "--seen", seen[warned], code=2)  # who?
-    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned])
-    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned], code=2)  # not twice by the same reviewer
+    cli("review", "approve", warned, "--as", AUTHOR, "--seen", seen[warned], "--password-file", passwords[RITA],
+        code=2)  # never your own (nor with somebody else's password)
+    cli("review", "reject", clean, "--as", RITA, "--seen", seen[clean], *rita, code=2)  # needs a reason
+    cli("review", "approve", "exp-nonexistent", "--as", RITA, "--seen", seen[warned], *rita, code=2)
+    cli("review", "approve", warned, "--seen", seen[warned], *rita, code=2)  # who?
+    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned], code=2)  # no password
+    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned], *rita)
+    cli("review", "approve", warned, "--as", RITA, "--seen", seen[warned], *rita, code=2)  # not twice by the same reviewer
     monkeypatch.setenv("ENCLAVE_REVIEWER", RAVI)
+    monkeypatch.setenv("ENCLAVE_REVIEWER_PASSWORD", Path(passwords[RAVI]).read_text().strip())
     cli("review", "approve", warned, "--seen", seen[warned])
     cli("review", "comment", clean, "looks like a duplicate", "--private")
     cli("review", "reject", clean, "--reason", "duplicate of an earlier export", "--seen", seen[clean])
@@ -188,6 +209,8 @@ def test_reviewer_cli_decides_only_on_the_files_it_was_shown(engine, tmp_path, m
     with session_scope(engine) as s:
         request_id = service.submit(s, AUTHOR, LAB, v1, "why").id
     run_checks(engine, settings, quarantine, request_id, fake_scanner())
+    passwords = _reviewer_passwords(engine, tmp_path)
+    rita, ravi = ("--password-file", passwords[RITA]), ("--password-file", passwords[RAVI])
     for name in [n for n in os.environ if n.startswith(("ENCLAVE_", "JUPYTERHUB_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("ENCLAVE_DB_URL", settings.db_url)
@@ -201,19 +224,20 @@ def test_reviewer_cli_decides_only_on_the_files_it_was_shown(engine, tmp_path, m
     shown = cli("review", "show", request_id, "--as", RITA).out
     seen_v1 = [f.sha256 for f in v1]
     assert all(sha in shown for sha in seen_v1) and f"--seen {','.join(sorted(seen_v1))}" in shown
-    missing = cli("review", "approve", request_id, "--as", RITA, code=2).err
+    missing = cli("review", "approve", request_id, "--as", RITA, *rita, code=2).err
     assert len(missing.strip().splitlines()) == 1 and "--seen" in missing
-    partial = cli("review", "approve", request_id, "--as", RITA, "--seen", seen_v1[0], code=2).err
+    partial = cli("review", "approve", request_id, "--as", RITA, "--seen", seen_v1[0], *rita, code=2).err
     assert len(partial.strip().splitlines()) == 1 and "not those of version 1" in partial
-    cli("review", "request-changes", request_id, "--as", RAVI, "--reason", "fix b", "--seen", seen_v1[1], "--seen", seen_v1[0])
+    cli("review", "request-changes", request_id, "--as", RAVI, "--reason", "fix b", "--seen", seen_v1[1], "--seen",
+        seen_v1[0], *ravi)
     with session_scope(engine) as s:
         service.resubmit(s, AUTHOR, request_id, [v1[0], StagedFile("b.txt", *quarantine.put_bytes(b"beta, fixed"))])
     run_checks(engine, settings, quarantine, request_id, fake_scanner())
     for action, extra in (("approve", []), ("reject", ["--reason", "no"]), ("request-changes", ["--reason", "no"])):
-        stale = cli("review", action, request_id, "--as", RITA, "--seen", ",".join(seen_v1), *extra, code=2).err
+        stale = cli("review", action, request_id, "--as", RITA, "--seen", ",".join(seen_v1), *extra, *rita, code=2).err
         assert len(stale.strip().splitlines()) == 1 and "reload and review the new files" in stale, stale
     with session_scope(engine) as s:
         assert service.get_request(s, request_id).state == "awaiting_review"
         assert [d["decision"] for d in service.review_history(s, service.get_request(s, request_id))] == ["request_changes"]
         seen_v2 = ",".join(f.sha256 for f in service.current_files(s, service.get_request(s, request_id)))
-    assert "released to" in cli("review", "approve", request_id, "--as", RITA, "--seen", seen_v2).out
+    assert "released to" in cli("review", "approve", request_id, "--as", RITA, "--seen", seen_v2, *rita).out

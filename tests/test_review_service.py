@@ -55,10 +55,16 @@ def _shown(engine, request_id) -> list[str]:
         return [f.sha256 for f in service.current_files(s, service.get_request(s, request_id))]
 
 
+def _login(who: str) -> service.ReviewerLogin:
+    """`who`, authenticated as the review UI's session would have it (the entry points' own checks,
+    passwords and sessions, are tested in tests/test_review_insider.py)."""
+    return service.ReviewerLogin(who, service.AuthMethod.hub_session)
+
+
 def _decide(engine, who, request_id, decision, reason=""):
     seen = _shown(engine, request_id)  # the reviewer looked first, then decides
     with session_scope(engine) as s:
-        return service.decide(s, who, request_id, decision, reason, seen=seen)
+        return service.decide(s, who, request_id, decision, reason, seen=seen, login=_login(who))
 
 
 def test_state_machine_table_is_closed_and_terminal_states_have_no_exit():
@@ -378,9 +384,9 @@ def test_a_decision_names_the_files_it_saw_and_a_stale_one_is_refused(stack):
     request_id = _submit(stack, {"a.txt": b"alpha", "b.txt": b"beta"})
     seen_v1 = _shown(engine, request_id)
     with session_scope(engine) as s, pytest.raises(UserError, match="sha256"):
-        service.decide(s, RITA, request_id, "approve", seen=[])
+        service.decide(s, RITA, request_id, "approve", seen=[], login=_login(RITA))
     with session_scope(engine) as s, pytest.raises(Conflict, match="not those of version 1"):
-        service.decide(s, RITA, request_id, "approve", seen=seen_v1[:1])
+        service.decide(s, RITA, request_id, "approve", seen=seen_v1[:1], login=_login(RITA))
     _decide(engine, RAVI, request_id, "request_changes", "fix b")
     with session_scope(engine) as s:
         service.resubmit(s, AUTHOR, request_id, _stage(quarantine, {"a.txt": b"alpha", "b.txt": b"beta, fixed"}))
@@ -389,12 +395,14 @@ def test_a_decision_names_the_files_it_saw_and_a_stale_one_is_refused(stack):
         before = (len(s.exec(select(AuditEvent)).all()), len(service.review_history(s, service.get_request(s, request_id))))
     for decision, version in (("approve", 1), ("approve", None), ("reject", None)):
         with session_scope(engine) as s, pytest.raises(Conflict, match="reload and review the new files"):
-            service.decide(s, RITA, request_id, decision, "because", seen=seen_v1, seen_version=version)
+            service.decide(s, RITA, request_id, decision, "because", seen=seen_v1, seen_version=version,
+                           login=_login(RITA))
     with session_scope(engine) as s:
         assert (len(s.exec(select(AuditEvent)).all()),
                 len(service.review_history(s, service.get_request(s, request_id)))) == before
     with session_scope(engine) as s, pytest.raises(Conflict, match=r"version 1 -> 2"):
-        service.decide(s, RITA, request_id, "approve", seen=_shown(engine, request_id), seen_version=1)
+        service.decide(s, RITA, request_id, "approve", seen=_shown(engine, request_id), seen_version=1,
+                       login=_login(RITA))
     assert _decide(engine, RITA, request_id, "approve").approved
 
 

@@ -125,13 +125,20 @@ def test_scholars_see_only_their_own_requests_and_cannot_decide(web):
     for user in (OTHER_SCHOLAR, MEMBER_REVIEWER):
         assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(user)).status_code == 404
     assert web.get(f"{P}/api/exports", headers=_auth(OTHER_SCHOLAR)).json() == {"exports": []}
-    own = web.post(f"{P}/api/exports/{request_id}/decision", json={"decision": "approve"}, headers=_auth(AUTHOR))
-    assert own.status_code == 403 and "never reviews their own" in own.json()["message"]
-    other = web.post(f"{P}/api/exports/{request_id}/decision", json={"decision": "approve"}, headers=_auth(OTHER_SCHOLAR))
+    # No token carries a decision (tests/test_review_insider.py); from the UI, with a valid CSRF
+    # token, the author, another scholar and a reviewer in the project are refused.
+    for user in (AUTHOR, OTHER_SCHOLAR, MEMBER_REVIEWER):
+        api = web.post(f"{P}/api/exports/{request_id}/decision", json={"decision": "approve"}, headers=_auth(user))
+        assert api.status_code == 403 and api.json()["error"] == "decision_needs_login", api.text
+    seen = [f["sha256"] for f in web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["files"]]
+    _login(web, OTHER_SCHOLAR)
+    other = web.post(f"{P}/requests/{request_id}/decision",
+                     data={"decision": "approve", "seen": seen, "csrf": web.signer.csrf_token(f"tok-{OTHER_SCHOLAR}")})
     assert other.status_code == 404
-    member = web.post(f"{P}/api/exports/{request_id}/decision", json={"decision": "approve"}, headers=_auth(MEMBER_REVIEWER))
-    assert member.status_code == 403 and "member of this export's project" in member.json()["message"]
-    # The same from the UI, with a valid CSRF token: refused all the same.
+    _login(web, MEMBER_REVIEWER)
+    member = web.post(f"{P}/requests/{request_id}/decision",
+                      data={"decision": "approve", "seen": seen, "csrf": web.signer.csrf_token(f"tok-{MEMBER_REVIEWER}")})
+    assert member.status_code == 403 and "member of this export&#39;s project" in member.text, member.text
     csrf = _login(web, AUTHOR)
     page = web.get(f"{P}/requests/{request_id}")
     assert page.status_code == 200 and "Your decision" not in page.text and "hello" not in page.text
@@ -147,9 +154,11 @@ def test_approval_releases_with_a_manifest_signed_by_the_published_key(web):
     _drain(web)
     web.post(f"{P}/api/exports/{request_id}/comments", json={"body": "private note", "visibility": "private"},
              headers=_auth(RITA))
-    reply = web.post(f"{P}/api/exports/{request_id}/decision", headers=_auth(RITA),
-                     json={"decision": "approve", "reason": "fine", "seen": _seen(web, request_id)})
-    assert reply.status_code == 200 and reply.json()["state"] == "released", reply.text
+    csrf = _login(web, RITA)
+    reply = web.post(f"{P}/requests/{request_id}/decision",
+                     data={"decision": "approve", "reason": "fine", "seen": _seen(web, request_id), "csrf": csrf})
+    assert reply.status_code == 303, reply.text
+    assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "released"
     published = web.get(f"{P}/api/release-key")
     key_file = web.settings.home / "published.pub"
     key_file.write_bytes(published.content)
@@ -310,7 +319,8 @@ def test_a_restart_finishes_what_a_stopped_service_left(engine, tmp_path):
         # Approved, then the service stops before releasing: the next start releases it.
         with session_scope(engine) as s:
             shown = [f.sha256 for f in service.current_files(s, service.get_request(s, unchecked))]
-            service.decide(s, RITA, unchecked, "approve", seen=shown)
+            service.decide(s, RITA, unchecked, "approve", seen=shown,
+                           login=service.ReviewerLogin(RITA, service.AuthMethod.hub_session))
     with TestClient(create_app(settings, scanner=fake_scanner(), identity=FakeIdentity(TOKENS))) as client:
         assert client.get(f"{P}/api/exports/{unchecked}", headers=_auth(AUTHOR)).json()["state"] == "released"
     assert verify(settings.release_dir / LAB / unchecked).ok
@@ -393,9 +403,12 @@ def test_a_stale_page_cannot_approve_a_resubmitted_version(web):
     old_form = _decision_form(old_page)
     old_seen = _seen(web, request_id)
     assert sorted(old_form["seen"]) == sorted(old_seen) and old_form["version"] == "1"
-    changes = web.post(f"{P}/api/exports/{request_id}/decision", headers=_auth(RAVI),
-                       json={"decision": "request_changes", "reason": "add a row", "seen": _seen(web, request_id, RAVI)})
-    assert changes.status_code == 200, changes.text
+    _login(web, RAVI)
+    changes = web.post(f"{P}/requests/{request_id}/decision",
+                       data={**_decision_form(web.get(f"{P}/requests/{request_id}").text),
+                             "decision": "request_changes", "reason": "add a row"})
+    assert changes.status_code == 303, changes.text
+    _login(web, RITA)
     web.post(f"{P}/api/exports/{request_id}/resubmit", headers=_auth(AUTHOR), data={"note": "added"},
              files=[("files", ("t.csv", b"region,count\nnorth,120\nsouth,2\n")), ("files", ("same.txt", b"unchanged"))])
     _drain(web)
@@ -405,14 +418,15 @@ def test_a_stale_page_cannot_approve_a_resubmitted_version(web):
     assert stale.status_code == 409, stale.text
     assert "the files changed since you opened this request (version 1 -&gt; 2)" in stale.text
     assert "reload and review the new files" in stale.text
-    for body in ({"decision": "approve", "seen": old_seen, "version": 1}, {"decision": "approve", "seen": old_seen},
-                 {"decision": "reject", "reason": "no", "seen": old_seen}):
-        api = web.post(f"{P}/api/exports/{request_id}/decision", json=body, headers=_auth(RITA))
-        assert api.status_code == 409 and "reload and review the new files" in api.json()["message"], api.text
-    # Saying nothing about what was seen is no way round it.
-    for body in ({"decision": "approve"}, {"decision": "approve", "seen": []}):
-        missing = web.post(f"{P}/api/exports/{request_id}/decision", json=body, headers=_auth(RITA))
-        assert missing.status_code == 400 and "sha256" in missing.json()["message"], missing.text
+    for fields in ({"seen": old_seen, "decision": "approve"}, {"seen": old_seen, "decision": "reject", "reason": "no"}):
+        again = web.post(f"{P}/requests/{request_id}/decision", data={"csrf": old_form["csrf"], **fields})
+        assert again.status_code == 409 and "reload and review the new files" in again.text, again.text
+    # Saying nothing about what was seen is no way round it; nor is an API call.
+    missing = web.post(f"{P}/requests/{request_id}/decision", data={"csrf": old_form["csrf"], "decision": "approve"})
+    assert missing.status_code == 400 and "sha256" in missing.text, missing.text
+    api = web.post(f"{P}/api/exports/{request_id}/decision", json={"decision": "approve", "seen": _seen(web, request_id)},
+                   headers=_auth(RITA))
+    assert api.status_code == 403 and api.json()["error"] == "decision_needs_login", api.text
     assert (_count(web.engine, "export_review"), _count(web.engine, "audit_event")) == (reviews, events)
     assert web.get(f"{P}/api/exports/{request_id}", headers=_auth(AUTHOR)).json()["state"] == "awaiting_review"
 

@@ -1,22 +1,33 @@
-"""`enclave review ...`: the reviewer's decisions, and `review scan` (in `enclave.cli.scan`).
+"""`enclave review ...`: the reviewer's decisions, `review gc` (the quarantine's orphans), and
+`review scan` (in `enclave.cli.scan`).
 
 Reviewers' commands call the same service functions as the web UI, in one transaction each, as the
 reviewer named by `--as` (or $ENCLAVE_REVIEWER): the same rules apply (never your own export, two
-approvals when the checks warn or block). A decision names the files it was made on (`--seen`, the
-sha256 of each file as `review show` prints them), so it never lands on a version the reviewer has
-not seen. Refusals print one line and exit 2 (`enclave.cli.run`).
+approvals when the checks warn or block). A decision (approve, reject, request-changes) also needs
+that reviewer's own password, the one their hub login takes: typed at a prompt that does not echo,
+or read from `--password-file` (a file only its owner can read) or $ENCLAVE_REVIEWER_PASSWORD.
+Naming a reviewer is not being one: an operator who runs `--as rita` and then `--as ravi` is
+refused, and each failed attempt is on the audit log. A decision names the files it was made on
+(`--seen`, the sha256 of each file as `review show` prints them), so it never lands on a version
+the reviewer has not seen. Refusals print one line and exit 2 (`enclave.cli.run`).
 The review service's modules come with the [review] extra, so each command imports them itself.
 """
 from __future__ import annotations
 
+import getpass
+import os
+import stat
+import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from enclave.cli.output import AsJson, print_json, print_rows
+from enclave.cli.output import AsJson, AsUser, print_json, print_rows
 from enclave.cli.scan import scan_command
 from enclave.cli.session import engine, registry
-from enclave.errors import Forbidden
+from enclave.envsettings import env_str
+from enclave.errors import BadInput, Forbidden, Unauthenticated
 from enclave.registry.clock import iso
 from enclave.registry.db import session_scope
 
@@ -33,6 +44,11 @@ Seen = Annotated[Optional[list[str]], typer.Option(
     "--seen", metavar="SHA256[,SHA256...]",
     help="The sha256 of every file you reviewed, as `enclave review show` prints them (comma-separated or "
          "repeated). Refused if the export's files are no longer those.")]
+PasswordFile = Annotated[Optional[Path], typer.Option(
+    "--password-file", metavar="FILE", dir_okay=False,
+    help="Read your password (the one your hub login takes) from the first line of FILE, which only you may "
+         "read (mode 0600). Without it: $ENCLAVE_REVIEWER_PASSWORD, else a prompt that does not echo.")]
+PASSWORD_ENV = "ENCLAVE_REVIEWER_PASSWORD"
 
 
 def _seen(values: list[str] | None) -> list[str]:
@@ -125,14 +141,65 @@ def review_show(request_id: RequestId, as_: AsReviewer = None, as_json: AsJson =
         typer.echo(f"comment ({c['visibility']}) {c['author']}: {c['body']}")
 
 
-def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen: list[str] | None) -> None:
+def _read_password_file(path: Path) -> str:
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise BadInput(f"--password-file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise BadInput(f"--password-file {path} is readable by others (mode {info.st_mode & 0o777:o}): "
+                           f"chmod 600 {path}")
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise BadInput(f"cannot read --password-file {path}: {exc.strerror}") from None
+
+
+def _password(actor: str, password_file: Path | None) -> str | None:
+    """The reviewer's password: from the file, the environment, or a prompt without echo (only on
+    a terminal: a script that gives none is refused rather than left waiting)."""
+    if password_file is not None:
+        return _read_password_file(password_file)
+    given = env_str(PASSWORD_ENV)
+    if given:
+        return given
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"password for {actor} (as for the hub login): ")
+    return None
+
+
+def _os_user() -> str:
+    """Who ran the command, as the operating system says (recorded with the decision or the failed
+    attempt, so an operator trying reviewers' names is traceable)."""
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
+    except (ImportError, KeyError):
+        return f"uid {getattr(os, 'getuid', lambda: '?')()}"
+
+
+def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen: list[str] | None,
+            password_file: Path | None) -> None:
     from enclave.review import service
 
     actor = _need_actor(actor)
     seen = _seen(seen)
+    password = _password(actor, password_file)
+    via = f"cli, os user {_os_user()}"
     with engine() as eng:
+        try:
+            # A missing password is refused and recorded like a wrong one: naming a reviewer
+            # without their credential is an attempt too.
+            login = service.password_login(eng, actor, password, request_id=request_id, decision=decision, via=via)
+        except Unauthenticated:
+            if password:
+                raise
+            raise Unauthenticated(f"a review decision needs {actor}'s own password (the one their hub login takes): "
+                                  f"type it when asked on a terminal, or give --password-file or ${PASSWORD_ENV}; "
+                                  "nothing was decided") from None
         with session_scope(eng) as s:
-            result = service.decide(s, actor, request_id, decision, reason, seen=seen)
+            result = service.decide(s, actor, request_id, decision, reason, seen=seen, login=login)
         if decision != "approve":
             typer.echo(f"{request_id}: {result.request.state.replace('_', ' ')}")
             return
@@ -145,22 +212,24 @@ def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen
 
 
 @app.command("approve")
-def review_approve(request_id: RequestId, reason: Reason = "", seen: Seen = None, as_: AsReviewer = None) -> None:
-    """Approve an export; the last approval needed releases it."""
-    _decide(request_id, as_, "approve", reason, seen)
+def review_approve(request_id: RequestId, reason: Reason = "", seen: Seen = None, as_: AsReviewer = None,
+                   password_file: PasswordFile = None) -> None:
+    """Approve an export (needs your own password); the last approval needed releases it."""
+    _decide(request_id, as_, "approve", reason, seen, password_file)
 
 
 @app.command("reject")
-def review_reject(request_id: RequestId, reason: Reason = "", seen: Seen = None, as_: AsReviewer = None) -> None:
-    """Reject an export (final; the author may submit a new one)."""
-    _decide(request_id, as_, "reject", reason, seen)
+def review_reject(request_id: RequestId, reason: Reason = "", seen: Seen = None, as_: AsReviewer = None,
+                  password_file: PasswordFile = None) -> None:
+    """Reject an export (final; the author may submit a new one). Needs your own password."""
+    _decide(request_id, as_, "reject", reason, seen, password_file)
 
 
 @app.command("request-changes")
 def review_request_changes(request_id: RequestId, reason: Reason = "", seen: Seen = None,
-                           as_: AsReviewer = None) -> None:
-    """Send an export back to its author, saying what to change."""
-    _decide(request_id, as_, "request_changes", reason, seen)
+                           as_: AsReviewer = None, password_file: PasswordFile = None) -> None:
+    """Send an export back to its author, saying what to change. Needs your own password."""
+    _decide(request_id, as_, "request_changes", reason, seen, password_file)
 
 
 @app.command("comment")
@@ -188,3 +257,36 @@ def review_release(request_id: RequestId, as_: AsReviewer = None) -> None:
     with engine() as eng:
         path = _release(eng, request_id, actor, by_reviewer=True)
     typer.echo(f"{request_id}: released to {path}")
+
+
+@app.command("gc")
+def review_gc(
+    grace: Annotated[Optional[int], typer.Option(
+        "--grace", metavar="SECONDS", min=0,
+        help="Spare blobs stored in the last SECONDS (default: $ENCLAVE_REVIEW_ORPHAN_GRACE, 3600): an upload in "
+             "flight has stored its files and not yet recorded its export.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    as_: AsUser = None, as_json: AsJson = False,
+) -> None:
+    """Remove quarantined files that no export references (a crash between upload and record left
+    them); what goes is recorded on the audit log. Safe while the review service runs."""
+    from enclave.registry.people import require_role
+    from enclave.review import service
+    from enclave.review.quarantine import Quarantine
+    from enclave.review.settings import ReviewSettings
+
+    settings = ReviewSettings.from_env()
+    with registry() as s:
+        actor = require_role(s, as_).username
+    with engine() as eng:
+        collected = service.collect_orphans(eng, Quarantine(settings.quarantine_dir),
+                                            settings.orphan_grace_s if grace is None else grace, actor,
+                                            dry_run=dry_run)
+    if as_json:
+        print_json(collected.to_json())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for orphan in collected.removed:
+        typer.echo(f"{verb} {orphan.sha256}  {orphan.size} bytes")
+    typer.echo(f"{verb} {len(collected.removed)} unreferenced file(s), {collected.bytes} bytes"
+               + (f", and {collected.tmp_removed} stale upload(s)" if collected.tmp_removed else ""))

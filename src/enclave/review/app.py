@@ -13,6 +13,7 @@ and the caller, through `Depends` (`deps`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,8 @@ from enclave.review.settings import ReviewSettings
 from enclave.review.worker import CheckWorker, Scanner
 from enclave.web.browser_session import BrowserSessions, Signer, load_or_create_secret
 from enclave.web.hub_auth import HubIdentity, HubLogin
+
+log = logging.getLogger("enclave.review")
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
@@ -76,6 +79,11 @@ def _start(settings: ReviewSettings, scanner: Scanner | None, identity: Identity
     check_schema(engine)
     quarantine = Quarantine(settings.quarantine_dir).ensure()
     quarantine.sweep_tmp()
+    # Blobs a crash left between storing an upload and recording its export (`enclave review gc`
+    # does the same while the service runs).
+    collected = service.collect_orphans(engine, quarantine, settings.orphan_grace_s)
+    if collected.removed:
+        log.info("removed %d unreferenced quarantine blob(s), %d bytes", len(collected.removed), collected.bytes)
     if settings.hub_api_url:
         identity = identity or HubIdentity(settings.hub_api_url, settings.service_name, cache_seconds=60)
         login = login or HubLogin(api_url=settings.hub_api_url, api_token=settings.hub_api_token,

@@ -115,6 +115,13 @@ class WebUser:
     token: str
     roles: list[str]
 
+    @property
+    def login(self) -> service.ReviewerLogin:
+        """How this user authenticated, for a decision (`service.decide`): a browser session that
+        the hub's OAuth login began (`web_user` has just checked its cookie and token). Only the
+        pages' form routes, behind the CSRF check, take decisions with it."""
+        return service.ReviewerLogin(self.username, service.AuthMethod.hub_session, "review page")
+
 
 def web_user(request: Request, state: State) -> WebUser:
     """The person behind a browser's session cookie, with their roles; LoginNeeded without one."""

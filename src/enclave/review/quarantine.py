@@ -6,6 +6,12 @@ A crash leaves at most an orphan temporary file or an unreferenced blob, never a
 under a real name, and never a request row pointing at missing bytes (rows are written after the
 blobs, in one transaction). Reads check the hash again, so bytes changed on disk are noticed
 before anyone reviews or releases them.
+
+Unreferenced blobs (a crash between storing an upload and recording its export, or an upload
+refused after its files were stored) are collected by `orphans` + `remove`, which the review
+service runs at start-up and operators from `enclave review gc`: a blob no export references and
+untouched for a grace period goes. Storing bytes that are already here touches the blob, so an
+upload in flight always has a fresh one.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import hashlib
 import os
 import secrets
 import shutil
+import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,6 +81,15 @@ def check_unique(names: Iterable[str]) -> None:
         seen[key] = name
 
 
+@dataclasses.dataclass(frozen=True)
+class Orphan:
+    """A blob that no export references."""
+
+    sha256: str
+    size: int
+    mtime: float
+
+
 class Quarantine:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -112,7 +128,11 @@ class Quarantine:
             final = self.path_of(sha)
             final.parent.mkdir(mode=0o700, exist_ok=True)
             if final.exists() and self._intact(final, sha):
-                return sha, size  # the same bytes are already here: content addressing dedupes
+                # The same bytes are already here: content addressing dedupes. Touch the blob, so
+                # the collector's grace period counts from this upload (it may be an orphan about
+                # to be collected that this upload is going to reference).
+                os.utime(final)
+                return sha, size
             os.replace(tmp_path, final)  # atomic; also replaces a damaged copy with good bytes
             _fsync_dir(final.parent)
             return sha, size
@@ -159,12 +179,68 @@ class Quarantine:
                 digest.update(chunk)
         return digest.hexdigest() == sha256
 
-    def sweep_tmp(self) -> int:
-        """Remove temporary files a crash left behind (at start-up, before uploads are accepted)."""
+    def blob_names(self) -> Iterable[tuple[str, Path]]:
+        """(sha256, path) of every blob; files under other names are not ours and are left alone."""
+        if not self.blobs.exists():
+            return
+        for folder in sorted(self.blobs.iterdir()):
+            if not folder.is_dir() or len(folder.name) != 2:
+                continue
+            for path in sorted(folder.iterdir()):
+                name = path.name
+                if len(name) == 64 and name[:2] == folder.name and all(c in "0123456789abcdef" for c in name):
+                    yield name, path
+
+    def orphans(self, referenced: Collection[str], grace_s: float, now: float | None = None) -> list["Orphan"]:
+        """Blobs that no export references and that nobody has stored for `grace_s` seconds: those
+        a crash or a refused upload left. The grace period spares an upload whose blobs are stored
+        and whose export is not recorded yet."""
+        cutoff = (time.time() if now is None else now) - grace_s
+        found = []
+        for sha, path in self.blob_names():
+            if sha in referenced:
+                continue
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.st_mtime <= cutoff:
+                found.append(Orphan(sha, stat.st_size, stat.st_mtime))
+        return found
+
+    def remove(self, orphans: Iterable["Orphan"], grace_s: float, now: float | None = None) -> list["Orphan"]:
+        """Delete the given orphans; returns those actually removed. Each is looked at again just
+        before it goes, and spared if an upload touched it since `orphans` listed it."""
+        cutoff = (time.time() if now is None else now) - grace_s
+        removed, folders = [], set()
+        for orphan in orphans:
+            path = self.path_of(orphan.sha256)
+            try:
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(orphan)
+            folders.add(path.parent)
+        for folder in folders:
+            _fsync_dir(folder)
+        return removed
+
+    def sweep_tmp(self, older_than_s: float | None = None, now: float | None = None) -> int:
+        """Remove temporary files a crash left behind: all of them at start-up (before uploads are
+        accepted), or only those older than `older_than_s` seconds (a collection while a service
+        may be streaming uploads into younger ones)."""
         if not self.tmp.exists():
             return 0
+        cutoff = None if older_than_s is None else (time.time() if now is None else now) - older_than_s
         count = 0
         for leftover in self.tmp.iterdir():
+            try:
+                if cutoff is not None and leftover.lstat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:

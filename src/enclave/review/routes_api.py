@@ -1,10 +1,16 @@
 """The review service's JSON API, for notebooks (`enclave.client`) and tools, authenticated by a
 hub token in the Authorization header.
 
-Submission: authenticate and ask the registry *before* reading the body, stream the multipart body
-under the size caps into the quarantine, then record request + files + audit event in one
-transaction and answer at once with the id; the background worker runs the checks. There is no
-route that returns a quarantined file's bytes: files leave only through release.
+Submission: authenticate and ask the registry *before* reading the body, take a place in the
+bounded check queue (503 with Retry-After when it is full), stream the multipart body under the
+size caps into the quarantine, then record request + files + audit event in one transaction and
+answer at once with the id; the background worker runs the checks. There is no route that returns
+a quarantined file's bytes: files leave only through release.
+
+No review decision is taken here. A hub token proves less than it seems: a hub admin, or a service
+with the `tokens` scope, can mint one for any user. Decisions come from the review pages (the
+hub's OAuth login, a session cookie and a CSRF token) or from `enclave review` with the reviewer's
+own password; the decision route only says so.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
+from enclave.errors import Forbidden
 from enclave.registry import access
 from enclave.registry.models import ExportState
 from enclave.review import service
@@ -28,17 +34,6 @@ router = APIRouter()
 class CommentBody(BaseModel):
     body: str = Field(min_length=1, max_length=service.MAX_COMMENT_CHARS)
     visibility: str = "public"
-
-
-class DecisionBody(BaseModel):
-    """A reviewer's decision and what it was made on: `seen` is the sha256 of every file of the
-    version the reviewer was shown (as GET /api/exports/{id} lists them), `version` that version's
-    number if the caller knows it. A mismatch with the current files is refused (409)."""
-
-    decision: str
-    reason: str = Field(default="", max_length=service.MAX_COMMENT_CHARS)
-    seen: list[str] = Field(default_factory=list, max_length=10_000)
-    version: int | None = None
 
 
 @router.get("/healthz", include_in_schema=False)
@@ -64,13 +59,15 @@ async def release_key(state: State) -> Response:
 @router.post("/api/exports", status_code=202, summary="Submit files for output review")
 async def submit_export(request: Request, state: State, username: ApiCaller) -> dict:
     project = (request.headers.get("x-enclave-project") or "").strip() or None
-    # The registry decides before a single byte of the body is read.
+    # The registry decides before a single byte of the body is read, and so does the check queue:
+    # a submission it has no place for stores nothing.
     await state.run(lambda s: access.resolve(s, username, project))
-    fields, staged = await read_upload(request, state.quarantine, state.settings)
-    created = await state.run(lambda s: service.submit(
-        s, username, project, staged, fields.get("justification", ""), fields.get("context", ""),
-        max_files=state.settings.max_files))
-    state.worker.enqueue(created.id)
+    with state.worker.place(username):
+        fields, staged = await read_upload(request, state.quarantine, state.settings)
+        created = await state.run(lambda s: service.submit(
+            s, username, project, staged, fields.get("justification", ""), fields.get("context", ""),
+            max_files=state.settings.max_files))
+        state.worker.enqueue(created.id, username)
     return {"id": created.id, "state": created.state, "version": created.version,
             "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in staged],
             "url": f"{state.settings.prefix}/requests/{created.id}"}
@@ -87,11 +84,12 @@ def _check_resubmit(session, username: str, request_id: str) -> None:
 async def resubmit_export(request_id: str, request: Request, state: State, username: ApiCaller) -> dict:
     # Checked before the body is read, like a first submission.
     await state.run(lambda s: _check_resubmit(s, username, request_id))
-    fields, staged = await read_upload(request, state.quarantine, state.settings)
-    updated = await state.run(lambda s: service.resubmit(
-        s, username, request_id, staged, fields.get("note", ""), max_files=state.settings.max_files,
-        max_comments=state.settings.max_comments, max_chars=state.settings.max_comment_chars))
-    state.worker.enqueue(updated.id)
+    with state.worker.place(username):
+        fields, staged = await read_upload(request, state.quarantine, state.settings)
+        updated = await state.run(lambda s: service.resubmit(
+            s, username, request_id, staged, fields.get("note", ""), max_files=state.settings.max_files,
+            max_comments=state.settings.max_comments, max_chars=state.settings.max_comment_chars))
+        state.worker.enqueue(updated.id, username)
     return {"id": updated.id, "state": updated.state, "version": updated.version}
 
 
@@ -127,11 +125,15 @@ async def comment_export(request_id: str, body: CommentBody, state: State, usern
     return {"id": row.id, "visibility": row.visibility}
 
 
-@router.post("/api/exports/{request_id}/decision", summary="A reviewer's decision")
-async def decide_export(request_id: str, body: DecisionBody, state: State, username: ApiCaller) -> dict:
-    result = await state.run(lambda s: service.decide(s, username, request_id, body.decision, body.reason,
-                                                      seen=body.seen, seen_version=body.version))
-    if result.approved:
-        await run_in_threadpool(state.release_if_approved, request_id)
-    final = await state.run(lambda s: service.get_request(s, request_id))
-    return {"id": request_id, "state": final.state, "approvals": result.approvals, "needed": result.needed}
+# What a decision sent with a token is told, whoever sent it.
+NO_TOKEN_DECISIONS = ("review decisions are not taken with an API token (a hub admin can mint one for anyone): "
+                      "decide on the export's page in the review service, logged in through the hub, or with "
+                      "`enclave review approve|reject|request-changes` and your own password")
+
+
+@router.post("/api/exports/{request_id}/decision", summary="Refused: decisions need the reviewer's own login")
+async def decide_export(request_id: str) -> dict:
+    # Refused before the token is even looked at: nobody's token carries a decision.
+    refused = Forbidden(NO_TOKEN_DECISIONS)
+    refused.code = "decision_needs_login"
+    raise refused

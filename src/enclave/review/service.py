@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import enum
 import hashlib
 import json
 import secrets
@@ -19,17 +20,17 @@ from typing import Any, Collection, Iterable
 
 from sqlmodel import Session, select
 
-from enclave.registry import access, audit
+from enclave.registry import access, audit, credentials
 from enclave.registry.clock import iso, utcnow
-from enclave.errors import UserError, BadInput, NotFound, Forbidden, Conflict, InvalidTransition
-from enclave.registry.models import Membership, Person, Project, Role
+from enclave.errors import UserError, BadInput, NotFound, Forbidden, Conflict, InvalidTransition, Unauthenticated
+from enclave.registry.models import AuditEvent, Credential, Membership, Person, Project, Role
 from enclave.registry.people import SYSTEM_ACTOR, find_person
 from enclave.review.scan.findings import Finding, Severity
 from enclave.registry.models import (
     Decision, ExportComment, ExportFile, ExportFinding, ExportRelease, ExportRequest, ExportReview, ExportState,
     Visibility,
 )
-from enclave.review.quarantine import StagedFile, check_unique, export_name
+from enclave.review.quarantine import Orphan, Quarantine, StagedFile, check_unique, export_name
 from enclave.review.settings import COMMENT_CEILING, ReviewSettings
 from enclave.review.workflow import TERMINAL, Actor, Transition, actor_for, approvals_needed, check_transition
 
@@ -77,6 +78,49 @@ def member_ids(session: Session, project_id: int) -> set[int]:
     return set(session.exec(select(Membership.person_id).where(Membership.project_id == project_id)).all())
 
 
+# The audit events that record a change of a project's members (`registry.projects`): subject
+# "project:<slug>", details {"user": <username>}.
+MEMBERSHIP_ACTIONS = ("member.add", "member.remove")
+
+
+def _submitted_seq(session: Session, request_id: str) -> int:
+    """The sequence number of the request's submission event: where its life began on the log.
+    0 if there is none (then every membership event counts, which errs on the side of refusing)."""
+    seq = session.exec(select(AuditEvent.seq).where(AuditEvent.subject == f"export:{request_id}",
+                                                    AuditEvent.action == "export.submit")).first()
+    return seq or 0
+
+
+def _event_user(details: str) -> str | None:
+    try:
+        user = json.loads(details).get("user")
+    except (ValueError, AttributeError):
+        return None
+    return user if isinstance(user, str) else None
+
+
+def former_member_ids(session: Session, request: ExportRequest) -> set[int]:
+    """People who joined or left the request's project after it was submitted: each of them was a
+    member at some time during its life (someone removed later was a member until then, someone
+    added was one from then). Read from the audit log, where every change of members is an event
+    in the same transaction as the change; with today's members this is everyone who was a member
+    at any time since the submission."""
+    project = session.get(Project, request.project_id)
+    details = session.exec(select(AuditEvent.details).where(
+        AuditEvent.subject == f"project:{project.slug}", AuditEvent.action.in_(MEMBERSHIP_ACTIONS),
+        AuditEvent.seq > _submitted_seq(session, request.id))).all()
+    names = {name for name in map(_event_user, details) if name}
+    if not names:
+        return set()
+    return set(session.exec(select(Person.id).where(Person.username.in_(names))).all())
+
+
+def not_independent(session: Session, request: ExportRequest) -> tuple[set[int], set[int]]:
+    """(today's members of the request's project, those who were members at some time since it
+    was submitted): neither may review it."""
+    return member_ids(session, request.project_id), former_member_ids(session, request)
+
+
 def standing(session: Session, request: ExportRequest, username: str | None) -> tuple[Person, Actor]:
     """The acting person and how they stand towards `request` (author or independent reviewer)."""
     if not username:
@@ -87,7 +131,68 @@ def standing(session: Session, request: ExportRequest, username: str | None) -> 
     if person.id != request.author_id and not person.has_role(Role.reviewer):
         # Someone with no business here learns nothing, not even that the request exists.
         raise NotFound(f"no export {request.id!r}")
-    return person, actor_for(person, request.author_id, member_ids(session, request.project_id))
+    return person, actor_for(person, request.author_id, *not_independent(session, request))
+
+
+# ----- who is deciding ----------------------------------------------------------------------------
+
+class AuthMethod(str, enum.Enum):
+    """How the person deciding proved who they are. A hub API token is not one of them: a hub admin
+    (and any service holding the `tokens` scope) can mint one for any user, so a bearer token
+    never carries a review decision."""
+
+    # The review UI: a browser session begun by the hub's OAuth login (cookie and CSRF token).
+    hub_session = "hub_session"
+    # The CLI: the reviewer's own registry password, typed or read from a file only they can read.
+    password = "password"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewerLogin:
+    """Who is deciding and how they authenticated. Every entry point that records a decision makes
+    one from what *it* checked (`password_login` for the CLI; the UI's session, `deps.WebUser.login`),
+    and `decide` refuses one that names somebody else."""
+
+    username: str
+    method: AuthMethod
+    via: str = ""  # where it came from, for the audit log (the CLI's operating-system user, say)
+
+
+# Failed password checks for reviews (their own transaction, so the refusal does not roll them back).
+LOGIN_FAILED_ACTION = "review.login_failed"
+
+
+def password_login(db, username: str, password: str | None, *, request_id: str, decision: str,
+                   via: str = "") -> ReviewerLogin:
+    """Check that `password` is `username`'s own registry password (the one the hub's login takes),
+    for a decision on `request_id`. A wrong or missing one is refused (Unauthenticated) and leaves
+    an audit event of the attempt, committed on its own: an operator trying names with `--as`
+    leaves a trace even though nothing was decided."""
+    from enclave.registry.db import session_scope
+
+    with session_scope(db) as session:
+        ok = bool(username) and bool(password) and credentials.check_password(session, username, password)
+    if ok:
+        return ReviewerLogin(username, AuthMethod.password, via)
+    with session_scope(db) as session:
+        audit.append(session, actor=SYSTEM_ACTOR, action=LOGIN_FAILED_ACTION, subject=f"person:{username or '?'}",
+                     details={"request": request_id, "decision": decision, "method": AuthMethod.password.value,
+                              "via": via, "password_given": bool(password)})
+    raise Unauthenticated(f"{username!r} did not authenticate: a review decision needs the reviewer's own password "
+                          "(the one their hub login takes); nothing was decided")
+
+
+def _login_details(session: Session, person: Person, login: ReviewerLogin) -> dict[str, Any]:
+    """What the decision's audit event records about how its reviewer authenticated, including
+    who last set the password they used (an operator's reset just before a decision shows here)."""
+    details: dict[str, Any] = {"auth": login.method.value}
+    if login.via:
+        details["via"] = login.via
+    credential = session.get(Credential, person.id)
+    if credential is not None:
+        details["password_set_by"] = credential.set_by
+        details["password_set_at"] = iso(credential.set_at)
+    return details
 
 
 def _move(session: Session, request: ExportRequest, step: Transition, actor: str, now: dt.datetime,
@@ -323,10 +428,12 @@ def approvers(session: Session, request: ExportRequest) -> list[str]:
     """Reviewers whose approvals cover every current file, in the order they completed them.
 
     An approval counts for a file only while the file has the bytes that were approved (a changed
-    file resets its reviews), and only if the same reviewer has not since asked for changes or
-    rejected (their latest word counts).
+    file resets its reviews), only if the same reviewer has not since asked for changes or
+    rejected (their latest word counts), and only while its reviewer is independent: one who has
+    joined the project since (or was a member at any time since the submission) no longer counts.
     """
     files = {(f.name, f.sha256) for f in current_files(session, request)}
+    current, former = not_independent(session, request)
     rows = session.exec(select(ExportReview).where(ExportReview.request_id == request.id).order_by(ExportReview.id)).all()
     covered: dict[int, set[tuple[str, str]]] = {}
     completed: dict[int, int] = {}
@@ -338,6 +445,8 @@ def approvers(session: Session, request: ExportRequest) -> list[str]:
         else:
             covered.pop(row.reviewer_id, None)
             completed.pop(row.reviewer_id, None)
+    for reviewer_id in current | former:
+        completed.pop(reviewer_id, None)
     names = {p.id: p.username for p in session.exec(select(Person).where(Person.id.in_(list(completed)))).all()} if completed else {}
     return [names[pid] for pid, _ in sorted(completed.items(), key=lambda kv: kv[1])]
 
@@ -374,17 +483,24 @@ def check_seen(request: ExportRequest, files: list[ExportFile], seen: Collection
 
 
 def decide(session: Session, username: str, request_id: str, decision: str, reason: str = "",
-           now: dt.datetime | None = None, *, seen: Collection[str],
+           now: dt.datetime | None = None, *, seen: Collection[str], login: ReviewerLogin,
            seen_version: int | None = None) -> DecisionResult:
     """A reviewer's decision. Approvals accumulate until the two-person rule is met; the last one
     moves the request to approved (release follows, see `release_request`).
 
-    `seen` (and `seen_version`) say what the reviewer was shown, see `check_seen`: every entry
-    point a person uses (the page, the API, the CLI) passes them, and a decision on files that
-    changed since is refused before anything is recorded."""
+    `login` says how `username` proved who they are (see `ReviewerLogin`): it must be theirs, so
+    the two approvals of the two-person rule come from two people who each authenticated, never
+    from one operator naming two reviewers. `seen` (and `seen_version`) say what the reviewer was
+    shown, see `check_seen`: every entry point a person uses (the page, the CLI) passes them, and
+    a decision on files that changed since is refused before anything is recorded."""
     now = now or utcnow()
+    if not isinstance(login, ReviewerLogin) or not isinstance(login.method, AuthMethod):
+        raise Unauthenticated("a review decision needs the reviewer's own login")
+    if login.username != username:
+        raise Forbidden(f"{login.username!r} authenticated, not {username!r}: a reviewer decides only as themselves")
     request = get_request(session, request_id, lock=True)
     person, actor = standing(session, request, username)
+    how = _login_details(session, person, login)
     try:
         choice = Decision(decision)
     except ValueError:
@@ -414,7 +530,7 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
             ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,
                          decision=choice.value, reason=reason, file_name=f.name, file_sha256=f.sha256, created_at=now)
             for f in files])
-        _move(session, request, step, username, now, {"reason": reason, "approvals": after, "needed": needed})
+        _move(session, request, step, username, now, {"reason": reason, "approvals": after, "needed": needed, **how})
         return DecisionResult(request, after, needed)
     step = check_transition(request.id, current, choice.value, actor)
     check_seen(request, files, seen, seen_version)
@@ -422,7 +538,7 @@ def decide(session: Session, username: str, request_id: str, decision: str, reas
         raise BadInput(f"{choice.value.replace('_', ' ')} needs a reason the author will read")
     session.add(ExportReview(request_id=request.id, version=request.version, reviewer_id=person.id,
                              decision=choice.value, reason=reason, created_at=now))
-    _move(session, request, step, username, now, {"reason": reason})
+    _move(session, request, step, username, now, {"reason": reason, **how})
     return DecisionResult(request, approvers(session, request), needed)
 
 
@@ -453,6 +569,10 @@ def plan_release(session: Session, request_id: str, actor: str, actor_kind: Acto
     people = {p.id: p.username for p in session.exec(select(Person)).all()}
     decisions = review_history(session, request, people)
     approved_by = approvers(session, request)
+    if len(approved_by) < (request.approvals_needed or 1):
+        # An approver joined the export's project between the approval and its release.
+        raise Conflict(f"export {request.id} no longer has the {request.approvals_needed or 1} independent "
+                       f"approval(s) it needs (it has {len(approved_by)}): it is not released")
     approval_notes = [d["reason"] for d in decisions if d["decision"] == "approve" and d["reason"]
                       and d["reviewer"] in approved_by]
     findings = [{
@@ -529,6 +649,51 @@ def released_files(session: Session, project_id: int) -> list[tuple[str, str, in
     return [(name, sha, size) for name, sha, size in rows]
 
 
+# ----- the quarantine's orphans --------------------------------------------------------------------
+
+# How many removed blobs the collection's audit event names one by one (the rest are counted).
+ORPHANS_NAMED = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Collected:
+    removed: list[Orphan]
+    tmp_removed: int
+    dry_run: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.size for o in self.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"removed": [{"sha256": o.sha256, "size": o.size} for o in self.removed], "bytes": self.bytes,
+                "tmp_removed": self.tmp_removed, "dry_run": self.dry_run}
+
+
+def collect_orphans(db, quarantine: Quarantine, grace_s: float, actor: str = SYSTEM_ACTOR, *,
+                    dry_run: bool = False, now: float | None = None) -> Collected:
+    """Remove the quarantine's blobs that no export references (any version, any state: a
+    released or rejected export keeps its bytes) and that nobody stored in the last `grace_s`
+    seconds, and temporary files as old; record what went in one audit event. The references are
+    read in the same transaction as the event is written; the grace period covers an upload whose
+    blobs are stored and whose export is being recorded meanwhile."""
+    from enclave.registry.db import session_scope
+
+    with session_scope(db) as session:
+        referenced = set(session.exec(select(ExportFile.sha256).distinct()).all())
+        found = quarantine.orphans(referenced, grace_s, now)
+        if dry_run:
+            return Collected(found, 0, True)
+        removed = quarantine.remove(found, grace_s, now)
+        tmp_removed = quarantine.sweep_tmp(older_than_s=grace_s, now=now)
+        if removed or tmp_removed:
+            audit.append(session, actor=actor, action="quarantine.collect", subject="quarantine", details={
+                "removed": len(removed), "bytes": sum(o.size for o in removed), "tmp_removed": tmp_removed,
+                "grace_s": int(grace_s), "sha256": [o.sha256 for o in removed[:ORPHANS_NAMED]],
+            })
+        return Collected(removed, tmp_removed, False)
+
+
 # ----- reading ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -598,7 +763,7 @@ def view(session: Session, username: str, request_id: str) -> RequestView:
     if person is None:
         raise NotFound(f"no export {request_id!r}")
     try:
-        stance = actor_for(person, request.author_id, member_ids(session, request.project_id))
+        stance = actor_for(person, request.author_id, *not_independent(session, request))
     except Forbidden:
         raise NotFound(f"no export {request_id!r}") from None
     project = session.get(Project, request.project_id)
@@ -658,9 +823,31 @@ def list_own(session: Session, username: str) -> list[Summary]:
     return _summaries(session, list(rows))
 
 
+def _last_membership_change(session: Session, username: str) -> dict[str, int]:
+    """Project slug -> the sequence number of the latest event that added `username` to it or
+    removed them from it."""
+    rows = session.exec(select(AuditEvent.subject, AuditEvent.seq, AuditEvent.details)
+                        .where(AuditEvent.action.in_(MEMBERSHIP_ACTIONS))).all()
+    latest: dict[str, int] = {}
+    for subject, seq, details in rows:
+        if subject.startswith("project:") and _event_user(details) == username:
+            slug = subject[len("project:"):]
+            latest[slug] = max(seq, latest.get(slug, 0))
+    return latest
+
+
+def _submitted_seqs(session: Session, request_ids: list[str]) -> dict[str, int]:
+    if not request_ids:
+        return {}
+    rows = session.exec(select(AuditEvent.subject, AuditEvent.seq).where(
+        AuditEvent.action == "export.submit", AuditEvent.subject.in_([f"export:{r}" for r in request_ids]))).all()
+    return {subject[len("export:"):]: seq for subject, seq in rows}
+
+
 def review_queue(session: Session, username: str, states: list[str] | None = None) -> list[Summary]:
-    """Requests this reviewer may review: never their own, never their projects'. Default: those
-    waiting for a decision, oldest first."""
+    """Requests this reviewer may review: never their own, never those of a project they belong
+    to or belonged to at any time since the request was submitted. Default: those waiting for a
+    decision, oldest first."""
     person = find_person(session, username) if username else None
     if person is None or not person.has_role(Role.reviewer):
         raise Forbidden(f"{username!r} does not hold the reviewer role")
@@ -672,6 +859,11 @@ def review_queue(session: Session, username: str, states: list[str] | None = Non
     rows = session.exec(select(ExportRequest).where(ExportRequest.state.in_(wanted))
                         .order_by(ExportRequest.created_at)).all()
     mine = [r for r in rows if r.author_id != person.id and r.project_id not in own_projects]
+    changes = _last_membership_change(session, person.username)
+    if changes and mine:
+        slugs = {p.id: p.slug for p in session.exec(select(Project)).all()}
+        submitted = _submitted_seqs(session, [r.id for r in mine])
+        mine = [r for r in mine if changes.get(slugs.get(r.project_id, ""), 0) <= submitted.get(r.id, 0)]
     return _summaries(session, mine)
 
 

@@ -64,6 +64,14 @@ class ReviewSettings:
     always_two_reviewers: bool = False
     # Browser sessions end this long after login, whatever the hub token's own lifetime.
     session_max_age_s: int = 8 * 3600
+    # Exports waiting for (or in) their automated checks: past this many, a submission is refused
+    # with 503 and Retry-After before a byte of it is read; one person may hold at most
+    # `max_pending_checks_per_person` of them (429), so one scholar cannot fill the queue alone.
+    max_pending_checks: int = 64
+    max_pending_checks_per_person: int = 8
+    # Quarantined blobs no export references are collected once nobody has stored them for this
+    # long (an upload in flight has stored its blobs and not yet recorded its export).
+    orphan_grace_s: int = 3600
 
     @property
     def prefix(self) -> str:
@@ -103,6 +111,10 @@ class ReviewSettings:
             scorer_model_dir=env_str("ENCLAVE_REVIEW_SCORER_MODEL"),
             always_two_reviewers=env_flag("ENCLAVE_REVIEW_ALWAYS_TWO"),
             session_max_age_s=env_int("ENCLAVE_REVIEW_SESSION_MAX_AGE", cls.session_max_age_s, smallest=60),
+            max_pending_checks=env_int("ENCLAVE_REVIEW_MAX_PENDING_CHECKS", cls.max_pending_checks, smallest=1),
+            max_pending_checks_per_person=env_int("ENCLAVE_REVIEW_MAX_PENDING_PER_PERSON",
+                                                  cls.max_pending_checks_per_person, smallest=1),
+            orphan_grace_s=env_int("ENCLAVE_REVIEW_ORPHAN_GRACE", cls.orphan_grace_s, smallest=60),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -127,5 +139,9 @@ class ReviewSettings:
         if self.max_comment_chars > COMMENT_CEILING:
             raise SettingsError(f"ENCLAVE_REVIEW_MAX_COMMENT_CHARS may be at most {COMMENT_CEILING}, "
                                 f"not {self.max_comment_chars}")
+        if self.max_pending_checks < 1 or self.max_pending_checks_per_person < 1:
+            raise SettingsError("the caps on pending checks must be at least 1")
+        if self.orphan_grace_s < 0:
+            raise SettingsError("the quarantine's grace period cannot be negative")
         if self.hub_api_url and not self.hub_api_token:
             raise SettingsError("JUPYTERHUB_API_URL is set but JUPYTERHUB_API_TOKEN is not: the service needs its hub token")

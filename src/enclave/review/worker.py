@@ -11,19 +11,29 @@ The pipeline's context comes from `scan_context.build_scan_context`, its indexes
 scorer is loaded once per worker: in-process, from the read-only model directory named by
 `ENCLAVE_REVIEW_SCORER_MODEL` (the hub sets it to the served model), or, on a review host without
 torch, the gateway's score endpoint (`ENCLAVE_REVIEW_GATEWAY_URL` and a token).
+
+The queue is bounded: a submission takes a place (`CheckWorker.place`) before its body is read,
+and past `max_pending_checks` exports waiting or being checked (or `max_pending_checks_per_person`
+of one person's) it is refused at once (503 or 429, with Retry-After). So a flood of submissions
+neither grows the queue without end nor leaves half a submission behind: a refused one has stored
+no bytes and recorded nothing, and one that got its place is recorded and queued together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
 from sqlalchemy.engine import Engine
 
+from enclave.errors import RateLimited, Unavailable
 from enclave.registry.db import session_scope
 from enclave.review import service
 from enclave.review.quarantine import Quarantine
@@ -136,8 +146,22 @@ def run_checks(db: Engine, settings: ReviewSettings, quarantine: Quarantine, req
         return request.state if request is not None else None
 
 
+# What a refused submission is told to wait before trying again.
+BUSY_RETRY_AFTER_S = 30
+
+
+class ChecksBusy(Unavailable):
+    """The check queue is full: try again later (HTTP 503 with Retry-After)."""
+
+    code = "checks_busy"
+
+    def __init__(self, message: str, retry_after: int = BUSY_RETRY_AFTER_S):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class CheckWorker:
-    """One background thread that checks requests in submission order."""
+    """One background thread that checks requests in submission order, with a bounded queue."""
 
     def __init__(self, db: Engine, settings: ReviewSettings, quarantine: Quarantine, scanner: Scanner | None = None):
         self.db, self.settings, self.quarantine = db, settings, quarantine
@@ -146,20 +170,59 @@ class CheckWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-checks")
         self._futures: set[Future] = set()
         self._queued: set[str] = set()
+        # Places taken by submissions still being read and recorded, and whose they are, and the
+        # owner of each queued request (None: recovered at start-up).
+        self._reserved: Counter[str] = Counter()
+        self._owners: dict[Future, str | None] = {}
         self._lock = threading.Lock()
 
-    def enqueue(self, request_id: str) -> None:
+    def pending(self, owner: str | None = None) -> int:
+        """Exports waiting for or in their checks, plus places taken by submissions in flight
+        (`owner`'s only, if given)."""
+        with self._lock:
+            return self._pending(owner)
+
+    def _pending(self, owner: str | None) -> int:
+        if owner is None:
+            return len(self._futures) + sum(self._reserved.values())
+        return sum(1 for who in self._owners.values() if who == owner) + self._reserved[owner]
+
+    @contextlib.contextmanager
+    def place(self, owner: str) -> Iterator[None]:
+        """A place in the queue for one submission by `owner`, held while its body is read and
+        recorded and until `enqueue` has queued it; refused at once when the queue is full
+        (ChecksBusy, 503) or `owner` already has their share in it (RateLimited, 429)."""
+        cap, share = self.settings.max_pending_checks, self.settings.max_pending_checks_per_person
+        with self._lock:
+            if self._pending(None) >= cap:
+                raise ChecksBusy(f"the automated checks have {cap} exports waiting, the most they queue: "
+                                 f"nothing was stored; submit again in {BUSY_RETRY_AFTER_S} seconds")
+            if self._pending(owner) >= share:
+                raise RateLimited(f"you have {share} exports waiting for their checks, the most one person may: "
+                                  "nothing was stored; submit again when one has been checked", BUSY_RETRY_AFTER_S)
+            self._reserved[owner] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved[owner] -= 1
+                if self._reserved[owner] <= 0:
+                    del self._reserved[owner]
+
+    def enqueue(self, request_id: str, owner: str | None = None) -> None:
         with self._lock:
             if request_id in self._queued:
                 return
             self._queued.add(request_id)
             future = self._pool.submit(self._run, request_id)
             self._futures.add(future)
+            self._owners[future] = owner
         future.add_done_callback(self._forget)
 
     def _forget(self, future: Future) -> None:
         with self._lock:
             self._futures.discard(future)
+            self._owners.pop(future, None)
 
     def _run(self, request_id: str) -> None:
         with self._lock:

@@ -8,8 +8,8 @@
     submitted|checking|awaiting_review|changes_requested --withdraw--> withdrawn
 
 Who may move a request is part of each transition: its *author* (the scholar who submitted it),
-an *independent reviewer* (holds the reviewer role, did not submit it and is not a member of its
-project), or the *system* (the check worker; release). Terminal states (rejected, released,
+an *independent reviewer* (holds the reviewer role, did not submit it, and has not been a member
+of its project at any time since it was submitted), or the *system* (the check worker; release). Terminal states (rejected, released,
 withdrawn) have no way out: a new request is made instead, so the record is never rewritten.
 """
 
@@ -87,11 +87,14 @@ def check_transition(request_id: str, current: S, action: str, actor: Actor) -> 
     return transition
 
 
-def actor_for(person: Person, author_id: int, project_member_ids: set[int]) -> Actor:
+def actor_for(person: Person, author_id: int, project_member_ids: set[int],
+              former_member_ids: frozenset[int] | set[int] = frozenset()) -> Actor:
     """How `person` stands towards a request: its author, an independent reviewer, or neither.
 
     A reviewer who belongs to the request's project is not independent (they could approve their
-    co-authors' exports), so they are refused like anyone else without the role.
+    co-authors' exports), so they are refused like anyone else without the role. So is one who
+    belonged to it at any time since the request was submitted (`former_member_ids`): leaving the
+    project for a day must not turn a co-author into a reviewer of the export.
     """
     if person.id == author_id:
         return Actor.author
@@ -99,6 +102,9 @@ def actor_for(person: Person, author_id: int, project_member_ids: set[int]) -> A
         raise Forbidden(f"{person.username!r} does not hold the reviewer role")
     if person.id in project_member_ids:
         raise Forbidden(f"{person.username!r} is a member of this export's project and so cannot review it")
+    if person.id in former_member_ids:
+        raise Forbidden(f"{person.username!r} was a member of this export's project while the export was open "
+                        "and so cannot review it")
     return Actor.reviewer
 
 
