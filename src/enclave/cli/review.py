@@ -37,7 +37,8 @@ app.command("scan")(scan_command)
 
 AsReviewer = Annotated[Optional[str], typer.Option(
     "--as", envvar="ENCLAVE_REVIEWER", show_envvar=True, metavar="USER",
-    help="The reviewer on whose authority this runs (recorded in the audit log).")]
+    help="The reviewer on whose authority this runs (recorded in the audit log); a decision also needs "
+         "their own password.")]
 RequestId = Annotated[str, typer.Argument(metavar="ID", help="Export id (exp-...).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (the author reads it).")]
 Seen = Annotated[Optional[list[str]], typer.Option(
@@ -262,9 +263,9 @@ def review_release(request_id: RequestId, as_: AsReviewer = None) -> None:
 @app.command("gc")
 def review_gc(
     grace: Annotated[Optional[int], typer.Option(
-        "--grace", metavar="SECONDS", min=0,
-        help="Spare blobs stored in the last SECONDS (default: $ENCLAVE_REVIEW_ORPHAN_GRACE, 3600): an upload in "
-             "flight has stored its files and not yet recorded its export.")] = None,
+        "--grace", metavar="SECONDS", min=60,
+        help="Spare blobs stored in the last SECONDS (at least 60; default: $ENCLAVE_REVIEW_ORPHAN_GRACE, 3600): an "
+             "upload in flight has stored its files and not yet recorded its export.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
     as_: AsUser = None, as_json: AsJson = False,
 ) -> None:
