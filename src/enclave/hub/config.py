@@ -221,6 +221,7 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
          "services": ["idle-culler"]},
     ]
     if operator_token:
+        # No `tokens`: no service may mint tokens that act as someone else (a reviewer, say).
         c.JupyterHub.load_roles.append({"name": "enclave-operator", "services": ["enclave-operator"], "scopes": [
-            "admin:users", "admin:servers", "list:users", "read:users", "read:servers", "tokens"]})
+            "admin:users", "admin:servers", "list:users", "read:users", "read:servers"]})
     return s
