@@ -49,8 +49,9 @@ def test_notebook_scanned_cell_by_cell_with_outputs_and_images():
     report = scan({"analysis.ipynb": nb})
     [email] = of(report, "identifiers")
     assert email.location.startswith("cell 3 output 1, line 1")
+    # The image output is decoded and scanned as a file of its own (a PNG: for human eyes).
     [image] = of(report, "file_policy", "warn")
-    assert image.location == "cell 2 output 1" and "image/png" in image.message
+    assert image.file == "analysis.ipynb!cell 2 output 1 (image/png)" and "an image (png)" in image.message
 
 
 def test_broken_notebook_is_scanned_as_text():
@@ -127,7 +128,11 @@ def test_zip_bomb_is_refused_without_expanding_it():
     report = scan({"bomb.zip": bomb})
     [f] = of(report, "archive", "block")
     assert "compression ratio" in f.message
-    assert len(report.files) == 1  # nothing was extracted
+    # Nothing was extracted: only the member names were read, and the bomb's bytes are unexamined.
+    assert [s.name for s in report.files] == ["bomb.zip", "bomb.zip!(member names)"]
+    [top] = report.coverage
+    # all but the records: end of central directory (22), one central (46) and one local header (30)
+    assert top.unexamined == len(bomb) - 22 - 46 - 30 - 2 * len("zeros.bin") and top.human == 0
 
 
 def test_gzip_bomb_is_stopped_at_the_limit():

@@ -60,6 +60,8 @@ def test_environment_names_another_policy(tmp_path, monkeypatch):
     ('direct_identifier_columns = ["name",', 'direct_identifier_columns = [" ", "name",',
      "linkage.direct_identifier_columns must not contain an empty column name"),
     ("direct_identifier_columns = ", "direct_identifier_colums = ", "unknown key 'direct_identifier_colums'"),
+    ("human_review_types = []", 'human_review_types = ["docx"]', "files.human_review_types entry 'docx' must be one of"),
+    ('unexamined_severity = "block"', "", "files: missing key 'unexamined_severity'"),
 ])
 def test_bad_policies_are_refused_naming_the_key(tmp_path, old, new, message):
     with pytest.raises(PolicyError) as raised:

@@ -1,7 +1,8 @@
 """What the checks look at: one file of an export, or something found inside one.
 
-An `Item` is a top-level file, an archive member ("outer.zip!dir/member.txt") or a blob decoded
-from base64/hex ("notes.txt!base64@line 3"). Its views are computed once, on first use, and
+An `Item` is a top-level file, an archive member ("outer.zip!dir/member.txt"), a part of a
+container that is not a member ("outer.zip!(zip comment)", "plot.png!(data after IEND)", see
+`coverage`) or a blob decoded from base64/hex ("notes.txt!base64@line 3"). Its views are computed once, on first use, and
 shared by every check: the decoded text, the text *segments* (a notebook's cells and outputs; the
 whole text otherwise), embedded images, and tables. Every location a check reports is relative to
 a segment, so a reviewer can find it: "cell 4 output 1, line 2, chars 5-16".
@@ -77,7 +78,19 @@ class Item:
     size: int  # the real size; larger than len(data) when the file was refused unread
     depth: int = 0  # how many archives deep
     decode_depth: int = 0  # how many base64/hex layers deep
-    origin: str = "file"  # "file", "member" or "decoded"
+    origin: str = "file"  # "file", "member", "part" or "decoded"
+    parent: str = ""  # the item this one was found in ("" for a top-level file)
+    container: str = ""  # the parent's format ("zip", "png", "pdf", "ipynb" ...): what a policy allows by type
+    top: str = ""  # the exported file this one is, or is inside
+
+    def __post_init__(self) -> None:
+        if not self.top:
+            self.top = self.name
+
+    @property
+    def label(self) -> str:
+        """This item's own name inside its parent ("(zip comment)", "dir/member.txt")."""
+        return self.name[len(self.parent) + 1:] if self.parent else self.name
 
     @functools.cached_property
     def sniffed(self) -> Sniffed:
@@ -192,7 +205,9 @@ class Item:
         return self._tables[1]
 
     def child(self, name: str, data: bytes, size: int | None = None, *, origin: str) -> "Item":
-        """A member or decoded blob of this item."""
+        """A member, part or decoded blob of this item. Members and parts count towards the nesting
+        limit alike: a PNG in a zip comment in a zip is as deep as a zip in a zip in a zip."""
         return Item(name=f"{self.name}!{name}", data=data, size=len(data) if size is None else size,
-                    depth=self.depth + (origin == "member"), decode_depth=self.decode_depth + (origin == "decoded"),
-                    origin=origin)
+                    depth=self.depth + (origin in ("member", "part")),
+                    decode_depth=self.decode_depth + (origin == "decoded"), origin=origin, parent=self.name,
+                    container=self.sniffed.format, top=self.top)

@@ -11,11 +11,16 @@ The review service and `enclave review scan` both call this; its interface is fi
                 model_calls=[ModelCallText...], prior_releases=[ExportFile...],
                 egress_used_bytes=0, egress_allowed_bytes=None, cache=ScanCache(disk_dir=None))
     scan_files(files, policy, context) -> ScanReport
-    ScanReport(verdict, findings, files).to_json() -> {"verdict": "pass"|"review"|"block", "findings": [...]}
+    ScanReport(verdict, findings, files, policy_version, coverage).to_json()
+        -> {"verdict": "pass"|"review"|"block", "findings": [...]}   (+ "coverage": [...] if asked)
+    extract(file, policy) -> [Item ...]   # the file and everything inside it, no checks run
 
 How it runs: each file becomes an `Item`; every registered item check (`checks.CHECKS`) runs on
-it; archive members and decoded blobs that checks hand back are queued and scanned the same way;
-then the export checks run. A check that fails with an exception does not stop the scan: its
+it; archive members, container parts and decoded blobs that checks hand back are queued and
+scanned the same way; then the export checks run. Every item's bytes are accounted for (see
+`coverage`): the checks that open containers say where each byte went, and anything else is read
+whole by the checks (text), shown to a person (images) or unexamined (bytes of no known format,
+a file refused unread). `ScanReport.coverage` adds it up per exported file. A check that fails with an exception does not stop the scan: its
 failure is a blocking finding on that file, because a file a check could not read has not been
 checked. Context that could not be used (an unreadable dataset, a model that cannot be
 fingerprinted, a scorer that is down) is reported as a warning.
@@ -36,15 +41,18 @@ from typing import Any
 from enclave.review.scan.checks import CHECKS
 from enclave.review.scan.cache import ScanCache
 from enclave.review.scan.checks.base import make_finding
+from enclave.review.scan.checks import archive, containers, encoded_blobs, file_policy
 from enclave.review.scan.context import Env, ModelCallText, ProtectedSource, ScanContext
+from enclave.review.scan.coverage import CHECKED, HUMAN, UNEXAMINED, FileCoverage, Region
+from enclave.review.scan.detect import Kind
 from enclave.review.scan.findings import Finding, Severity, Verdict, verdict
 from enclave.review.scan.items import Item
 from enclave.review.scan.policy import DEFAULT_POLICY, Policy, load_policy
 from enclave.review.scan.scoring import Scorer, TokenScores, gateway_scorer, local_scorer
 
-__all__ = ["DEFAULT_POLICY", "ExportFile", "FileSummary", "ModelCallText", "Policy", "ProtectedSource", "ScanCache",
+__all__ = ["DEFAULT_POLICY", "ExportFile", "FileCoverage", "FileSummary", "ModelCallText", "Policy", "ProtectedSource", "ScanCache",
            "ScanContext", "ScanReport", "Scorer", "TokenScores", "gateway_scorer", "load_policy", "local_scorer",
-           "scan_files"]
+           "extract", "scan_files"]
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +92,23 @@ class ScanReport:
     findings: list[Finding]
     files: list[FileSummary] = field(default_factory=list)
     policy_version: str = ""
+    coverage: list[FileCoverage] = field(default_factory=list)  # per exported file, in the order given
 
-    def to_json(self, evidence: bool = False) -> dict[str, Any]:
+    def to_json(self, evidence: bool = False, coverage: bool = False) -> dict[str, Any]:
         """{"verdict", "findings": [{"check", "severity", "file", "location", "message"}]}; with
         `evidence`, each finding also carries its evidence (for reviewers only: it can quote
-        protected records)."""
+        protected records); with `coverage`, per exported file the bytes the checks read, the bytes
+        left to human eyes and the bytes nothing read, with where they are."""
         out = []
         for f in self.findings:
             d = f.to_json()
             if not evidence:
                 d.pop("evidence", None)
             out.append(d)
-        return {"verdict": self.verdict.value, "findings": out}
+        body: dict[str, Any] = {"verdict": self.verdict.value, "findings": out}
+        if coverage:
+            body["coverage"] = [c.to_json() for c in self.coverage]
+        return body
 
 
 def _summary(item: Item) -> FileSummary:
@@ -104,22 +117,60 @@ def _summary(item: Item) -> FileSummary:
                        digest, item.origin)
 
 
-def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | None = None) -> ScanReport:
-    """Run every registered check over `files` (and everything inside them)."""
-    env = Env(policy, context or ScanContext())
+def default_regions(item: Item, policy: Policy) -> list[Region]:
+    """Where the bytes of an item went when no check that opens containers said."""
+    if item.unread:
+        return [Region("whole file (over the size limit; not read)", item.size, UNEXAMINED)]
+    size = len(item.data)
+    if item.kind is Kind.empty:
+        return []
+    if item.kind is Kind.binary:
+        human = item.origin in ("member", "part") and file_policy.left_to_human(item, policy.files)
+        return [Region("", size, HUMAN if human else UNEXAMINED)]
+    if item.kind in (Kind.image, Kind.pdf):
+        return [Region("", size, HUMAN)]
+    if archive.is_archive(item):  # an archive check that failed: nothing in it was read
+        return [Region("", size, UNEXAMINED)]
+    return [Region("", size, CHECKED)]  # text, tables, notebooks, and tensors (their check reads them)
+
+
+def _top_items(files: list[ExportFile], policy: Policy) -> list[Item]:
     top = []
     for f in files:
         size = f.size if f.size is not None else len(f.data)
         # Never scan more than the policy allows, even if the caller read it all.
         data = f.data if size <= policy.files.max_file_bytes else b""
         top.append(Item(f.name, data, size))
+    return top
+
+
+def extract(file: ExportFile, policy: Policy) -> list[Item]:
+    """The file and every item found inside it (members, parts, decoded blobs), as a scan finds
+    them, without running the other checks: for showing a reviewer bytes that no check reads."""
+    env = Env(policy, ScanContext())
+    queue: deque[Item] = deque(_top_items([file], policy))
+    out = []
+    while queue:
+        item = queue.popleft()
+        out.append(item)
+        for check in (archive.check, containers.check, encoded_blobs.check):
+            queue.extend(check(item, env).children)
+    return out
+
+
+def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | None = None) -> ScanReport:
+    """Run every registered check over `files` (and everything inside them)."""
+    env = Env(policy, context or ScanContext())
+    top = _top_items(files, policy)
     findings: list[Finding] = []
     summaries: list[FileSummary] = []
+    coverage = {item.name: FileCoverage(item.name) for item in top}
     queue: deque[Item] = deque(top)
     item_checks = [c for c in CHECKS if c.scope == "item"]
     while queue:
         item = queue.popleft()
         summaries.append(_summary(item))
+        regions: list[Region] = []
         for check in item_checks:
             try:
                 result = check.run(item, env)
@@ -131,6 +182,9 @@ def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | N
                 continue
             findings.extend(result.findings)
             queue.extend(result.children)
+            regions.extend(result.regions)
+        for region in regions or default_regions(item, policy):
+            coverage[item.top].add(item.name, region)
     for check in (c for c in CHECKS if c.scope == "export"):
         try:
             findings.extend(check.run(top, env).findings)
@@ -148,5 +202,5 @@ def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | N
                              f"{policy.memorisation.model.max_passages} per export")
         if found:
             findings.append(found)
-    return ScanReport(verdict(findings), findings, summaries, policy.version)
+    return ScanReport(verdict(findings), findings, summaries, policy.version, list(coverage.values()))
 

@@ -23,6 +23,8 @@ from typing import Any
 from enclave.review.scan.findings import Severity
 
 SEVERITIES = ("block", "warn", "info", "off")
+# The container formats (as `detect` names them) that files.human_review_types may list.
+CONTAINER_TYPES = ("zip", "xlsx", "tar", "gzip", "bzip2", "xz", "png", "pdf", "ipynb")
 
 
 class PolicyError(ValueError):
@@ -37,6 +39,10 @@ class FilesPolicy:
     allowed_extensions: list[str]
     human_review_extensions: list[str]
     human_review_severity: str
+    # Container formats whose bytes no check reads may go to a reviewer (as a dump) instead of
+    # blocking: "unexamined bytes in ..." then becomes a human_review_severity finding.
+    human_review_types: list[str]
+    unexamined_severity: str
     mismatch_severity: str
     disallowed_type_severity: str
     empty_file_severity: str
@@ -342,6 +348,9 @@ def _check_ranges(p: Policy, where: str) -> None:
     for pattern in p.linkage.direct_identifier_columns:
         if not pattern.strip():
             fail("linkage.direct_identifier_columns", "must not contain an empty column name")
+    for kind in p.files.human_review_types:
+        if kind not in CONTAINER_TYPES:
+            fail("files.human_review_types", f"entry {kind!r} must be one of {', '.join(CONTAINER_TYPES)}")
     for ext in p.files.allowed_extensions + p.files.human_review_extensions:
         if ext != ext.lower() or ext.startswith("."):
             fail("files.allowed_extensions", f"entry {ext!r} must be lower case without a dot")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enclave.review.scan.checks import (
     acro_evidence,
     archive,
+    containers,
     differencing,
     egress,
     encoded_blobs,
@@ -27,6 +28,7 @@ from enclave.review.scan.checks.base import Check, Result
 CHECKS: list[Check] = [
     Check(file_policy.NAME, "item", file_policy.check, "allowed types and sizes; images and PDFs for human eyes"),
     Check(archive.NAME, "item", archive.check, "archives opened safely, members scanned recursively"),
+    Check(containers.NAME, "item", containers.check, "PNG chunks, PDF objects and notebook attachments opened fully"),
     Check(weight_files.NAME, "item", weight_files.check, "model weights and tensor files, by magic bytes"),
     Check(weight_vectors.NAME, "item", weight_vectors.check, "exported numbers matching rows or columns of model weights"),
     Check(encoded_blobs.NAME, "item", encoded_blobs.check, "base64/hex blobs decoded and rescanned; high-entropy runs"),

@@ -2,8 +2,9 @@
 
 A check is a pure function: an `item` check takes one item (a file, an archive member, a decoded
 blob) and the scan's `Env` (policy, context and the indexes built from them) and returns a
-`Result`: findings, plus any new items found inside (archive members, decoded blobs) for the
-pipeline to scan in turn. An `export` check sees all top-level items at once (the egress budget is
+`Result`: findings, plus any new items found inside (archive members, container parts, decoded
+blobs) for the pipeline to scan in turn, and, from the checks that open containers, where each of
+the item's bytes went (`coverage.Region`). An `export` check sees all top-level items at once (the egress budget is
 about the whole export). Checks never write anything anywhere.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from enclave.review.scan.coverage import Region
 from enclave.review.scan.findings import Finding
 from enclave.review.scan.items import Item
 from enclave.review.scan.policy import severity
@@ -21,6 +23,7 @@ from enclave.review.scan.policy import severity
 class Result:
     findings: list[Finding] = field(default_factory=list)
     children: list[Item] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
 
     def add(self, check: str, level: str, file: str, location: str, message: str, **evidence: Any) -> None:
         """Append a finding at the policy severity `level` ("off" adds nothing)."""

@@ -25,6 +25,17 @@ def _as_floats(data: bytes) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def _textual(data: bytes) -> bool:
+    """Decoded bytes that are text: UTF-8, or mostly printable ASCII (Latin-1 text). Not merely free
+    of NUL bytes: a URL's path (".../2006/relationships/officeDocument") is valid base64 that decodes
+    to high-bit noise, not text."""
+    if blobs.looks_like_text(data):
+        return True
+    sample = data[:4096]
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in sample)
+    return bool(sample) and printable >= 0.9 * len(sample)
+
+
 def check(item: Item, env: Env) -> Result:
     result = Result()
     policy = env.policy.blobs
@@ -37,7 +48,7 @@ def check(item: Item, env: Env) -> Result:
         for blob in found:
             where = segment.where(blob.start, blob.end)
             kind = sniff("", blob.data).kind
-            recognised = kind not in (Kind.binary, Kind.empty) or blobs.looks_like_text(blob.data)
+            recognised = kind not in (Kind.binary, Kind.empty, Kind.text) or _textual(blob.data)
             if recognised:
                 if item.decode_depth >= policy.max_decode_depth:
                     result.add(NAME, policy.opaque_blob_severity, item.name, where,

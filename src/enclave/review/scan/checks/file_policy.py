@@ -5,6 +5,12 @@ content that is not what its extension says is pointed out (and scanned as what 
 and PDFs (a file's own or a notebook's outputs) need a person because no automated check reads
 them, a file over the size limit is refused unread, and text that is not valid UTF-8 is scanned
 with replacement characters and flagged. Tensor files and archives are left to their own checks.
+
+Bytes of no known format inside a container (a member, or a part such as a zip comment or data
+after a PNG's IEND; see `coverage`) are "unexamined bytes in <container>: <where> (<n> bytes)":
+they block, unless the policy leaves that container type to human eyes (`human_review_types`).
+The names of a container's parts are the format's, not the scholar's: the type list does not
+apply to them, nor to the parts of a workbook.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from enclave.review.scan.checks.base import Result, human_size
 from enclave.review.scan.context import Env
 from enclave.review.scan.detect import Kind
 from enclave.review.scan.items import Item
+from enclave.review.scan.policy import FilesPolicy
 
 NAME = "file_policy"
 _ARCHIVE_EXTENSIONS = {"zip", "tar", "gz", "tgz", "tar.gz", "bz2", "tar.bz2", "xz", "tar.xz"}
@@ -36,7 +43,7 @@ def check(item: Item, env: Env) -> Result:
         add(NAME, policy.empty_file_severity, item.name, "whole file", "empty file")
         return result
     ext = item.extension
-    if item.origin != "decoded":
+    if item.origin not in ("decoded", "part") and item.container != "xlsx":
         allowed = set(policy.allowed_extensions)
         last = ext.rsplit(".", 1)[-1]
         if ext and ext not in allowed and last not in allowed:
@@ -54,16 +61,23 @@ def check(item: Item, env: Env) -> Result:
             add(NAME, policy.mismatch_severity, item.name, "whole file",
                 f"content is {item.sniffed.format}, not what the .{ext} extension says; it was scanned as {item.sniffed.format}",
                 detected=item.sniffed.format, extension=ext)
-    if item.kind is Kind.binary:
+    if item.kind is Kind.binary and item.origin in ("member", "part"):
+        where = item.label.removeprefix("(").removesuffix(")") if item.origin == "part" else f"member {item.label}"
+        if left_to_human(item, policy):
+            add(NAME, policy.human_review_severity, item.name, "whole file",
+                f"bytes for human eyes in {item.parent}: {where} ({len(item.data):,} bytes); no check reads them, "
+                f"the reviewer page shows them", container=item.parent, bytes=len(item.data))
+        else:
+            add(NAME, policy.unexamined_severity, item.name, "whole file",
+                f"unexamined bytes in {item.parent}: {where} ({len(item.data):,} bytes); no check can read them",
+                container=item.parent, bytes=len(item.data))
+    elif item.kind is Kind.binary:
         add(NAME, policy.unknown_binary_severity, item.name, "whole file",
             f"binary content of no known format ({item.sniffed.format}) cannot be checked", format=item.sniffed.format)
     elif item.kind in (Kind.image, Kind.pdf) or (ext in policy.human_review_extensions and item.kind is not Kind.tensor):
         what = "a PDF" if item.kind is Kind.pdf else f"an image ({item.sniffed.format})"
         add(NAME, policy.human_review_severity, item.name, "whole file",
             f"{what}: no automated check reads it, a person must look at it", format=item.sniffed.format)
-    for embedded in item.embedded:
-        add(NAME, policy.human_review_severity, item.name, embedded.label,
-            f"embedded {embedded.mime}: no automated check reads it, a person must look at it", mime=embedded.mime)
     if item.utf8_error is not None:
         offset, count = item.utf8_error
         add(NAME, policy.invalid_utf8_severity, item.name, f"byte {offset}",
@@ -81,3 +95,8 @@ def check(item: Item, env: Env) -> Result:
                 f"table has {len(table.rows):,}{'+' if table.truncated else ''} rows, over {policy.max_table_rows:,}: "
                 "this looks like row-level data rather than results", rows=len(table.rows))
     return result
+
+
+def left_to_human(item: Item, policy: FilesPolicy) -> bool:
+    """Whether bytes of `item` that no check reads may go to a reviewer rather than block."""
+    return item.container in policy.human_review_types
