@@ -24,7 +24,7 @@ from enclave.registry.db import session_scope
 from enclave.registry.models import AuditEvent, ModelCall
 from enclave.web.hub_auth import HubIdentity
 
-from tests.gateway_fixtures import PROJECT, SCHOLAR, serve, tiny_model_dir  # noqa: F401  (fixture)
+from tests.gateway_fixtures import SCHOLAR, serve, tiny_model_dir  # noqa: F401  (fixture)
 
 BODIES = {"/v1/generate": {"prompt": "hi"}, "/v1/score": {"text": "hi"}, "/v1/next-token": {"prompt": "hi"}}
 LONG_PROMPT = "lorem ipsum dolor sit amet " * 7_400  # just under the 200,000 characters a prompt may have
@@ -173,11 +173,17 @@ def test_memory_is_bounded_by_an_other_group():
     assert other["endpoints"] == {"/v1/generate": 997, "/v1/score": 10}
     assert (other["minute"], other["until"]) == ("2027-03-01T12:30:00.000000Z", "2027-03-01T12:31:00.000000Z")
     assert tally.pending() == 0
-    # A write that failed puts them back, nothing lost and still bounded.
+    # A write that failed puts them back while new refusals come in: nothing lost, still bounded.
+    for i in range(5):
+        tally.add(f"token:new{i}", "unauthenticated", 401, "/v1/usage")
     tally.put_back(groups)
-    assert tally.pending() == 1010 and len(tally._groups) <= 3
+    assert tally.pending() == 1015 and len(tally._groups) == 3
     again = tally.take(everything=True)
-    assert sum(g.count for g in again) == 1010 and len(again) <= 4
+    assert sum(g.count for g in again) == 1015 and len(again) == 4
+    merged = next(g for g in again if g.key.caller == "other").details()
+    assert merged["count"] == 1012
+    assert (merged["minute"], merged["until"]) == ("2027-03-01T12:30:00.000000Z", "2027-03-01T12:31:00.000000Z")
+    assert merged["statuses"] == {"401": 1002, "429": 10}
 
 
 def test_a_registry_outage_keeps_the_refusals_for_the_next_beat(engine, tmp_path):

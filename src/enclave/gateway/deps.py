@@ -121,6 +121,9 @@ class GatewayState:
             keeper.join(30)
         if keeper is not None:
             self.flush_refusals(everything=True)
+            if self.refusal_tally.pending():
+                log.error("%d refused calls were not recorded in the audit log: the registry could not be "
+                          "reached at shutdown", self.refusal_tally.pending())
 
     def _on_disposed(self, db: DbEngine) -> None:
         if self._keeper is None:

@@ -132,12 +132,16 @@ class RefusalTally:
         elif len(self._groups) < self.max_groups:
             self._groups[group.key] = Group(group.key, group.count, collections.Counter(group.endpoints))
         else:
-            if self._other is None:
-                self._other = Group(GroupKey(group.key.minute, OTHER, OTHER, 0), until=group.key.minute)
-            if group.key.minute < self._other.key.minute:  # a group put back after a failed write
-                self._other.until = max(self._other.until, self._other.key.minute)
-                self._other.key = dataclasses.replace(self._other.key, minute=group.key.minute)
-            self._other.absorb(group)
+            self._count_in_other(group)
+
+    def _count_in_other(self, group: Group) -> None:
+        """Count `group` in the one `other` group, which starts at the earliest minute it counts."""
+        first = group.key.minute
+        if self._other is None:
+            self._other = Group(GroupKey(first, OTHER, OTHER, 0), until=first)
+        elif first < self._other.key.minute:  # a group put back after a failed write
+            self._other.key = GroupKey(first, OTHER, OTHER, 0)
+        self._other.absorb(group)
 
     def take(self, everything: bool = False) -> list[Group]:
         """Remove and return the groups whose minute is over (all of them when `everything`). The
@@ -156,14 +160,8 @@ class RefusalTally:
         """Groups whose write failed: counted again, to be written with the next flush."""
         with self._lock:
             for group in groups:
-                if group.key.caller == OTHER and group.key.reason == OTHER:
-                    if self._other is None:
-                        self._other = group
-                    else:
-                        keep = self._other
-                        self._other = group
-                        self._other.absorb(keep)
-                        self._other.key = dataclasses.replace(group.key, minute=min(group.key.minute, keep.key.minute))
+                if group.key.caller == OTHER:
+                    self._count_in_other(group)
                 else:
                     self._merge(group)
 
