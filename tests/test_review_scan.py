@@ -144,7 +144,8 @@ def test_the_pipeline_scanner_differences_against_earlier_releases(engine, tmp_p
     run_checks(engine, settings, quarantine, earlier, fake_scanner())
     with session_scope(engine) as s:
         shown = [f.sha256 for f in service.current_files(s, service.get_request(s, earlier))]
-        service.decide(s, REVIEWERS[0], earlier, "approve", seen=shown)
+        service.decide(s, REVIEWERS[0], earlier, "approve", seen=shown,
+                       login=service.ReviewerLogin(REVIEWERS[0], service.AuthMethod.hub_session))
     service.release_request(engine, quarantine, load_or_create_key(settings.signing_key_file), settings.release_dir,
                             earlier)
     with session_scope(engine) as s:

@@ -346,7 +346,16 @@ def test_highlighting_follows_the_checks_offsets():
     assert str(bom.html).endswith('>123</mark>')
     utf16 = preview("f.txt", "hi there".encode("utf-16"), [finding(6, "warn", segment="", start=3, end=8)])
     assert utf16.kind == "text" and str(utf16.html).endswith(">there</mark>")
-    assert preview("f.txt", b"\x00\x01weights", []).kind == "binary"
+    # Binary content is shown as a hex and text dump, never "not shown".
+    binary = preview("f.txt", b"\x00\x01weights", [])
+    assert binary.kind == "dump" and binary.dump == [("00000000", "00 01 77 65 69 67 68 74 73", "..weights")]
+    # A long text is paged; a span that crosses a page's edge is marked on both pages.
+    from enclave.review.render import MAX_PREVIEW_CHARS
+    long = ("x" * (MAX_PREVIEW_CHARS - 3) + "SECRET" + "y" * 10).encode()
+    crossing = [finding(7, "block", segment="", start=MAX_PREVIEW_CHARS - 3, end=MAX_PREVIEW_CHARS + 3)]
+    first, second = preview("f.txt", long, crossing, 1), preview("f.txt", long, crossing, 2)
+    assert str(first.html).endswith(">SEC</mark>") and str(second.html).startswith('<mark class="sev-block"')
+    assert str(second.html).endswith(">RET</mark>" + "y" * 10) and second.paging.note.endswith("(page 2 of 2)")
 
 
 @pytest.mark.slow

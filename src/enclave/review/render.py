@@ -1,5 +1,9 @@
 """How an exported file is shown to a reviewer: its text with findings highlighted in place, its
-table with flagged cells marked, and its diff against the previous version.
+table with flagged cells marked, bytes no check reads as a hex and text dump, and its diff against
+the previous version.
+
+Nothing is cut off silently: a long table, text or dump is shown a page at a time ("rows 501-1,000
+of 1,234, page 2 of 3"), and every page can be asked for.
 
 Everything here treats the export as hostile. Text is escaped piece by piece with
 `markupsafe.escape` and only our own `<mark>` tags are added around the escaped pieces, so the
@@ -18,20 +22,56 @@ from markupsafe import Markup, escape
 
 from enclave.registry.models import ExportFinding
 
-MAX_PREVIEW_CHARS = 200_000
-MAX_TABLE_ROWS = 500
+MAX_PREVIEW_CHARS = 200_000  # characters of text per page
+MAX_TABLE_ROWS = 500  # table rows per page
+DUMP_BYTES = 4096  # bytes per page of a hex dump
+DUMP_WIDTH = 16
 MAX_DIFF_LINES = 2_000
 SEVERITY_RANK = {"block": 3, "warn": 2, "info": 1}
 TABLE_SUFFIXES = (".csv", ".tsv")
 
 
+@dataclasses.dataclass(frozen=True)
+class Paging:
+    """Which page of how many, and which rows, characters or bytes it holds (1-based, inclusive)."""
+
+    page: int
+    pages: int
+    first: int
+    last: int
+    total: int
+    unit: str  # "rows", "characters", "bytes"
+
+    @property
+    def note(self) -> str:
+        if self.total == 0:
+            return f"no {self.unit}"
+        return f"{self.unit} {self.first:,}\u2013{self.last:,} of {self.total:,} (page {self.page} of {self.pages})"
+
+
+def paging(total: int, per_page: int, page: int, unit: str) -> tuple[Paging, int, int]:
+    """The page (clamped to the ones there are) and its [start, end) slice of `total` things."""
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, page), pages)
+    start = (page - 1) * per_page
+    end = min(total, start + per_page)
+    return Paging(page, pages, start + 1 if total else 0, end, total, unit), start, end
+
+
 @dataclasses.dataclass
 class Preview:
-    kind: str  # "text", "table", "binary", "empty"
+    kind: str  # "text", "table", "dump", "binary", "empty"
     html: Markup = Markup("")
     rows: list[list[tuple[str, str | None]]] = dataclasses.field(default_factory=list)  # (cell, severity)
     header: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
     note: str = ""
+    paging: Paging | None = None
+    dump: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (offset, hex, text) per line
+
+    @property
+    def more(self) -> bool:
+        """Whether there is more than this page (the request page then links to the file's view)."""
+        return self.paging is not None and self.paging.pages > 1
 
 
 def decode(data: bytes) -> tuple[str, bool]:
@@ -100,10 +140,16 @@ def text_spans(findings: list[ExportFinding], length: int) -> list[tuple[int, in
     return spans
 
 
-def highlight(text: str, findings: list[ExportFinding]) -> Markup:
-    spans = text_spans(findings, len(text))
+def highlight(text: str, findings: list[ExportFinding], start_at: int = 0, length: int | None = None) -> Markup:
+    """The text [start_at, start_at + length) with the findings' spans marked (offsets of the whole
+    text, as the checks report them)."""
+    whole = len(text)
+    end_at = whole if length is None else min(whole, start_at + length)
+    spans = [(max(a, start_at), min(b, end_at), sev, ids) for a, b, sev, ids in text_spans(findings, whole)
+             if a < end_at and b > start_at]
+    text = text[:end_at]
     out: list[str] = []
-    pos = 0
+    pos = start_at
     for start, end, severity, ids in spans:
         out.append(str(escape(text[pos:start])))
         label = ", ".join(f"finding {i}" for i in ids)
@@ -137,9 +183,9 @@ def _cell_marks(findings: list[ExportFinding], header: list[str]) -> dict[tuple[
     return marks
 
 
-def table_preview(text: str, name: str, findings: list[ExportFinding]) -> Preview | None:
+def table_preview(text: str, name: str, findings: list[ExportFinding], page: int = 1) -> Preview | None:
     """A CSV/TSV as a table with its flagged cells marked, parsed by the checks' own parser so
-    that row and column numbers mean the same here as in their findings."""
+    that row and column numbers mean the same here as in their findings; a page of rows at a time."""
     from enclave.review.scan.tables import TableError, parse_delimited
 
     try:
@@ -148,32 +194,52 @@ def table_preview(text: str, name: str, findings: list[ExportFinding]) -> Previe
         return None
     header, body = table.header, table.rows
     marks = _cell_marks(findings, header)
-    note = f"first {MAX_TABLE_ROWS} of {len(body)} rows shown" if len(body) > MAX_TABLE_ROWS else ""
+    pages, start, end = paging(len(body), MAX_TABLE_ROWS, page, "rows")
+    notes = [pages.note]
+    if table.truncated:
+        notes.append(f"the checks' parser stops after {len(body):,} rows: the rest of the file is shown as text "
+                     "nowhere here; treat the file as row-level data")
     return Preview(
         kind="table",
         header=[(h, None) for h in header],
-        rows=[[(cell, marks.get((r, c))) for c, cell in enumerate(row)] for r, row in enumerate(body[:MAX_TABLE_ROWS])],
-        note=note,
+        rows=[[(cell, marks.get((r, c))) for c, cell in enumerate(body[r])] for r in range(start, end)],
+        note="; ".join(notes), paging=pages,
     )
 
 
-def preview(name: str, data: bytes, findings: list[ExportFinding]) -> Preview:
+def _printable(byte: int) -> str:
+    return chr(byte) if 0x20 <= byte < 0x7F else "."
+
+
+def dump_preview(data: bytes, page: int = 1, note: str = "") -> Preview:
+    """Bytes as a hex and text dump, a page at a time: what a reviewer sees of bytes no check reads."""
+    pages, start, end = paging(len(data), DUMP_BYTES, page, "bytes")
+    lines = []
+    for at in range(start, end, DUMP_WIDTH):
+        chunk = data[at:min(at + DUMP_WIDTH, end)]
+        lines.append((f"{at:08x}", " ".join(f"{b:02x}" for b in chunk), "".join(_printable(b) for b in chunk)))
+    return Preview(kind="dump", dump=lines, paging=pages, note="; ".join(filter(None, [note, pages.note])))
+
+
+def preview(name: str, data: bytes, findings: list[ExportFinding], page: int = 1, *, dump: bool = False) -> Preview:
+    """The page `page` of a file as a reviewer sees it: a table, highlighted text, or (binary
+    content, or `dump`) a hex and text dump."""
     mine = [f for f in findings if f.file == name]
     if not data:
         return Preview(kind="empty", note="empty file")
-    if looks_binary(data):
-        return Preview(kind="binary", note=f"binary file ({len(data)} bytes): not shown; see its findings")
+    if dump or looks_binary(data):
+        return dump_preview(data, page, "" if dump else f"binary file ({len(data):,} bytes), shown as a hex and text dump")
     text, valid = decode(data)
     notes = [] if valid else ["not valid UTF-8: undecodable bytes shown as \ufffd"]
     if name.lower().endswith(TABLE_SUFFIXES):
-        table = table_preview(text, name, mine)
+        table = table_preview(text, name, mine, page)
         if table is not None:
             table.note = "; ".join(filter(None, [table.note, *notes]))
             return table
-    if len(text) > MAX_PREVIEW_CHARS:
-        notes.append(f"first {MAX_PREVIEW_CHARS} of {len(text)} characters shown")
-        text = text[:MAX_PREVIEW_CHARS]
-    return Preview(kind="text", html=highlight(text, mine), note="; ".join(notes))
+    pages, start, end = paging(len(text), MAX_PREVIEW_CHARS, page, "characters")
+    if pages.pages > 1:
+        notes.append(pages.note)
+    return Preview(kind="text", html=highlight(text, mine, start, end - start), note="; ".join(notes), paging=pages)
 
 
 @dataclasses.dataclass

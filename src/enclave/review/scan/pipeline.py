@@ -13,7 +13,7 @@ The review service and `enclave review scan` both call this; its interface is fi
     scan_files(files, policy, context) -> ScanReport
     ScanReport(verdict, findings, files, policy_version, coverage).to_json()
         -> {"verdict": "pass"|"review"|"block", "findings": [...]}   (+ "coverage": [...] if asked)
-    extract(file, policy) -> [Item ...]   # the file and everything inside it, no checks run
+    inspect(file, policy) -> Inspection   # the file, everything inside it and its coverage, no checks run
 
 How it runs: each file becomes an `Item`; every registered item check (`checks.CHECKS`) runs on
 it; archive members, container parts and decoded blobs that checks hand back are queued and
@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enclave.review.scan.checks import CHECKS
 from enclave.review.scan.cache import ScanCache
+from enclave.review.scan.checks import CHECKS, archive, containers, encoded_blobs, file_policy
 from enclave.review.scan.checks.base import make_finding
-from enclave.review.scan.checks import archive, containers, encoded_blobs, file_policy
 from enclave.review.scan.context import Env, ModelCallText, ProtectedSource, ScanContext
 from enclave.review.scan.coverage import CHECKED, HUMAN, UNEXAMINED, FileCoverage, Region
 from enclave.review.scan.detect import Kind
@@ -52,7 +51,7 @@ from enclave.review.scan.scoring import Scorer, TokenScores, gateway_scorer, loc
 
 __all__ = ["DEFAULT_POLICY", "ExportFile", "FileCoverage", "FileSummary", "ModelCallText", "Policy", "ProtectedSource", "ScanCache",
            "ScanContext", "ScanReport", "Scorer", "TokenScores", "gateway_scorer", "load_policy", "local_scorer",
-           "extract", "scan_files"]
+           "Inspection", "inspect", "scan_files"]
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +143,35 @@ def _top_items(files: list[ExportFile], policy: Policy) -> list[Item]:
     return top
 
 
-def extract(file: ExportFile, policy: Policy) -> list[Item]:
+@dataclass
+class Inspection:
+    """An exported file opened as the scan opens it: the items in scan order (the file first), how
+    each item's bytes went (`coverage` HOWS), and the file's coverage."""
+
+    items: list[Item]
+    hows: dict[str, set[str]]  # item name -> {"checked", "inside", "human", "unexamined"}
+    coverage: FileCoverage
+
+
+def inspect(file: ExportFile, policy: Policy) -> Inspection:
     """The file and every item found inside it (members, parts, decoded blobs), as a scan finds
-    them, without running the other checks: for showing a reviewer bytes that no check reads."""
+    them, with where their bytes went, without running the other checks: what the reviewer UI
+    shows of the bytes no check reads."""
     env = Env(policy, ScanContext())
     queue: deque[Item] = deque(_top_items([file], policy))
-    out = []
+    inspection = Inspection([], {}, FileCoverage(file.name))
     while queue:
         item = queue.popleft()
-        out.append(item)
+        inspection.items.append(item)
+        regions: list[Region] = []
         for check in (archive.check, containers.check, encoded_blobs.check):
-            queue.extend(check(item, env).children)
-    return out
+            result = check(item, env)
+            queue.extend(result.children)
+            regions.extend(result.regions)
+        for region in regions or default_regions(item, policy):
+            inspection.coverage.add(item.name, region)
+            inspection.hows.setdefault(item.name, set()).add(region.how)
+    return inspection
 
 
 def scan_files(files: list[ExportFile], policy: Policy, context: ScanContext | None = None) -> ScanReport:
