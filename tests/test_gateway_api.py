@@ -191,6 +191,32 @@ def test_revocation_bites_on_the_next_request(gw):
         assert (revoked.status_code, revoked.json()["error"]) == (403, "revoked")
 
 
+def test_a_call_from_a_notebook_session_acts_for_that_sessions_project_only(gw):
+    """Sam works in two projects and has a notebook session for the other one. The gateway sees the
+    session's container as the peer address (here loopback stands for it): neither the header nor
+    Sam's API key for the first project makes a call from there act for it."""
+    from enclave.registry import sessions
+    from tests.gateway_fixtures import SCHOLAR
+
+    with gw.registry() as s:
+        projects.create_project(s, OPERATOR, "other", "Other", SCHOLAR, "Another study.")
+        projects.transition(s, OPERATOR, "other", "approve", until=end_of_day((utcnow() + dt.timedelta(days=30)).date()))
+        grants.set_grant(s, OPERATOR, "other")
+        sid = sessions.open_session(s, username=SCHOLAR, project="other", mode="docker", container_ip="127.0.0.1").id
+    body = {"prompt": "hi", "max_new_tokens": 2}
+    with gw.client(**{"X-Enclave-Project": PROJECT}) as c:
+        named = c.post("/v1/generate", json=body)
+    assert named.status_code == 403 and named.json()["error"] == "wrong_project", named.text
+    assert "works for project 'other', not" in named.json()["message"]
+    with gw.client() as c:
+        by_key = c.post("/v1/generate", json=body)  # the key is bound to the first project
+    assert by_key.status_code == 403 and by_key.json()["error"] == "wrong_project", by_key.text
+    with gw.registry() as s:
+        sessions.close_session(s, sid, "test over")
+    with gw.client() as c:
+        assert c.post("/v1/generate", json=body).status_code == 200  # outside a session: the key decides
+
+
 def test_revoked_key_is_refused_at_once(gw):
     key_id = gw.key.split("_")[1]
     with gw.registry() as s:

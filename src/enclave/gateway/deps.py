@@ -47,7 +47,8 @@ from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
 from enclave.gateway.settings import GatewaySettings, SettingsError
 from enclave.registry.access import Access
-from enclave.web.hub_auth import HubIdentity
+from enclave.web.hub_auth import HubIdentity, bearer_token
+from enclave.web.session_binding import session_project
 from enclave.web.transactions import in_transaction, in_transaction_thread
 
 DISCONNECT_POLL_S = 0.2
@@ -157,17 +158,24 @@ class Credentials:
     authorization: str | None
     project: str | None
     identified: Callable[[str], None] = lambda _username: None
+    # The peer's address: a notebook container's, for a call from a notebook (uvicorn trusts
+    # forwarding headers from loopback only, where no notebook is).
+    address: str | None = None
 
     def decide(self, session, identity: HubIdentity) -> tuple[Caller, Access]:
-        """The caller and the registry's decision, in the transaction of `session`."""
+        """The caller and the registry's decision, in the transaction of `session`. A call from a
+        notebook session acts for that session's project only (`enclave.web.session_binding`)."""
         caller = identify(session, self.authorization, identity)
         self.identified(caller.username)
-        return caller, authorize(session, caller, self.project)
+        project = session_project(session, caller.username, self.project, token=bearer_token(self.authorization),
+                                  address=self.address)
+        return caller, authorize(session, caller, project)
 
 
 async def get_credentials(request: Request) -> Credentials:
     return Credentials(request.headers.get("authorization"), request.headers.get("x-enclave-project"),
-                       lambda username: refusals.note_caller(request, username))
+                       lambda username: refusals.note_caller(request, username),
+                       request.client.host if request.client else None)
 
 
 async def get_access(state: GatewayState = Depends(get_state),
