@@ -191,6 +191,43 @@ def test_data_after_a_gzip_stream_blocks():
     assert report.verdict.value == "block"
 
 
+# ----- tar -------------------------------------------------------------------------------------------
+
+def tar_with(pax: dict[str, str] | None = None) -> bytes:
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("ok.txt")
+        info.size = 5
+        info.pax_headers = pax or {}
+        archive.addfile(info, io.BytesIO(b"fine\n"))
+    return buffer.getvalue()
+
+
+def test_a_plain_tar_leaves_nothing_unexamined():
+    report = scan({"b.tar": tar_with(), "b.tgz": gzip.compress(tar_with())})
+    assert report.verdict.value == "pass", report.findings
+    assert all(c.unexamined == 0 for c in report.coverage)
+
+
+def test_tar_pax_records_and_data_after_the_end(protected):
+    report = scan({"b.tar": tar_with({"comment": rows().replace("\n", " ")})}, protected=protected)
+    assert linked_files(report) == {"b.tar!(member names and headers)"}
+    plain = tar_with()
+    after = scan({"b.tar": plain + rows().encode(), "b.tgz": gzip.compress(plain + rows().encode())}, protected=protected)
+    assert linked_files(after) == {"b.tar!(data after the end of the archive)", "b.tgz!(data after the end of the archive)"}
+
+
+def test_tar_block_padding_that_is_not_zeros(protected):
+    data = bytearray(tar_with())
+    at = data.index(b"fine\n") + 5  # the member's data is padded with zeros to a 512-byte block
+    text = rows(10, 2).encode()
+    data[at:at + len(text)] = text
+    report = scan({"b.tar": bytes(data)}, protected=protected)
+    assert linked_files(report) == {"b.tar!(block padding after member ok.txt)"}
+
+
 # ----- PNG -------------------------------------------------------------------------------------------
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -234,6 +271,64 @@ def test_data_after_png_iend(protected):
 def test_unknown_png_chunk_blocks():
     [f] = unexamined(scan({"plot.png": png(png_chunk(b"prVt", NOISE))}))
     assert "prVt" in f.message and f.severity.value == "block"
+
+
+# ----- JPEG and GIF ----------------------------------------------------------------------------------
+
+def jpeg_segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def jpeg(*segments: bytes, trailing: bytes = b"") -> bytes:
+    """The structure of a baseline JPEG (tables and pixel data are stand-ins: nothing decodes them)."""
+    head = jpeg_segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0") + jpeg_segment(0xDB, b"\0" + bytes(range(64)))
+    frame = jpeg_segment(0xC0, b"\x08\0\x02\0\x02\x01\x01\x11\0") + jpeg_segment(0xC4, b"\0" + bytes(16) + b"\x01")
+    scan = jpeg_segment(0xDA, b"\x01\x01\0\0\x3f\0") + b"\x12\x34\xff\x00\x56"
+    return b"\xff\xd8" + head + b"".join(segments) + frame + scan + b"\xff\xd9" + trailing
+
+
+def gif(*extensions: bytes, trailing: bytes = b"") -> bytes:
+    image = b"\x2c\0\0\0\0\x02\0\x02\0\0" + b"\x02\x02\x44\x01\0"
+    return b"GIF89a\x02\0\x02\0\x80\0\0" + b"\0\0\0\xff\xff\xff" + b"".join(extensions) + image + b"\x3b" + trailing
+
+
+def gif_extension(label: int, body: bytes) -> bytes:
+    chunks = b"".join(bytes([len(body[i:i + 255])]) + body[i:i + 255] for i in range(0, len(body), 255))
+    return bytes([0x21, label]) + chunks + b"\0"
+
+
+def test_plain_jpeg_and_gif_are_for_human_eyes_only():
+    report = scan({"a.jpg": jpeg(), "b.gif": gif(gif_extension(0xF9, b"\0\0\0\0"))})
+    assert report.verdict.value == "review" and not unexamined(report), report.findings
+    assert all(c.unexamined == 0 and c.human > 0 for c in report.coverage)
+
+
+def test_jpeg_comment_app_segment_and_trailing_data(protected):
+    text = rows().encode()
+    report = scan({"a.jpg": jpeg(jpeg_segment(0xFE, text)), "b.jpg": jpeg(jpeg_segment(0xE5, b"Notes\0" + text)),
+                   "c.jpg": jpeg(trailing=text)}, protected=protected)
+    assert {f.split("!")[0] for f in linked_files(report)} == {"a.jpg", "b.jpg", "c.jpg"}
+    [exif] = unexamined(scan({"d.jpg": jpeg(jpeg_segment(0xE1, b"Exif\0\0" + NOISE))}))
+    assert "APP1" in exif.message and "d.jpg" in exif.message
+
+
+def test_gif_comment_extensions_and_trailing_data(protected):
+    text = rows().encode()
+    report = scan({"a.gif": gif(gif_extension(0xFE, text)), "b.gif": gif(gif_extension(0xFF, b"XMP DataXMP" + text)),
+                   "c.gif": gif(trailing=text)}, protected=protected)
+    assert {f.split("!")[0] for f in linked_files(report)} == {"a.gif", "b.gif", "c.gif"}
+
+
+def test_a_real_jpeg_and_gif_leave_nothing_unexamined():
+    image = pytest.importorskip("PIL.Image")
+    out = {}
+    for name, fmt in (("p.jpg", "JPEG"), ("p.gif", "GIF")):
+        buffer = io.BytesIO()
+        image.new("RGB", (40, 30), "teal").save(buffer, fmt)
+        out[name] = buffer.getvalue()
+    report = scan(out)
+    assert report.verdict.value == "review" and not unexamined(report), report.findings
+    assert all(c.unexamined == 0 and c.human > 0 for c in report.coverage), report.coverage
 
 
 # ----- PDF -------------------------------------------------------------------------------------------

@@ -45,13 +45,14 @@ def is_padding(data: bytes) -> bool:
 
 
 def part_or_padding(label: str, data: bytes, offset: int, parts: list[Part], regions: list[Region]) -> None:
-    """Account for bytes a format does not explain: zeros are padding, anything else a part."""
+    """Account for bytes a format does not explain: zeros are padding, anything else a part (without
+    the zeros around it, so that text in padding reads as text)."""
     if not data:
         return
     if is_padding(data):
         regions.append(Region(f"{label} (zero padding)", len(data), CHECKED))
     else:
-        parts.append(Part(label, data, offset, len(data)))
+        parts.append(Part(label, data.strip(b"\x00"), offset, len(data)))
         regions.append(Region(label, len(data), INSIDE))
 
 

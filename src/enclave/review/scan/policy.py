@@ -24,7 +24,7 @@ from enclave.review.scan.findings import Severity
 
 SEVERITIES = ("block", "warn", "info", "off")
 # The container formats (as `detect` names them) that files.human_review_types may list.
-CONTAINER_TYPES = ("zip", "xlsx", "tar", "gzip", "bzip2", "xz", "png", "pdf", "ipynb")
+CONTAINER_TYPES = ("zip", "xlsx", "tar", "gzip", "bzip2", "xz", "png", "jpeg", "gif", "pdf", "ipynb")
 
 
 class PolicyError(ValueError):

@@ -1,8 +1,9 @@
-"""Containers that are not archives: PNG images, PDFs and the attachments and images inside
-notebooks, opened down to their last byte (see `coverage`).
+"""Containers that are not archives: PNG, JPEG and GIF images, PDFs and the attachments and images
+inside notebooks, opened down to their last byte (see `coverage`).
 
 What a viewer does not show comes back as parts, scanned like any file: a PNG's text chunks and
-whatever follows its IEND, a PDF's attached files, the objects an incremental update replaced and
+whatever follows its IEND, a JPEG's comments and application segments, a GIF's comments and
+extensions, a PDF's attached files, the objects an incremental update replaced and
 its other text, a notebook's attachments and image outputs (decoded from base64). Pixels, fonts
 and rendered pages are for the reviewer's eyes; the file policy asks for them.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from enclave.review.scan import pdf, png
+from enclave.review.scan import pdf, pictures, png
 from enclave.review.scan.checks.base import Result
 from enclave.review.scan.context import Env
 from enclave.review.scan.coverage import CHECKED, INSIDE, UNEXAMINED, Part, Region
@@ -45,6 +46,9 @@ def check(item: Item, env: Env) -> Result:
     limit = min(env.policy.archives.max_member_bytes, env.expansion.remaining)
     if item.kind is Kind.image and item.sniffed.format == "png":
         parts, regions = png.dissect(item.data, limit)
+        wrap = True
+    elif item.kind is Kind.image and item.sniffed.format in ("jpeg", "gif"):
+        parts, regions = (pictures.jpeg if item.sniffed.format == "jpeg" else pictures.gif)(item.data)
         wrap = True
     elif item.kind is Kind.pdf:
         parts, regions = pdf.dissect(item.data, limit)
