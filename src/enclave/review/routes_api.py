@@ -5,7 +5,8 @@ Submission: authenticate and ask the registry *before* reading the body, take a 
 bounded check queue (503 with Retry-After when it is full), stream the multipart body under the
 size caps into the quarantine, then record request + files + audit event in one transaction and
 answer at once with the id; the background worker runs the checks. There is no route that returns
-a quarantined file's bytes: files leave only through release.
+a quarantined file's bytes: files leave only through release. A submission from a notebook session
+(its token, or its container's address) is filed under that session's project and no other.
 
 No review decision is taken here. A hub token proves less than it seems: a hub admin, or a service
 with the `tokens` scope, can mint one for any user. Decisions come from the review pages (the
@@ -21,12 +22,14 @@ from pydantic import BaseModel, Field
 
 from enclave.errors import Forbidden
 from enclave.registry import access
-from enclave.registry.models import ExportState
+from enclave.registry.models import ExportState, Project
 from enclave.review import service
 from enclave.review.deps import ApiCaller, State, registered
 from enclave.review.release import key_id, public_pem
 from enclave.review.uploads import read_upload
 from enclave.review.workflow import check_transition
+from enclave.web.hub_auth import bearer_token
+from enclave.web.session_binding import session_project
 
 router = APIRouter()
 
@@ -58,10 +61,18 @@ async def release_key(state: State) -> Response:
 
 @router.post("/api/exports", status_code=202, summary="Submit files for output review")
 async def submit_export(request: Request, state: State, username: ApiCaller) -> dict:
-    project = (request.headers.get("x-enclave-project") or "").strip() or None
+    requested = (request.headers.get("x-enclave-project") or "").strip() or None
+
+    def decide(s) -> str | None:
+        # From a notebook session, only that session's project (no filing one project's data under
+        # another's name, where the other's checks would not know it).
+        project = _session_project(s, request, username, requested)
+        access.resolve(s, username, project)
+        return project
+
     # The registry decides before a single byte of the body is read, and so does the check queue:
     # a submission it has no place for stores nothing.
-    await state.run(lambda s: access.resolve(s, username, project))
+    project = await state.run(decide)
     with state.worker.place(username):
         fields, staged = await read_upload(request, state.quarantine, state.settings)
         created = await state.run(lambda s: service.submit(
@@ -73,17 +84,24 @@ async def submit_export(request: Request, state: State, username: ApiCaller) -> 
             "url": f"{state.settings.prefix}/requests/{created.id}"}
 
 
-def _check_resubmit(session, username: str, request_id: str) -> None:
-    """Only the author of a request waiting for changes may upload to it."""
+def _session_project(session, request: Request, username: str, requested: str | None) -> str | None:
+    return session_project(session, username, requested, token=bearer_token(request.headers.get("authorization")),
+                           address=request.client.host if request.client else None)
+
+
+def _check_resubmit(session, username: str, request_id: str, http_request: Request) -> None:
+    """Only the author of a request waiting for changes may upload to it, and from a notebook
+    session only to a request of that session's project."""
     request = service.get_request(session, request_id)
     _, actor = service.standing(session, request, username)
+    _session_project(session, http_request, username, session.get(Project, request.project_id).slug)
     check_transition(request.id, ExportState(request.state), "resubmit", actor)
 
 
 @router.post("/api/exports/{request_id}/resubmit", status_code=202, summary="New files after changes were requested")
 async def resubmit_export(request_id: str, request: Request, state: State, username: ApiCaller) -> dict:
     # Checked before the body is read, like a first submission.
-    await state.run(lambda s: _check_resubmit(s, username, request_id))
+    await state.run(lambda s: _check_resubmit(s, username, request_id, request))
     with state.worker.place(username):
         fields, staged = await read_upload(request, state.quarantine, state.settings)
         updated = await state.run(lambda s: service.resubmit(
