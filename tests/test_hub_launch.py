@@ -16,161 +16,22 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from enclave.hub.launch import process_alive, process_cmdline, process_environ
+from enclave.hub.launch import process_alive
 from enclave.hub.tether import STACK_MARK
 from enclave.registry.db import make_engine, upgrade
 from tests.gateway_fixtures import tiny_model_dir  # noqa: F401  (fixture)
 from tests.helpers import free_port
+from tests.hub_launcher import cleanup, launch, port_free, processes_of, wait_gone, wait_up
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process tree checks read /proc")
 
 SERVICE_MARKERS = ("enclave.cli serve gateway", "enclave.cli serve review", "enclave.hub.warden",
                    "jupyterhub_idle_culler", "configurable-http-proxy")
-
-
-@dataclass
-class Launched:
-    cli: subprocess.Popen
-    home: Path
-    ports: dict[str, int]
-    log_path: Path
-
-    @property
-    def state_dir(self) -> Path:
-        return self.home / "hub"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def hub_pid(self) -> int:
-        return int((self.state_dir / "jupyterhub.pid").read_text().strip())
-
-
-def _parents() -> dict[int, int]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                out[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def descendants(root: int) -> set[int]:
-    parents = _parents()
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def processes_of(stack: Launched, also: set[int] = frozenset()) -> dict[int, str]:
-    """Every live process of this stack, the CLI itself left out: its descendants now, `also`
-    (descendants seen earlier: a service whose hub died is re-parented), and any process whose
-    environment names this stack's home (the hub passes it to its services and the proxy)."""
-    found = {}
-    candidates = descendants(stack.cli.pid) | set(also)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and str(stack.home) in process_environ(int(entry.name)).get("ENCLAVE_HOME", ""):
-            candidates.add(int(entry.name))
-    for pid in candidates - {os.getpid(), stack.cli.pid}:
-        if process_alive(pid):
-            found[pid] = process_cmdline(pid)
-    return found
-
-
-def port_free(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _listening(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _default_signals():
-    # A terminal's foreground job: SIGINT as the shell leaves it (a non-interactive shell or a
-    # background job would hand on an ignored SIGINT, which no operator's terminal does).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def launch(tmp_path: Path, model_dir: Path, ports: dict[str, int] | None = None, extra_env: dict | None = None) -> Launched:
-    home = tmp_path / "home"
-    db_url = f"sqlite:///{tmp_path / 'enclave.db'}"
-    if not (tmp_path / "enclave.db").exists():
-        engine = make_engine(db_url)
-        upgrade(engine)
-        engine.dispose()
-    ports = ports or {name: free_port() for name in ("public", "hub", "proxy_api", "gateway", "review")}
-    env = dict(os.environ)
-    env.update({
-        "ENCLAVE_HOME": str(home), "ENCLAVE_DB_URL": db_url, "PYTHONUNBUFFERED": "1",
-        "ENCLAVE_HUB_PORT": str(ports["hub"]), "ENCLAVE_HUB_PROXY_API_PORT": str(ports["proxy_api"]),
-        "ENCLAVE_GATEWAY_PORT": str(ports["gateway"]), "ENCLAVE_REVIEW_PORT": str(ports["review"]),
-        "ENCLAVE_WARDEN_INTERVAL": "2",
-    })
-    for name in ("ENCLAVE_HUB_STATE", "ENCLAVE_HUB_OPERATOR_TOKEN", "CONFIGPROXY_AUTH_TOKEN"):
-        env.pop(name, None)
-    env.update(extra_env or {})
-    log_path = tmp_path / f"cli-{len(list(tmp_path.glob('cli-*.log')))}.log"
-    out = open(log_path, "ab")
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "enclave.cli", "serve", "hub", "--unisolated",
-         "--public-url", f"http://127.0.0.1:{ports['public']}", "--model", str(model_dir)],
-        env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, as a terminal's foreground job has
-        preexec_fn=_default_signals)
-    out.close()
-    return Launched(cli, home, ports, log_path)
-
-
-def wait_up(stack: Launched, timeout: float = 150) -> None:
-    """Until the hub answers through the proxy and the gateway and review listen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stack.cli.poll() is not None:
-            raise AssertionError(f"the CLI exited with {stack.cli.returncode}:\n{stack.log()[-4000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if (httpx.get(f"http://127.0.0.1:{stack.ports['public']}/hub/api/", timeout=2).status_code == 200
-                    and _listening(stack.ports["gateway"]) and _listening(stack.ports["review"])):
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"the stack did not come up in {timeout:.0f} s:\n{stack.log()[-4000:]}")
-
-
-def wait_gone(stack: Launched, timeout: float, also: set[int] = frozenset()) -> dict[int, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = processes_of(stack, also)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
-
-
-def cleanup(stack: Launched, also: set[int] = frozenset()) -> None:
-    """Whatever a failed test left: this stack's processes only."""
-    also = set(also) | descendants(stack.cli.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(stack.cli.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        stack.cli.wait(timeout=10)
-    for pid, cmd in processes_of(stack, also).items():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

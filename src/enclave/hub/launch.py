@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -401,11 +402,8 @@ STOP_GRACE_S = 5.0  # the hub's own clean stop; then a hard one (its tethered se
 
 def stop_notebook_containers(network_name: str, timeout: int = 1) -> list[str]:
     """Stop, all at once, the notebook containers on the enclave network (what a hub stopped hard
-    leaves running; DockerSpawner would stop them one at a time, 10 s each). Each gets SIGTERM and
-    `timeout` seconds; they were started with auto-remove, and their work volumes stay. Returns
-    their names."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    before its own clean stop reached them leaves running). Each gets SIGTERM and `timeout`
+    seconds; they were started with auto-remove, and their work volumes stay. Returns their names."""
     client = docker_client(timeout=timeout + 20)
     try:
         containers = client.containers.list(filters={"network": network_name, "label": "enclave.user"})
@@ -477,16 +475,21 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
              f"http://{settings.service_ip}:{settings.gateway_port}/v1/)")
     for username, password in (logins or {}).items():
         progress(f"  log in as {username:<9} password {password}")
+    notebooks: Future | None = None
     try:
         code, asked = wait_for_hub(hub)
+        if asked and code == -signal.SIGKILL and not unisolated:
+            # A deliberate stop that the hub did not finish: its notebooks too, while its services
+            # go (a hub that died on its own leaves them to the warden at the next start).
+            pool = ThreadPoolExecutor(max_workers=1)
+            notebooks = pool.submit(stop_notebook_containers, settings.network_name)
+            pool.shutdown(wait=False)
     finally:
         stop_leftovers(state_dir, progress, grace=1.5)
         (state_dir / "launcher.pid").unlink(missing_ok=True)
-    if asked and code == -signal.SIGKILL and not unisolated:
-        # A deliberate stop that the hub did not finish: its notebooks too (a hub that died on
-        # its own leaves them to the warden at the next start).
+    if notebooks is not None:
         try:
-            stopped = stop_notebook_containers(settings.network_name)
+            stopped = notebooks.result()
         except Exception as exc:  # the engine gone as well: nothing more to do here
             progress(f"could not stop notebook containers: {exc}")
         else:
