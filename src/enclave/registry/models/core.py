@@ -185,8 +185,9 @@ class AuditEvent(SQLModel, table=True):
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     time: str = Field(sa_column=Column(String(32), nullable=False))
     actor: str = Field(sa_column=Column(String(64), nullable=False))
-    action: str = Field(sa_column=Column(String(64), nullable=False))
-    subject: str = Field(sa_column=Column(String(256), nullable=False))
+    # Indexed: the warden, the review service (former members) and operators look events up by them.
+    action: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    subject: str = Field(sa_column=Column(String(256), nullable=False, index=True))
     # Canonical JSON text; the hash covers this exact string.
     details: str = Field(sa_column=Column(Text, nullable=False))
     prev_hash: str = Field(sa_column=Column(String(64), nullable=False))

@@ -7,7 +7,8 @@ Create Date: 2026-11-30
 Notebook sessions are recorded in the registry (who, which project, image, mounts, limits, the
 container's address and a digest of its hub token), with the bytes their servers sent towards
 browsers, counted on the host and charged per project and day against the grant's new
-`view_bytes_per_day`. Work volumes are per person and project, and can be held (after a revocation
+`view_bytes_per_day`. Audit events are indexed by action and subject (looked up by the warden and
+the review service). Work volumes are per person and project, and can be held (after a revocation
 or a dataset's withdrawal) until an operator releases or destroys them; `work_bytes` limits them.
 """
 from alembic import op
@@ -76,6 +77,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_work_volume_person_id'), ['person_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_work_volume_project_id'), ['project_id'], unique=False)
 
+    # Plain CREATE INDEX, never a batch: SQLite's batch mode may copy the table, and the copy would
+    # lose the triggers that keep the chain append-only.
+    op.create_index('ix_audit_event_action', 'audit_event', ['action'], unique=False)
+    op.create_index('ix_audit_event_subject', 'audit_event', ['subject'], unique=False)
+
     with op.batch_alter_table('grant', schema=None) as batch_op:
         batch_op.add_column(sa.Column('view_bytes_per_day', sa.BigInteger(), server_default=str(128 * 1024**2),
                                       nullable=False))
@@ -83,6 +89,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index('ix_audit_event_subject', table_name='audit_event')
+    op.drop_index('ix_audit_event_action', table_name='audit_event')
     with op.batch_alter_table('grant', schema=None) as batch_op:
         batch_op.drop_column('work_bytes')
         batch_op.drop_column('view_bytes_per_day')
