@@ -122,6 +122,9 @@ def _text_of(raw: bytes) -> str | None:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
+_SPECIAL = re.compile(rb"[(<%\[\]]")
+
+
 def strings(data: bytes) -> list[str]:
     """Every string of a PDF fragment, decoded; the strings of one array (a TJ's kerned pieces)
     are joined into one."""
@@ -129,6 +132,10 @@ def strings(data: bytes) -> list[str]:
     array: list[str] | None = None
     i = 0
     while i < len(data):
+        special = _SPECIAL.search(data, i)  # operators and numbers in between are skipped at C speed
+        if special is None:
+            break
+        i = special.start()
         c = data[i]
         if c == 0x28:
             raw, i = _literal(data, i)
@@ -346,11 +353,12 @@ def _object(data: bytes, m: re.Match, walk: _Walk) -> int:
             end = close + 6 if data.startswith(b"endobj", close) else tail
             walk.seen.setdefault(number, []).append((start, end, dictionary, stream[1]))
             return end
-    close = data.find(b"endobj", body)
+    # Up to "endobj", or to the next object if it has none (searching no further: linear in the file).
     nxt = _OBJ.search(data, body)
-    if close < 0 or (nxt is not None and nxt.start() < close):
-        close = nxt.start() if nxt is not None else len(data)
-        end = close
+    limit = nxt.start() if nxt is not None else len(data)
+    close = data.find(b"endobj", body, limit)
+    if close < 0:
+        close = end = limit
     else:
         end = close + 6
     walk.seen.setdefault(number, []).append((start, end, data[body:close], None))
@@ -387,12 +395,21 @@ def _finish(walk: _Walk) -> None:
         walk.regions.append(Region(f"{walk.revisions} revisions (incremental updates)", 0, CHECKED))
 
 
+_STRING_START = re.compile(rb"[(<]")
+
+
 def _operators(decoded: bytes) -> bytes:
     """A content stream without its strings: operators and numbers are text even where a string
     holds raw two-byte glyph codes."""
     out = bytearray()
     i = 0
     while i < len(decoded):
+        special = _STRING_START.search(decoded, i)
+        if special is None:
+            out += decoded[i:]
+            break
+        out += decoded[i:special.start()]
+        i = special.start()
         c = decoded[i]
         if c == 0x28:
             _, i = _literal(decoded, i)

@@ -9,6 +9,7 @@ markers and the small fixed-layout segments are structure; the rest is handed on
 """
 from __future__ import annotations
 
+import re
 import struct
 
 from enclave.review.scan.coverage import CHECKED, HUMAN, INSIDE, Part, Region, part_or_padding
@@ -16,6 +17,7 @@ from enclave.review.scan.coverage import CHECKED, HUMAN, INSIDE, Part, Region, p
 # JPEG markers that carry tables or frame/scan headers: structure.
 _JPEG_TABLES = (set(range(0xC0, 0xD0)) - {0xC8}) | {0xDB, 0xDC, 0xDD, 0xDE, 0xDF}  # SOFn, DHT, DAC, DQT, DNL, DRI ...
 _SOS, _EOI, _SOI, _COM = 0xDA, 0xD9, 0xD8, 0xFE
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # not a stuffed 0xFF00, not a restart marker
 
 
 def _jpeg_app(marker: int, body: bytes) -> bool:
@@ -58,11 +60,8 @@ def jpeg(data: bytes) -> tuple[list[Part], list[Region]]:
         if marker == _SOS:
             regions.append(Region("JPEG markers and tables", end - pos, CHECKED))
             # Entropy-coded data runs to the next marker that is neither a stuffed 0xFF00 nor a restart.
-            scan = end
-            while scan + 1 < len(data):
-                if data[scan] == 0xFF and data[scan + 1] != 0x00 and not 0xD0 <= data[scan + 1] <= 0xD7:
-                    break
-                scan += 1
+            marker_at = _NEXT_MARKER.search(data, end)
+            scan = marker_at.start() if marker_at else len(data)
             pixels += scan - end
             pos = scan
             continue

@@ -82,7 +82,7 @@ class FileSummary:
     kind: str
     format: str
     sha256: str | None  # None for a file refused unread
-    origin: str  # "file", "member" or "decoded"
+    origin: str  # "file", "member", "part" or "decoded"
 
 
 @dataclass(frozen=True)
