@@ -17,7 +17,9 @@ import httpx
 
 from enclave.hub.config import EnclaveHubSettings
 from enclave.hub.launch import hub_environment, start_hub, stop_leftovers
-from tests.helpers import free_port, wait_until_serving
+from enclave.registry.credentials import set_password
+from enclave.registry.db import make_engine, session_scope
+from tests.helpers import OPERATOR, free_port, wait_until_serving
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Stack:
     public_url: str
     operator_token: str
     log_path: Path
+    db_url: str = ""
 
     @property
     def api(self) -> str:
@@ -42,6 +45,14 @@ class Stack:
             reply = c.get(f"/users/{name}")
             reply.raise_for_status()
             return reply.json()
+
+    def ensure_user(self, name: str) -> None:
+        """Make `name` a hub user if they are not one yet: no service may create users (that
+        scope renames them too), so they log in, as `sign_in` does."""
+        with self.admin() as c:
+            if c.get(f"/users/{name}").status_code == 200:
+                return
+        sign_in(self.public_url, self.db_url, name)
 
     def wait_stopped(self, name: str, timeout: float) -> float:
         start = time.monotonic()
@@ -72,7 +83,7 @@ def running_stack(workdir: Path, db_url: str, *, mode: str, image: str | None = 
                                             **(extra_env or {})})
     log_path = workdir / "hub.log"
     hub = start_hub(env, Path(settings.state_dir), log_path)
-    stack = Stack(settings, settings.public_url, operator_token, log_path)
+    stack = Stack(settings, settings.public_url, operator_token, log_path, db_url)
     try:
         wait_until_serving(f"{stack.api}/", hub, log_path, "the hub", timeout=90)
         yield stack
@@ -99,10 +110,7 @@ class Browser:
         return self.client.cookies.get("_xsrf", path="/hub/") or self.client.cookies.get("_xsrf") or ""
 
     def login(self, username: str, password: str) -> httpx.Response:
-        page = self.client.get("/hub/login")
-        token = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
-        data = {"username": username, "password": password, "_xsrf": token.group(1) if token else self._xsrf()}
-        return self.client.post("/hub/login?next=", data=data, follow_redirects=False)
+        return form_login(self.client, username, password)
 
     def logged_in(self) -> bool:
         reply = self.client.get("/hub/home", follow_redirects=False)
@@ -113,11 +121,36 @@ class Browser:
         return self.client.request(method, f"/hub/api{path}", headers=headers, **kw)
 
 
+def form_login(client: httpx.Client, username: str, password: str) -> httpx.Response:
+    """Log in through the hub's login form (302 on success)."""
+    page = client.get("/hub/login")
+    token = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+    xsrf = token.group(1) if token else (client.cookies.get("_xsrf", path="/hub/") or client.cookies.get("_xsrf") or "")
+    data = {"username": username, "password": password, "_xsrf": xsrf}
+    return client.post("/hub/login?next=", data=data, follow_redirects=False)
+
+
+def sign_in(public_url: str, db_url: str, name: str) -> None:
+    """Make registry person `name` a hub user the way people become one: an operator (OPERATOR)
+    sets them a password and they log in through the form. The password is a fresh one: use this
+    for people whose own password the test does not need."""
+    password = secrets.token_urlsafe(18)
+    engine = make_engine(db_url)
+    try:
+        with session_scope(engine) as s:
+            set_password(s, OPERATOR, name, password)
+    finally:
+        engine.dispose()
+    with httpx.Client(base_url=public_url, timeout=60) as client:
+        reply = form_login(client, name, password)
+        assert reply.status_code == 302, f"{name} could not log in: {reply.status_code} {reply.text[:500]}"
+
+
 def spawn(stack: Stack, name: str, timeout: float = 180, options: dict | None = None) -> dict:
     """Start `name`'s server through the REST API (as the hub's spawn page does) and wait until it
     is ready or failed; returns the progress event that ended the wait."""
     with stack.admin() as c:
-        c.post(f"/users/{name}")  # as an operator would pre-create a user (409 if they logged in already)
+        stack.ensure_user(name)
         reply = c.post(f"/users/{name}/server", json={"user_options": options} if options else None)
         if reply.status_code >= 400:
             return {"failed": True, "status": reply.status_code, "message": reply.text}

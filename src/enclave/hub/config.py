@@ -17,6 +17,7 @@ from traitlets.config import Configurable
 
 from enclave.envsettings import enclave_home
 from enclave.errors import SettingsError
+from enclave.hub.authenticator import OPERATOR_ROLE
 from enclave.hub.network import EnclaveNetwork
 from enclave.hub.spawner import SERVER_TOKEN_SCOPES
 from enclave.hub.tether import command as tethered
@@ -210,6 +211,11 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         services.append({"name": "enclave-operator", "api_token": operator_token})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = [
+        # Nobody is a hub admin, whatever the hub's database says (an older deployment made
+        # operators admins): the admin role renames users and mints tokens as anyone.
+        {"name": "admin", "users": [], "services": []},
+        # Operators get this instead, from the registry at each login and refresh.
+        {**OPERATOR_ROLE, "scopes": list(OPERATOR_ROLE["scopes"])},
         # Scholars (and reviewers, operators) may call the services; a notebook's token gets these
         # only because the user holds them (server_token_scopes takes the intersection).
         {"name": "user", "scopes": ["self", "access:services!service=gateway", "access:services!service=review"]},
@@ -221,7 +227,10 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
          "services": ["idle-culler"]},
     ]
     if operator_token:
-        # No `tokens`: no service may mint tokens that act as someone else (a reviewer, say).
+        # No `tokens` (minting tokens as someone else) and no `admin:users` (renaming users, so
+        # taking a reviewer's name): this service may see users and start and stop servers, no
+        # more. It cannot create users either (only `admin:users` can): people become hub users
+        # by logging in.
         c.JupyterHub.load_roles.append({"name": "enclave-operator", "services": ["enclave-operator"], "scopes": [
-            "admin:users", "admin:servers", "list:users", "read:users", "read:servers"]})
+            "servers", "list:users", "read:users", "read:servers"]})
     return s
