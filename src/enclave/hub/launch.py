@@ -8,8 +8,9 @@ takes its services with it; a launcher killed hard takes the hub), and each carr
 mark, by which the next start finds and stops whatever an earlier run still left (`stop_leftovers`).
 Before starting, every port the stack needs is checked: one held by a program that is not ours is
 a clear error naming the port and its holder. Ctrl-C gives the hub a few seconds to stop cleanly,
-then stops it hard: it returns within 10 s, notebooks running or not (notebook containers a hard stop
-leaves are re-checked by the warden as soon as the hub is back).
+then stops it hard, and its notebook containers with it: it returns within 10 s, notebooks running or
+not. A hub that dies on its own leaves its notebook containers running; the next start takes them
+back, and the warden's first sweep re-checks each against the registry at once.
 
 `serve_hub` is the whole sequence, as `enclave serve hub` and `enclave up` run it; the steps
 (`prepare_docker`, `hub_environment`, `start_hub`, `stop_leftover_proxy`, `stop_leftovers`,
