@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import statistics
@@ -30,6 +31,7 @@ from enclave.hub.launch import REPO_ROOT, docker_client, ensure_dockerd, hub_env
 from enclave.hub.network import EnclaveNetwork, ensure_network, install, uninstall  # noqa: E402
 from enclave.registry import grants, people, projects  # noqa: E402
 from enclave.registry.clock import end_of_day, utcnow  # noqa: E402
+from enclave.registry.credentials import set_password  # noqa: E402
 from enclave.registry.db import make_engine, session_scope, upgrade  # noqa: E402
 
 
@@ -39,7 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def seed(db_url: str, users: list[str]) -> None:
+def seed(db_url: str, users: list[str]) -> dict[str, str]:
     import datetime as dt
 
     engine = make_engine(db_url)
@@ -53,7 +55,19 @@ def seed(db_url: str, users: list[str]) -> None:
         grants.set_grant(s, "op", "bench", mem_bytes=512 * 1024**2, cpu=0.5)
         for u in users[1:]:
             projects.add_member(s, "op", "bench", u)
+        passwords = {u: set_password(s, "op", u) for u in users}
     engine.dispose()
+    return passwords
+
+
+def log_in(public_url: str, name: str, password: str) -> None:
+    """Make `name` a hub user: people become one by logging in (no service may create users)."""
+    with httpx.Client(base_url=public_url, timeout=60) as browser:
+        form = re.search(r'name="_xsrf" value="([^"]+)"', browser.get("/hub/login").text)
+        reply = browser.post("/hub/login?next=", data={"username": name, "password": password,
+                                                       "_xsrf": form.group(1) if form else ""})
+        if reply.status_code != 302:
+            raise RuntimeError(f"{name}: login refused: {reply.status_code}")
 
 
 def wait_ready(api: httpx.Client, name: str, timeout: float = 300) -> None:
@@ -76,7 +90,6 @@ def wait_stopped(api: httpx.Client, name: str, timeout: float = 120) -> None:
 
 def spawn_once(api: httpx.Client, name: str) -> float:
     started = time.perf_counter()
-    api.post(f"/users/{name}").status_code  # create the hub user if needed
     reply = api.post(f"/users/{name}/server")
     if reply.status_code not in (201, 202):
         raise RuntimeError(f"{name}: spawn refused: {reply.status_code} {reply.text}")
@@ -108,7 +121,7 @@ def main() -> int:
     result: dict = {"image_seconds_cached_or_built": round(image_s, 2)}
     with tempfile.TemporaryDirectory() as tmp:
         db_url = f"sqlite:///{tmp}/enclave.db"
-        seed(db_url, users)
+        passwords = seed(db_url, users)
         port = free_port()
         settings = EnclaveHubSettings(mode="docker", state_dir=f"{tmp}/hub", public_url=f"http://127.0.0.1:{port}",
                                       hub_port=free_port(), proxy_api_port=free_port(), gateway=False,
@@ -130,6 +143,8 @@ def main() -> int:
                     raise RuntimeError((Path(tmp) / "hub.log").read_text()[-3000:])
                 time.sleep(0.05)
             result["hub_start_seconds"] = round(time.perf_counter() - t0, 2)
+            for u in users:
+                log_in(f"http://127.0.0.1:{port}", u, passwords[u])
             sequential = []
             for _ in range(args.spawns):
                 sequential.append(spawn_once(api, users[0]))
