@@ -14,10 +14,10 @@ from enclave.registry import projects, sessions
 from enclave.registry.db import session_scope
 from enclave.registry.models import ExportRequest, Project
 from enclave.review.app import create_app
-from tests.review_stack import AUTHOR, LAB, OPERATOR, OTHER, FakeIdentity, fake_scanner, seed, settings_for
+from tests.review_stack import AUTHOR, LAB, OPERATOR, OTHER, REVIEWERS, FakeIdentity, fake_scanner, seed, settings_for
 
 P = "/services/review"
-TOKENS = {"tok-session": AUTHOR, "tok-personal": AUTHOR}
+TOKENS = {"tok-session": AUTHOR, "tok-personal": AUTHOR, "tok-rita": REVIEWERS[0]}
 
 
 @pytest.fixture
@@ -68,3 +68,25 @@ def test_a_session_cannot_resubmit_to_another_projects_request(web):
     reply = web.post(f"{P}/api/exports/{lab.json()['id']}/resubmit", files=[("files", ("t.csv", b"x", "text/csv"))],
                      data={"note": "n"}, headers={"Authorization": "token tok-personal"})
     assert reply.status_code == 403 and reply.json()["error"] == "wrong_project", reply.text
+
+
+def test_the_reviewer_page_shows_what_the_authors_sessions_sent_to_browsers(web):
+    from enclave.web.browser_session import Signer, load_or_create_secret
+
+    engine = web.engine
+    with session_scope(engine) as s:
+        record = sessions.open_session(s, username=AUTHOR, project=OTHER, mode="docker", container_ip="testclient")
+        sessions.record_egress(s, record, 5 * 1024**2)
+        sessions.set_stop_reason(s, record.id, "view_budget: spent")
+        sessions.close_session(s, record.id)
+        sid = record.id
+    request_id = _submit(web, "tok-personal", **{"X-Enclave-Project": OTHER}).json()["id"]
+    settings = web.app.state.review.settings
+    signer = Signer(load_or_create_secret(settings.cookie_secret_file))
+    web.cookies.set("enclave-review-session", signer.sign("enclave-review-session", "tok-rita"), path=f"{P}/")
+    page = web.get(f"{P}/requests/{request_id}").text
+    assert "Browser egress" in page and f"<code>{sid[:12]}</code>" in page, page[:3000]
+    assert "<td>5M</td>" in page and "view_budget: spent" in page and "5M of 128M a day" in page
+    # The author does not see it (it is the reviewers' context).
+    web.cookies.set("enclave-review-session", signer.sign("enclave-review-session", "tok-session"), path=f"{P}/")
+    assert "Browser egress" not in web.get(f"{P}/requests/{request_id}").text

@@ -25,9 +25,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from enclave.errors import Forbidden, NotFound, Unavailable
-from enclave.registry import audit
+from enclave.registry import audit, sessions
 from enclave.registry.clock import iso
-from enclave.registry.models import ExportState, Role
+from enclave.registry.models import ExportState, Grant, Person, Project, Role
+from enclave.registry.sizes import human_size
 from enclave.review import render, service
 from enclave.review.deps import BrowserUser, FormUser, State, WebUser
 from enclave.review.scan import DEFAULT_POLICY, ExportFile as ScanFile, Inspection, inspect, load_policy
@@ -90,12 +91,14 @@ def _record_views(session, user: WebUser, request_id: str, viewed: list[dict]) -
 def request_page(request_id: str, request: Request, state: State, user: BrowserUser) -> HTMLResponse:
     def work(s):
         shown = service.view(s, user.username, request_id)
+        egress = None
         if shown.is_reviewer:  # the page shows the first page of every file
             _record_views(s, user, request_id, [{"file": f.name, "sha256": f.sha256, "page": 1, "view": "request page"}
                                                 for f in shown.files])
-        return shown
+            egress = _browser_egress(s, shown.request)
+        return shown, egress
 
-    shown = state.transaction(work)
+    shown, egress = state.transaction(work)
     previews, diffs = {}, []
     if shown.is_reviewer:
         current = {f.name: (f.sha256, state.quarantine.read(f.sha256)) for f in shown.files}
@@ -103,9 +106,20 @@ def request_page(request_id: str, request: Request, state: State, user: BrowserU
         if shown.previous_files:
             previous = {f.name: (f.sha256, state.quarantine.read(f.sha256)) for f in shown.previous_files}
             diffs = render.diff_files(previous, current)
-    return state.page("request.html", user, v=shown, r=shown.request, previews=previews, diffs=diffs,
+    return state.page("request.html", user, v=shown, r=shown.request, previews=previews, diffs=diffs, egress=egress,
                       flash=request.query_params.get("done", "")[:200],
                       comments_open=shown.state not in TERMINAL, max_comment_chars=state.settings.max_comment_chars)
+
+
+def _browser_egress(session, request) -> dict:
+    """What else left the author's notebooks for this project: their sessions' bytes sent towards
+    browsers (counted on the host), and the project's total today against its budget."""
+    project, author = session.get(Project, request.project_id), session.get(Person, request.author_id)
+    grant = session.get(Grant, project.id)
+    records = sessions.list_sessions(session, project=project.slug, username=author.username, limit=10)
+    return {"sessions": [sessions.session_json(session, r) for r in records],
+            "today": human_size(sessions.egress_spent(session, project.id)),
+            "budget": human_size(grant.view_bytes_per_day) if grant else None}
 
 
 @dataclasses.dataclass(frozen=True)
