@@ -77,6 +77,11 @@ def _print_table(report) -> None:
     counts = {s: sum(f.severity.value == s for f in report.findings) for s in ("block", "warn", "info")}
     typer.echo(f"verdict: {report.verdict.value} ({len(report.files)} file(s) scanned; "
                f"{counts['block']} block, {counts['warn']} warn, {counts['info']} info; policy {report.policy_version})")
+    # Say which bytes no check read: left to a reviewer's eyes, or unexamined (a block).
+    for c in report.coverage:
+        if c.human or c.unexamined:
+            typer.echo(f"coverage {c.name}: {c.checked:,} bytes read by checks, {c.human:,} for human eyes, "
+                       f"{c.unexamined:,} unexamined")
 
 
 def _scorer_for(model_dirs: list[Path]):
