@@ -157,6 +157,9 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         c.EnclaveDockerSpawner.cmd = ["jupyterhub-singleuser"]
         c.EnclaveDockerSpawner.work_volume_template = s.work_volume_template
         c.EnclaveDockerSpawner.bridge = net.bridge  # each container's browser egress is counted there
+        # Containers are named after the network (`enclave-net-alice`), so two stacks on one Docker
+        # engine (a test's and the real one) never take each other's containers for leftovers.
+        c.EnclaveDockerSpawner.prefix = net.name
         # `docker stop` waits this long for a notebook server before killing it (Docker's default
         # is 10 s, and DockerSpawner stops containers one at a time): the hub stops promptly.
         c.EnclaveDockerSpawner.extra_create_kwargs = {"stop_timeout": 2}
