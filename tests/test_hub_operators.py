@@ -9,6 +9,7 @@ Attacks from a real hub (developer mode) with the operator logged in through the
 she would be, and with the operator service's token."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import httpx
@@ -54,6 +55,13 @@ def _alices_server_status(browser: Browser) -> httpx.Response:
     browser.client.get("/user/alice/files/nothing.txt")
     xsrf = browser.client.cookies.get("_xsrf", path="/user/alice/") or ""
     return browser.client.get("/user/alice/api/status", headers={"X-XSRFToken": xsrf})
+
+
+def _hub_admins(tmp_path) -> list:
+    with contextlib.closing(sqlite3.connect(tmp_path / "hub" / "jupyterhub.sqlite")) as hub_db:
+        return hub_db.execute("SELECT name FROM users WHERE admin = 1 UNION SELECT users.name FROM users "
+                              "JOIN user_role_map ON user_role_map.user_id = users.id JOIN roles "
+                              "ON roles.id = user_role_map.role_id WHERE roles.name = 'admin'").fetchall()
 
 
 def _whoami(stack, token: str) -> httpx.Response:
@@ -140,6 +148,8 @@ def test_no_hub_admin_survives_a_restart(tmp_path, db_url, registry):
         people.set_roles(s, OPERATOR, "olive", add=[], remove=["operator"])
 
     with running_stack(tmp_path, db_url, mode="unisolated") as stack:
+        # At start, before anyone's next request: the hub's database holds no admin at all.
+        assert _hub_admins(tmp_path) == [], _hub_admins(tmp_path)
         for name, token in tokens.items():
             me = _whoami(stack, token).json()
             assert me["name"] == name and not me["admin"], me
