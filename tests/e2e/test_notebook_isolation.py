@@ -528,7 +528,7 @@ def test_j_one_project_per_session_and_a_browser_budget_that_stops_a_bulk_pull(w
             out["own_p3"] = httpx.post(gw + "/v1/generate", headers=own, json=body, timeout=60).status_code
             out["own_p1"] = httpx.post(gw + "/v1/generate", headers={{**own, "X-Enclave-Project": "p1"}}, json=body, timeout=60).text
             out["personal_p1"] = httpx.post(gw + "/v1/generate", headers={{**personal, "X-Enclave-Project": "p1"}}, json=body, timeout=60).text
-            open(os.path.expanduser("~/work/t.csv"), "w").write("a,b\n1,2\n")
+            open(os.path.expanduser("~/work/t.csv"), "w").write("a,b\\n1,2\\n")
             files = {{"files": ("t.csv", open(os.path.expanduser("~/work/t.csv"), "rb"))}}
             data = {{"justification": "filed under another project", "context": ""}}
             out["export_p1"] = httpx.post(rv + "/api/exports", headers={{**own, "X-Enclave-Project": "p1"}}, files=files, data=data, timeout=60).text
