@@ -19,6 +19,7 @@ import httpx
 from enclave.hub.launch import process_alive, process_cmdline, process_environ
 from enclave.registry.db import make_engine, upgrade
 from tests.helpers import free_port
+from tests.hub_stack import Browser
 
 PORT_NAMES = ("public", "hub", "proxy_api", "gateway", "review")
 
@@ -163,6 +164,29 @@ def wait_up(stack: Launched, timeout: float = 150) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"the stack did not come up in {timeout:.0f} s:\n{stack.log()[-4000:]}")
+
+
+def start_notebooks(stack: Launched, operator_token: str, passwords: dict[str, str], project: str,
+                    timeout: float = 180) -> None:
+    """Each scholar (name -> hub password) logs in through the hub's login form and starts their
+    server for `project` from their own session, as the spawn page does; returns when every one is
+    ready (as the `enclave-operator` service, `operator_token`, sees it)."""
+    for name, password in passwords.items():
+        browser = Browser(stack)
+        try:
+            assert browser.login(name, password).status_code == 302, f"{name} could not log in"
+            reply = browser.hub_api("POST", f"/users/{name}/server", json={"project": project})
+            assert reply.status_code in (201, 202), reply.text
+        finally:
+            browser.close()
+    with httpx.Client(base_url=f"{stack.public_url}/hub/api", headers={"Authorization": f"token {operator_token}"},
+                      timeout=60) as api:
+        deadline = time.monotonic() + timeout
+        for name in passwords:
+            while not (api.get(f"/users/{name}").json().get("servers") or {}).get("", {}).get("ready"):
+                assert time.monotonic() < deadline, f"{name}'s notebook did not start:\n{stack.log()[-4000:]}"
+                assert stack.cli.poll() is None, stack.log()[-4000:]
+                time.sleep(0.5)
 
 
 def wait_gone(stack: Launched, timeout: float, also: set[int] = frozenset()) -> dict[int, str]:

@@ -20,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlmodel import select
 
@@ -31,9 +30,8 @@ from enclave.registry.models import AuditEvent
 from tests.docker_stack import notebook_image, private_network, work_volume_template, work_volumes
 from tests.gateway_fixtures import tiny_model_dir  # noqa: F401  (fixture)
 from tests.helpers import OPERATOR, approved_project, free_port
-from tests.hub_stack import Browser
 from tests.hub_launcher import (PORT_NAMES, Launched, cleanup, ctrl_c, hub_answers, launch, processes_of,
-                                stack_ports_free, wait_gone, wait_up)
+                                stack_ports_free, start_notebooks, wait_gone, wait_up)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(420),
               pytest.mark.skipif(sys.platform != "linux", reason="process tree checks read /proc")]
@@ -88,27 +86,6 @@ def docker_env(net, token: str, warden_interval: int = 2, **extra: str) -> dict[
             "ENCLAVE_WARDEN_INTERVAL": str(warden_interval), **extra}
 
 
-def start_notebooks(stack: Launched, token: str, passwords: dict[str, str], timeout: float = 180) -> None:
-    """Each scholar logs in through the hub's login form and starts their server from their own
-    session, as the spawn page does; returns when every one is ready."""
-    for name, password in passwords.items():
-        browser = Browser(stack)
-        try:
-            assert browser.login(name, password).status_code == 302, f"{name} could not log in"
-            reply = browser.hub_api("POST", f"/users/{name}/server", json={"project": PROJECT})
-            assert reply.status_code in (201, 202), reply.text
-        finally:
-            browser.close()
-    with httpx.Client(base_url=f"{stack.public_url}/hub/api", headers={"Authorization": f"token {token}"},
-                      timeout=60) as api:
-        deadline = time.monotonic() + timeout
-        for name in passwords:
-            while not (api.get(f"/users/{name}").json().get("servers") or {}).get("", {}).get("ready"):
-                assert time.monotonic() < deadline, f"{name}'s notebook did not start:\n{stack.log()[-4000:]}"
-                assert stack.cli.poll() is None, stack.log()[-4000:]
-                time.sleep(0.5)
-
-
 def containers_of(client, names: list[str], *, running_only: bool = True) -> list:
     return [c for name in names
             for c in client.containers.list(all=not running_only, filters={"label": f"enclave.user={name}"})]
@@ -158,7 +135,7 @@ def test_ctrl_c_with_notebook_containers_running_returns_within_10_seconds(tmp_p
     seen: set[int] = set()
     try:
         wait_up(stack)
-        start_notebooks(stack, token, passwords)
+        start_notebooks(stack, token, passwords, PROJECT)
         running = containers_of(docker_client, scholars)
         assert len(running) == 2 and all(list(c.attrs["NetworkSettings"]["Networks"]) == [net.name] for c in running)
         seen = set(processes_of(stack))
@@ -190,13 +167,14 @@ def test_ctrl_c_returns_within_10_seconds_when_the_hub_cannot_stop_cleanly(tmp_p
     engine, passwords = seed(tmp_path, scholars)
     token = secrets.token_hex(24)
     ports = {name: free_port() for name in PORT_NAMES}
-    gateway = shlex.join([sys.executable, "-c", STUBBORN_GATEWAY, "--host", net.host_ip, "--port", str(ports["gateway"])])
+    gateway = shlex.join([sys.executable, "-c", STUBBORN_GATEWAY, "--host", net.host_ip,
+                          "--port", str(ports["gateway"])])
     stack = launch(tmp_path, model_dir, ports, docker_env(net, token, ENCLAVE_GATEWAY_COMMAND=gateway),
                    unisolated=False, service_host=net.host_ip)
     seen: set[int] = set()
     try:
         wait_up(stack)
-        start_notebooks(stack, token, passwords)
+        start_notebooks(stack, token, passwords, PROJECT)
         assert len(containers_of(docker_client, scholars)) == 2
         seen = set(processes_of(stack))
         code, took = ctrl_c(stack)
@@ -220,7 +198,7 @@ def test_a_revocation_while_the_hub_is_down_stops_the_surviving_notebook_at_the_
     seen: set[int] = set()
     try:
         wait_up(first)
-        start_notebooks(first, token, passwords)
+        start_notebooks(first, token, passwords, PROJECT)
         (container,) = containers_of(docker_client, [scholar])
         seen = set(processes_of(first))
 

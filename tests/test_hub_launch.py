@@ -26,7 +26,7 @@ from enclave.hub.tether import STACK_MARK
 from enclave.registry.db import make_engine, upgrade
 from tests.gateway_fixtures import tiny_model_dir  # noqa: F401  (fixture)
 from tests.helpers import free_port
-from tests.hub_launcher import cleanup, launch, port_free, processes_of, wait_gone, wait_up
+from tests.hub_launcher import cleanup, launch, port_free, processes_of, start_notebooks, wait_gone, wait_up
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process tree checks read /proc")
 
@@ -104,7 +104,8 @@ def test_ctrl_c_returns_within_10_seconds_with_a_notebook_running(tmp_path, mode
     presses Ctrl-C: still back within 10 s, and the notebook server is gone too."""
     import secrets
 
-    from enclave.registry import grants
+    from enclave.registry import grants, people
+    from enclave.registry.credentials import set_password
     from enclave.registry.db import session_scope
     from tests.conftest import OPERATOR
     from tests.helpers import approved_project
@@ -112,28 +113,19 @@ def test_ctrl_c_returns_within_10_seconds_with_a_notebook_running(tmp_path, mode
     db_url = f"sqlite:///{tmp_path / 'enclave.db'}"
     engine = make_engine(db_url)
     upgrade(engine)
-    from enclave.registry import people
     with session_scope(engine) as s:
         people.add_person(s, OPERATOR, OPERATOR, "Olga Operator", "op@example.org", roles=["operator"], bootstrap=True)
     approved_project(engine, "p1", "alice")
     with session_scope(engine) as s:
         grants.set_grant(s, OPERATOR, "p1", session_hours=8)
+        password = set_password(s, OPERATOR, "alice")
     engine.dispose()
     token = secrets.token_hex(24)
     stack = launch(tmp_path, model_dir, extra_env={"ENCLAVE_HUB_OPERATOR_TOKEN": token})
     seen: set[int] = set()
     try:
         wait_up(stack)
-        api = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['public']}/hub/api",
-                           headers={"Authorization": f"token {token}"}, timeout=60)
-        with api:
-            api.post("/users/alice")
-            reply = api.post("/users/alice/server", json={"project": "p1"})
-            assert reply.status_code in (201, 202), reply.text
-            deadline = time.monotonic() + 120
-            while not (api.get("/users/alice").json().get("servers") or {}).get("", {}).get("ready"):
-                assert time.monotonic() < deadline, stack.log()[-3000:]
-                time.sleep(0.5)
+        start_notebooks(stack, token, {"alice": password}, "p1", timeout=120)
         seen = set(processes_of(stack))
         assert any("jupyterhub.singleuser" in cmd for cmd in processes_of(stack).values())
         start = time.monotonic()

@@ -481,7 +481,9 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
         code, asked = wait_for_hub(hub)
         if asked and code == -signal.SIGKILL and not unisolated:
             # A deliberate stop that the hub did not finish: its notebooks too, while its services
-            # go (a hub that died on its own leaves them to the warden at the next start).
+            # go (a hub that died on its own leaves them to the warden at the next start). Only
+            # now: the hub's own stop goes through the spawner's, which closes each session's
+            # record, and JupyterHub skips that for a container already gone.
             pool = ThreadPoolExecutor(max_workers=1)
             notebooks = pool.submit(stop_notebook_containers, settings.network_name)
             pool.shutdown(wait=False)
