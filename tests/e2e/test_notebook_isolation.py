@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import secrets
 import sys
 import socket
 import subprocess
@@ -19,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from enclave.hub.network import EnclaveNetwork, ensure_network, install, uninstall
+from enclave.hub.network import install
 from enclave.registry import audit, datasets, grants, people, projects, sessions, volumes
 from enclave.registry.credentials import set_password
 from enclave.registry.db import make_engine, session_scope, upgrade
+from tests.docker_stack import notebook_image, private_network
 from tests.e2e.kernel import Server
 from tests.gateway_fixtures import build_tiny_model
 from tests.helpers import OPERATOR, approved_project
@@ -42,28 +42,15 @@ DAVE_VIEW_BUDGET = 6 * 1024**2
 
 @pytest.fixture(scope="module")
 def image_id(docker_client):
-    from enclave.hub.image import build_image
-    from enclave.hub.launch import REPO_ROOT
-
-    return build_image(REPO_ROOT)
+    return notebook_image()
 
 
 @pytest.fixture(scope="module")
 def enclave_net(docker_client):
-    """A private copy of the enclave network and firewall, on a subnet of its own."""
-    tag = uuid.uuid4().hex[:6]
-    net = EnclaveNetwork(name=f"enclave-test-{tag}", bridge=f"enct{tag}", subnet=f"10.213.{secrets.randbelow(200) + 20}.0/24")
-    network = ensure_network(docker_client, net)
-    yield net
-    uninstall(net)
-    for volume in docker_client.volumes.list(filters={"name": f"{net.name}-work-"}):
-        with contextlib.suppress(Exception):
-            volume.remove(force=True)
-    with contextlib.suppress(Exception):
-        network.reload()
-        for container in network.containers:
-            network.disconnect(container, force=True)
-        network.remove()
+    """A private copy of the enclave network and firewall, on a subnet of its own (removed with its
+    containers, work volumes and firewall chains)."""
+    with private_network(docker_client, tag="enct", prefix="10.213") as net:
+        yield net
 
 
 @pytest.fixture(scope="module")

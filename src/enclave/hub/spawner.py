@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import inspect
 
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import LocalProcessSpawner
@@ -118,6 +119,29 @@ class EnclaveSessionMixin(RegistryLink):
         session_id = self.enclave_session
         if session_id:
             await self.in_registry(lambda s: sessions.close_session(s, session_id, reason or STOPPED_BY_HUB))
+
+    async def settle_egress(self, session_id: str) -> None:
+        """Take the session's last egress reading and remove its counter (Docker mode only)."""
+
+    def run_post_stop_hook(self):
+        # JupyterHub skips stop() when the server is already gone (a container that died, a hub
+        # that was down or stopped hard), then clears the state: close the record here, which it
+        # always runs first.
+        done = super().run_post_stop_hook()
+        session_id = self.enclave_session
+        if not session_id:
+            return done
+
+        async def close():
+            try:
+                if inspect.isawaitable(done):
+                    await done
+                await self.settle_egress(session_id)
+                await self.record_stop("the server was already gone when the hub stopped it")
+            finally:
+                self.enclave_session = ""
+
+        return close()
 
     async def enclave_plan(self) -> SessionPlan:
         # A scholar chooses the project and nothing else: not the image, not the limits.
@@ -256,6 +280,26 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
             raise
         return ip, port
 
+    async def settle_egress(self, session_id: str) -> None:
+        net = self.enclave_network
+        if net is None:
+            return
+
+        def settle(s):
+            record = s.get(NotebookSession, session_id)
+            if record is None:
+                return
+            counters = egress.read_counters(net)
+            if session_id in counters:
+                sessions.record_egress(s, record, counters[session_id])
+            if record.container_ip:
+                egress.stop_counting(net, session_id, record.container_ip)
+
+        try:
+            await self.in_registry(settle)
+        except Exception:  # the stop itself must go ahead; the warden settles what is left
+            self.log.exception("enclave: could not settle the egress of session %s", session_id)
+
     async def _stop_container(self) -> None:
         await DockerSpawner.stop(self)
 
@@ -264,21 +308,8 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
         session's record (the counter outlives the container, the record outlives both)."""
         session_id = self.enclave_session
         await self._stop_container()
-        net = self.enclave_network
-        if session_id and net is not None:
-            def settle(s):
-                record = s.get(NotebookSession, session_id)
-                if record is None:
-                    return
-                counters = egress.read_counters(net)
-                if session_id in counters:
-                    sessions.record_egress(s, record, counters[session_id])
-                if record.container_ip:
-                    egress.stop_counting(net, session_id, record.container_ip)
-            try:
-                await self.in_registry(settle)
-            except Exception:  # the stop itself must go ahead; the warden settles what is left
-                self.log.exception("enclave: could not settle the egress of session %s", session_id)
+        if session_id:
+            await self.settle_egress(session_id)
         self.enclave_session = session_id
         try:
             await self.record_stop()
