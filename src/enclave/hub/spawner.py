@@ -275,8 +275,13 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
         except Exception:
             # No session runs off the record or unmetered: take the container down again.
             self.log.exception("enclave: could not record or meter %s's session; stopping it", self.user.name)
-            await self._stop_container()
-            await self.record_stop("failed to start: could not be recorded or metered")
+            session_id = self.enclave_session
+            await self._stop_container()  # clears the state
+            self.enclave_session = session_id
+            try:
+                await self.record_stop("failed to start: could not be recorded or metered")
+            finally:
+                self.enclave_session = ""
             raise
         return ip, port
 
