@@ -1,7 +1,7 @@
 """Benchmark: the gateway's continuous batching against a naive server and Hugging Face static batching.
 
     .venv/bin/python bench/gateway.py [--json] [--clients N] [--model random-124m|demo|DIR]
-                                      [--device cpu|cuda] [--in-process]
+                                      [--device cpu|cuda] [--in-process] [--gateways N [--db-url URL]]
 
 One fixed, seeded workload of requests with mixed prompt lengths (8-200 tokens) and output lengths
 (16-128 tokens), clipped to the model's context, runs through every system side by side in one run:
@@ -251,8 +251,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_http(model_dir: Path, workload: list[Request], clients: int, device: str, threads: int, log) -> Result:
-    """The real gateway in a temporary enclave: `enclave up`, a grant big enough, a key, serve."""
+def run_http(model_dir: Path, workload: list[Request], clients: int, device: str, threads: int, log,
+             gateways: int = 1, db_url: str | None = None) -> Result:
+    """The real gateway in a temporary enclave: `enclave up`, a grant big enough, a key, serve.
+    With `gateways` > 1, that many gateway processes on the one registry (`db_url`, else the
+    temporary enclave's SQLite), client i sending to gateway i % gateways."""
     import httpx
 
     enclave = str(REPO / ".venv" / "bin" / "enclave")
@@ -261,6 +264,8 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
            "ENCLAVE_GATEWAY_MAX_BATCH": str(clients), "ENCLAVE_GATEWAY_MAX_QUEUE": str(max(256, clients)),
            "OMP_NUM_THREADS": str(threads)}
     env.pop("ENCLAVE_DB_URL", None)
+    if db_url:
+        env["ENCLAVE_DB_URL"] = db_url
 
     def cli(*args: str) -> str:
         done = subprocess.run([enclave, *args], env=env, capture_output=True, text=True)
@@ -268,30 +273,39 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
             raise RuntimeError(f"enclave {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
 
-    port = free_port()
-    server = None
+    servers: list[subprocess.Popen] = []
     try:
         _share_demo_build(home)
         cli("up", "--no-serve")
         cli("grant", "set", "demo", "--tokens", "1000000000", "--tokens-per-day", "1000000000", "--rpm", "100000",
             "--max-tokens-per-request", "4096", "--as", "operator")
         key = cli("key", "issue", "scholar", "--project", "demo", "--as", "operator").split()[-1]
-        server_log = home / "gateway.log"
-        with server_log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the server
-            server = subprocess.Popen([enclave, "serve", "gateway", "--host", "127.0.0.1", "--port", str(port)],
-                                      env=env, stdout=sink, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, server, server_log)
-        log(f"gateway up on {base}")
+        # Gateways sharing a home share its sampling secret: made here, before any of them starts.
+        _provision_sampling_secret(home / "gateway" / "sampling-secret")
+        bases = []
+        for i in range(gateways):
+            port = free_port()
+            server_log = home / f"gateway-{i}.log"
+            with server_log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the server
+                servers.append(subprocess.Popen(
+                    [enclave, "serve", "gateway", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env, stdout=sink, stderr=subprocess.STDOUT))
+            bases.append((f"http://127.0.0.1:{port}", servers[-1], server_log))
+        for base, server, server_log in bases:
+            _wait_ready(base, server, server_log)
+            log(f"gateway up on {base}")
         tokens = 0
 
         async def run_all(requests: list[Request]) -> tuple[float, list[float]]:
             nonlocal tokens
             limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-            async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits,
-                                         headers={"Authorization": f"token {key}"}) as http:
+            https = [httpx.AsyncClient(base_url=base, timeout=3600, limits=limits,
+                                       headers={"Authorization": f"token {key}"}) for base, _, _ in bases]
+            turn = iter(range(10**9))
+            try:
                 async def send(request: Request) -> None:
                     nonlocal tokens
+                    http = https[next(turn) % len(https)]  # round robin, as a load balancer would
                     reply = await http.post("/v1/generate", json={
                         "prompt": request.prompt, "max_new_tokens": request.max_new_tokens, "temperature": 0,
                         "seed": 0, "ignore_eos": True})
@@ -302,19 +316,30 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
                     tokens += request.max_new_tokens
 
                 return await closed_loop(requests, clients, send)
+            finally:
+                for http in https:
+                    await http.aclose()
 
-        asyncio.run(run_all(workload[:clients]))  # warm-up
+        asyncio.run(run_all(workload[:clients * gateways]))  # warm-up, every gateway
         tokens = 0
         seconds, latencies = asyncio.run(run_all(workload))
-        return Result("gateway (HTTP, continuous batching)", tokens, seconds, latencies)
+        name = "gateway (HTTP, continuous batching)" if gateways == 1 else f"{gateways} gateways (HTTP, one registry)"
+        return Result(name, tokens, seconds, latencies)
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
+        for server in servers:
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _provision_sampling_secret(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
 
 
 def _share_demo_build(home: Path) -> None:
@@ -383,6 +408,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--in-process", action="store_true", help="drive the Engine directly; skip the HTTP gateway")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
+    parser.add_argument("--gateways", type=int, default=1,
+                        help="also run the HTTP workload through this many gateway processes sharing one registry "
+                             "(clients round-robin) and report their aggregate throughput against one gateway")
+    parser.add_argument("--db-url", default=None,
+                        help="the registry the gateways share (an empty PostgreSQL database: postgresql://...); "
+                             "default: the temporary enclave's SQLite file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
@@ -415,8 +446,15 @@ def main() -> None:
         if not args.in_process:
             if gateway_available():
                 del loaded  # the gateway process loads its own copy
-                results["gateway_http"] = run_http(model_dir, workload, args.clients, args.device, args.threads, log)
+                results["gateway_http"] = run_http(model_dir, workload, args.clients, args.device, args.threads, log,
+                                                   db_url=args.db_url)
                 log(f"gateway HTTP: {results['gateway_http'].tokens_per_s:.1f} tokens/s")
+                if args.gateways > 1:
+                    several = run_http(model_dir, workload, args.clients, args.device, args.threads, log,
+                                       gateways=args.gateways, db_url=args.db_url)
+                    results[f"gateways_http_{args.gateways}"] = several
+                    log(f"{args.gateways} gateways HTTP: {several.tokens_per_s:.1f} tokens/s "
+                        f"({several.tokens_per_s / results['gateway_http'].tokens_per_s:.2f}x one gateway)")
             else:
                 http_skipped = "no project venv with the `enclave` command (run make first)"
 
@@ -439,6 +477,9 @@ def main() -> None:
         # without a compiler, PyTorch's: the numbers differ by about a third.
         **({"cpu_kernels": cpu_kernels.load(KERNELS) is not None} if device.type == "cpu" else {}),
         **({"http_skipped": http_skipped} if http_skipped else {}),
+        **({"gateways": args.gateways, "ratio_gateways_vs_one": round(
+            results[f"gateways_http_{args.gateways}"].tokens_per_s / results["gateway_http"].tokens_per_s, 2)}
+           if f"gateways_http_{args.gateways}" in results else {}),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -451,6 +492,9 @@ def main() -> None:
               + (f"  ({result.note})" if result.note else ""))
     if http_skipped:
         print(f"HTTP gateway skipped: {http_skipped}")
+    if "ratio_gateways_vs_one" in summary:
+        print(f"{args.gateways} gateways on one registry ({'PostgreSQL' if args.db_url else 'SQLite'}): "
+              f"{summary['ratio_gateways_vs_one']:.2f}x the throughput of one")
     if "cpu_kernels" in summary:
         print("CPU kernels: " + ("ours (compiled)" if summary["cpu_kernels"] else "PyTorch's (ours could not be built)"))
     print(f"decode bound on {summary['device_name']}: {bound['weight_bytes'] / 1e6:.0f} MB of weights per step / "
