@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from enclave.cli import (access, audit, datasets, db, grants, image, keys, models, notebook_sessions, people, projects,
-                         release, review, serve, volumes)
+from enclave.cli import (access, audit, datasets, db, grants, image, keys, models, notebook_sessions, people, privacy,
+                         projects, release, review, serve, volumes)
 
 app = typer.Typer(
     help="Model Enclave: run a structured-access release of a language model.",
@@ -21,7 +21,8 @@ app = typer.Typer(
 for group, name in ((db.app, "db"), (people.app, "person"), (projects.app, "project"), (projects.member_app, "member"),
                     (datasets.app, "dataset"), (grants.app, "grant"), (keys.app, "key"), (audit.app, "audit"),
                     (models.app, "model"), (serve.app, "serve"), (review.app, "review"), (release.app, "release"),
-                    (image.app, "image"), (notebook_sessions.app, "session"), (volumes.app, "volume")):
+                    (image.app, "image"), (notebook_sessions.app, "session"), (volumes.app, "volume"),
+                    (privacy.app, "privacy")):
     app.add_typer(group, name=name)
 
 app.command("init")(db.init)

@@ -58,6 +58,19 @@ def serve_review_cmd(
     serve_review(host, port, ReviewSettings.from_env())
 
 
+@app.command("privacy")
+def serve_privacy_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8004,
+) -> None:
+    """Serve differentially private statistics over registered datasets, charged to each
+    project's privacy budget, until interrupted."""
+    from enclave.privacy.app import serve_privacy
+    from enclave.privacy.settings import PrivacySettings
+
+    serve_privacy(host, port, PrivacySettings.from_env())
+
+
 @app.command("hub")
 def serve_hub_cmd(
     unisolated: Annotated[bool, typer.Option("--unisolated", help="Developer mode without Docker: NO isolation.")] = False,

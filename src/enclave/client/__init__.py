@@ -6,17 +6,19 @@
     client.next_token("Once upon a", top_k=5)      # at most 5 most likely next tokens
     client.usage()                                 # what is left of the project's grant
     client.export(["results/table2.csv"], justification="Table 2 of the paper", context="...")
+    client.dp.mean("patients", "age", epsilon=0.5, bounds=(0, 110))   # differentially private, charged
 
 Configuration comes from the environment the hub gives every notebook: JUPYTERHUB_API_TOKEN,
-ENCLAVE_GATEWAY_URL, ENCLAVE_REVIEW_URL, ENCLAVE_PROJECT. Light on purpose: HTTP only (httpx), no
+ENCLAVE_GATEWAY_URL, ENCLAVE_REVIEW_URL, ENCLAVE_PRIVACY_URL, ENCLAVE_PROJECT. Light on purpose: HTTP only (httpx), no
 torch, and nothing else of the enclave's own code.
 """
 
+from enclave.client import dp
 from enclave.client._http import Config, EnclaveError
 from enclave.client.exports import comment, export, export_status, exports, resubmit, withdraw
 from enclave.client.gateway import complete, generate, next_token, score, usage
 
 __all__ = [
-    "Config", "EnclaveError", "comment", "complete", "export", "export_status", "exports", "generate", "next_token",
+    "Config", "EnclaveError", "comment", "dp", "complete", "export", "export_status", "exports", "generate", "next_token",
     "resubmit", "score", "usage", "withdraw",
 ]

@@ -43,6 +43,8 @@ class EnclaveHubSettings(Configurable):
                              ).tag(config=True, env="ENCLAVE_HUB_PROXY_API_PORT")
     gateway_port = Integer(8001, help="Model gateway port, as a hub service.").tag(config=True, env="ENCLAVE_GATEWAY_PORT")
     review_port = Integer(8002, help="Review service port, as a hub service.").tag(config=True, env="ENCLAVE_REVIEW_PORT")
+    privacy_port = Integer(8004, help="Privacy service (DP statistics) port, as a hub service."
+                           ).tag(config=True, env="ENCLAVE_PRIVACY_PORT")
     image = Unicode(help="Notebook image, pinned by ID (sha256:...).").tag(config=True, env="ENCLAVE_NOTEBOOK_IMAGE")
     network_name = Unicode("enclave-net", help="Internal Docker network of the notebooks."
                            ).tag(config=True, env="ENCLAVE_NETWORK")
@@ -54,6 +56,9 @@ class EnclaveHubSettings(Configurable):
                               ).tag(config=True, env="ENCLAVE_GATEWAY_COMMAND")
     review_command = Unicode(help="Command line that runs the review service; empty: no review service."
                              ).tag(config=True, env="ENCLAVE_REVIEW_COMMAND")
+    privacy_command = Unicode(help="Command line that runs the privacy service (DP statistics charged to each "
+                                   "project's budget); empty: no privacy service."
+                              ).tag(config=True, env="ENCLAVE_PRIVACY_COMMAND")
     idle_timeout = Integer(3600, help="Seconds of inactivity after which jupyterhub-idle-culler stops a server."
                            ).tag(config=True, env="ENCLAVE_IDLE_TIMEOUT")
     warden_interval = Integer(15, help="Seconds between the warden's registry re-checks of running servers."
@@ -176,6 +181,7 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         spawner_cls = "EnclaveLocalSpawner"
     getattr(c, spawner_cls).gateway_url = f"http://{ip}:{s.gateway_port}"
     getattr(c, spawner_cls).review_url = f"http://{ip}:{s.review_port}" if s.review_command else ""
+    getattr(c, spawner_cls).privacy_url = f"http://{ip}:{s.privacy_port}" if s.privacy_command else ""
 
     env_common = {"ENCLAVE_DB_URL": s.db_url} if s.db_url else {}
     if s.enclave_home:
@@ -208,6 +214,11 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         services.append({"name": "review", "url": f"http://{ip}:{s.review_port}",
                          "command": tether(shlex.split(s.review_command)), "environment": review_env,
                          "oauth_no_confirm": True})
+    if s.privacy_command:
+        # Reads the registered datasets (read-only) and writes the privacy ledger in the registry.
+        services.append({"name": "privacy", "url": f"http://{ip}:{s.privacy_port}",
+                         "command": tether(shlex.split(s.privacy_command)), "environment": env_common,
+                         "display": False})
     operator_token = s.operator_token
     if operator_token:
         # Operators' tooling (and the end-to-end tests) drive the hub REST API with this token.
@@ -221,7 +232,8 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         {**OPERATOR_ROLE, "scopes": list(OPERATOR_ROLE["scopes"])},
         # Scholars (and reviewers, operators) may call the services; a notebook's token gets these
         # only because the user holds them (server_token_scopes takes the intersection).
-        {"name": "user", "scopes": ["self", "access:services!service=gateway", "access:services!service=review"]},
+        {"name": "user", "scopes": ["self", "access:services!service=gateway", "access:services!service=review",
+                                    "access:services!service=privacy"]},
         # read:tokens: the warden records every hub token on the registry's audit chain.
         {"name": "enclave-warden", "scopes": ["list:users", "read:users", "read:servers", "read:tokens",
                                               "delete:servers"],

@@ -108,7 +108,7 @@ def prepare_docker(settings: EnclaveHubSettings, log_dir: Path, progress: Callab
         image_id = build_image(REPO_ROOT)
     except ImageBuildError as exc:
         raise HubLaunchError(str(exc)) from None
-    ports = [settings.hub_port, settings.gateway_port, settings.review_port]
+    ports = [settings.hub_port, settings.gateway_port, settings.review_port, settings.privacy_port]
     client = docker_client()
     try:
         ensure_network(client, settings.network)

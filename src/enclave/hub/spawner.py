@@ -34,12 +34,14 @@ from enclave.registry import sessions
 from enclave.registry.models import NotebookSession
 
 # Scopes a notebook's $JUPYTERHUB_API_TOKEN carries: post activity, reach its own server, and call
-# the gateway and the review service. Nothing that reads other users or administers the hub.
+# the gateway, the review service and the privacy service. Nothing that reads other users or
+# administers the hub.
 SERVER_TOKEN_SCOPES = [
     "users:activity!user",
     "access:servers!server",
     "access:services!service=gateway",
     "access:services!service=review",
+    "access:services!service=privacy",
 ]
 
 
@@ -52,6 +54,9 @@ class EnclaveSessionMixin(RegistryLink):
     ).tag(config=True)
     review_url = Unicode(
         "", help="URL of the review service as seen from inside a notebook (ENCLAVE_REVIEW_URL)."
+    ).tag(config=True)
+    privacy_url = Unicode(
+        "", help="URL of the privacy service as seen from inside a notebook (ENCLAVE_PRIVACY_URL)."
     ).tag(config=True)
 
     plan: SessionPlan | None = None
@@ -175,6 +180,8 @@ class EnclaveSessionMixin(RegistryLink):
             env["ENCLAVE_GATEWAY_URL"] = self.gateway_url
         if self.review_url:
             env["ENCLAVE_REVIEW_URL"] = self.review_url
+        if self.privacy_url:
+            env["ENCLAVE_PRIVACY_URL"] = self.privacy_url
         if self.plan is not None:
             env["ENCLAVE_PROJECT"] = self.plan.project
         return env

@@ -3,9 +3,10 @@
 The scan library (`enclave.review.scan`) is given a context and looks nothing up. This module,
 on the airlock service's side, reads it from the registry and the quarantine: the datasets
 registered for the project (with their quasi-identifiers, for record linkage), its audited model
-calls (prompt and outputs, for provenance), its grant's export allowance and, when the quarantine
-is given, the files it has released before (for differencing) and how many bytes those were. The
-review worker and `enclave review scan` both build their contexts here.
+calls (prompt and outputs, for provenance), its grant's export allowance, the privacy service's
+public keys that DP receipts must verify with (files the service's settings name) and, when the
+quarantine is given, the files it has released before (for differencing) and how many bytes those
+were. The review worker and `enclave review scan` both build their contexts here.
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ from enclave.review.scan import ExportFile, ModelCallText, ProtectedSource, Scan
 def build_scan_context(session: Session | None, project: str | Project | None, *,
                        quarantine: Quarantine | None = None, protect_files: Iterable[str | Path] = (),
                        model_dirs: Iterable[str | Path] = (), scorer: Scorer | None = None,
-                       cache: ScanCache | None = None) -> ScanContext:
+                       cache: ScanCache | None = None, dp_receipt_key_files: Iterable[str | Path] = ()) -> ScanContext:
     """The context for scanning an export of `project` (a slug or a Project).
 
     `protect_files` and `model_dirs` are protected data and models beyond the registry's (the
     service's settings, `--protect`/`--model`); `scorer` scores passages under the model; `cache`
-    keeps indexes between scans (default: a fresh one for this scan, in memory only). Without a
+    keeps indexes between scans (default: a fresh one for this scan, in memory only);
+    `dp_receipt_key_files` are the privacy service's public keys (PEM) that DP receipts in an
+    export must verify with (an unreadable one is left out: its receipts then do not verify). Without a
     session or a project (an offline scan of files) only those extras are used. An unknown slug
     raises `enclave.errors.NotFound`.
     """
@@ -40,9 +43,11 @@ def build_scan_context(session: Session | None, project: str | Project | None, *
     allowed: int | None = None
     prior: list[ExportFile] = []
     used = 0
+    slug: str | None = None
     if session is not None and project is not None:
         if not isinstance(project, Project):
             project = get_project(session, project)
+        slug = project.slug
         for dataset in registry_datasets.datasets_for(session, project):
             qis = dataset.quasi_identifier_list
             protected.append(ProtectedSource(dataset.name, Path(dataset.path), None, tuple(qis) if qis else None))
@@ -55,7 +60,18 @@ def build_scan_context(session: Session | None, project: str | Project | None, *
             used = sum(size for _, _, size in released)
     return ScanContext(protected=protected, model_dirs=[Path(d) for d in model_dirs], scorer=scorer,
                        model_calls=calls, prior_releases=prior, egress_used_bytes=used,
-                       egress_allowed_bytes=allowed, cache=cache if cache is not None else ScanCache())
+                       egress_allowed_bytes=allowed, cache=cache if cache is not None else ScanCache(),
+                       project=slug, dp_receipt_keys=_read_keys(dp_receipt_key_files))
+
+
+def _read_keys(paths: Iterable[str | Path]) -> list[bytes]:
+    keys = []
+    for path in paths:
+        try:
+            keys.append(Path(path).read_bytes())
+        except OSError:
+            continue  # no key, no trust: receipts that would need it are reported as unverifiable
+    return keys
 
 
 def _model_calls(session: Session, project: Project) -> list[ModelCallText]:

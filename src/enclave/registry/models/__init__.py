@@ -4,7 +4,8 @@
 - `metering`: token accounts, rate windows, gateway instances, reservations and recorded model calls
   (the gateway);
 - `exports`: export requests, their files, findings, reviews, comments and releases (the airlock);
-- `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub).
+- `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub);
+- `privacy`: the differential-privacy ledger, each project's spends against its grant's budget.
 
 Services import their tables from here, never define their own, so that migrations (which import
 only this package) see the whole schema. Schema changes go through Alembic migrations in
@@ -22,6 +23,7 @@ from enclave.registry.models.exports import (
 from enclave.registry.models.metering import (
     GatewayInstance, ModelCall, RateWindow, Reservation, UsageDay, UsageTotal,
 )
+from enclave.registry.models.privacy import PRIVACY_APPEND_ONLY_TABLES, PrivacyAccount, PrivacySpend
 from enclave.registry.models.sessions import EgressDay, NotebookSession, WorkVolume, WorkVolumeState
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "ExportComment",
     "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "GatewayInstance",
     "Grant",
-    "Membership", "ModelCall", "NotebookSession", "Person", "Project", "ProjectStatus", "RateWindow", "Reservation", "Role",
+    "Membership", "ModelCall", "NotebookSession", "Person", "PRIVACY_APPEND_ONLY_TABLES", "PrivacyAccount", "PrivacySpend",
+    "Project", "ProjectStatus", "RateWindow", "Reservation", "Role",
     "Sensitivity", "UsageDay", "UsageTotal", "Visibility", "WorkVolume", "WorkVolumeState",
 ]

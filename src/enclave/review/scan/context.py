@@ -93,6 +93,10 @@ class ScanContext:
     prior_releases: list[Any] = field(default_factory=list)  # list[ExportFile]
     egress_used_bytes: int = 0
     egress_allowed_bytes: int | None = None
+    # The export's project (its slug), and the privacy service's public keys (PEM) that DP
+    # receipts in an export must verify with (`checks.dp_receipts`); none: no receipt is trusted.
+    project: str | None = None
+    dp_receipt_keys: list[bytes] = field(default_factory=list)
     # Indexes reused across scans; the default keeps them for this context only, in memory.
     cache: ScanCache = field(default_factory=ScanCache, compare=False, repr=False)
 

@@ -11,6 +11,7 @@ from enclave.review.scan.checks import (
     archive,
     containers,
     differencing,
+    dp_receipts,
     egress,
     encoded_blobs,
     file_policy,
@@ -41,6 +42,7 @@ CHECKS: list[Check] = [
     Check(table_cells.NAME, "item", table_cells.check, "small counts, zeros and dominance in tables"),
     Check(differencing.NAME, "item", differencing.check, "differences from released tables that reveal small counts"),
     Check(egress.NAME, "export", egress.check, "cumulative exported bytes against the project's grant"),
+    Check(dp_receipts.NAME, "export", dp_receipts.check, "DP receipts verified; table cells they cover"),
 ]
 
 __all__ = ["CHECKS", "Check", "Result"]
