@@ -65,7 +65,7 @@ def pod_specs(objects: list[dict]):
 
 
 def test_overlays_exist():
-    assert "production" in OVERLAYS
+    assert {"production", "cpu"} <= set(OVERLAYS)
 
 
 def test_every_object_is_valid_for_the_targeted_kubernetes(objects):
@@ -113,14 +113,19 @@ def test_our_pods_are_locked_down(objects):
     assert sorted(names) == ["gateway", "review"]
 
 
-def test_gateway_runs_two_replicas_on_gpus_with_the_model_read_only(objects):
-    gateway = one(objects, "Deployment", "gateway")
-    assert gateway["spec"]["replicas"] >= 2
-    pod = gateway["spec"]["template"]["spec"]
+def test_production_gateway_runs_on_gpus():
+    pod = one(render("production"), "Deployment", "gateway")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     [container] = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--device" in container["command"] and container["command"][container["command"].index("--device") + 1] == "cuda"
+    assert container["command"][container["command"].index("--device") + 1] == "cuda"
+
+
+def test_gateway_runs_two_replicas_with_the_model_read_only(objects):
+    gateway = one(objects, "Deployment", "gateway")
+    assert gateway["spec"]["replicas"] >= 2
+    pod = gateway["spec"]["template"]["spec"]
+    [container] = pod["containers"]
     model = next(v for v in pod["volumes"] if v["name"] == "model")
     assert model["persistentVolumeClaim"]["readOnly"] is True
     assert next(m for m in container["volumeMounts"] if m["name"] == "model")["readOnly"] is True
