@@ -158,6 +158,16 @@ def test_an_exhausted_budget_refuses_and_charges_nothing(web):
     assert ledger["spends"] == 2 and ledger["left"]["epsilon"] == 0
 
 
+def test_a_dataset_changed_on_disk_is_refused_and_charges_nothing(web):
+    with session_scope(web.engine) as s:
+        path = datasets.get_dataset(s, "people").path
+    with open(path, "a") as handle:
+        handle.write("intruder,99,north,1\n")  # the receipt would name the registered version
+    reply = ask(web, "count", epsilon=0.1)
+    assert reply.status_code == 503 and "changed since it was registered" in reply.json()["message"]
+    assert spent(web)["spends"] == 0
+
+
 def test_an_empty_selection_is_answered_not_an_error(web):
     # An error only some data causes would leak for free (nothing is charged for errors).
     reply = ask(web, "mean", epsilon=0.1, column="age", bounds=[0, 100], where={"region": "nowhere"})

@@ -133,8 +133,11 @@ async def dp_statistic(statistic: str, request: Request) -> dict:
         return granted.project, dataset
 
     project, dataset = await state.run(decide)
-    table = await run_in_threadpool(statistics.read_table, dataset.path, state.settings.max_dataset_bytes)
-    rows, values = statistics.select(table, query)
+    def load():
+        table = statistics.read_table(dataset.path, state.settings.max_dataset_bytes, dataset.sha256)
+        return statistics.select(table, query)
+
+    rows, values = await run_in_threadpool(load)
     epsilon, delta = ledger.check_cost(query.epsilon, query.delta, rows)
     await state.run(lambda s: ledger.check_affordable(s, project, epsilon, delta))
     mechanism, value = await run_in_threadpool(statistics.compute, query, values)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import math
 import warnings
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from enclave.errors import BadInput, NotFound, TooLarge
+from enclave.errors import BadInput, NotFound, TooLarge, Unavailable
 
 STATISTICS = ("count", "sum", "mean", "var", "histogram", "quantile")
 NEEDS_BOUNDS = frozenset({"sum", "mean", "var", "histogram", "quantile"})
@@ -90,7 +92,8 @@ def parse_query(statistic: str, body: dict[str, Any], *, max_bins: int = 1000) -
         raise BadInput("say what the query may spend: epsilon=...")
     epsilon = body["epsilon"]
     delta = body.get("delta", 0.0)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0 or not math.isfinite(epsilon):
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0 \
+            or not math.isfinite(epsilon):
         raise BadInput(f"epsilon must be a positive number, not {epsilon!r}")
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta >= 0 or not math.isfinite(delta):
         raise BadInput(f"delta must be zero or a small positive number, not {delta!r}")
@@ -131,7 +134,8 @@ def _parse_where(where: Any) -> dict[str, Any]:
     if where is None:
         return {}
     if not isinstance(where, dict) or len(where) > MAX_WHERE:
-        raise BadInput(f"where must be an object {{column: value or {{operator: value}}}} of at most {MAX_WHERE} columns")
+        raise BadInput("where must be an object {column: value or {operator: value}} of at most "
+                       f"{MAX_WHERE} columns")
     out: dict[str, Any] = {}
     for column, condition in where.items():
         if isinstance(condition, dict):
@@ -157,19 +161,23 @@ class Table:
     rows: list[list[str]]
 
 
-def read_table(path: str | Path, max_bytes: int) -> Table:
-    """A registered CSV/TSV dataset, whole (the statistics need every row)."""
+def read_table(path: str | Path, max_bytes: int, expected_sha256: str | None = None) -> Table:
+    """A registered CSV/TSV dataset, whole (the statistics need every row). A file that is no
+    longer the one registered (its SHA-256 changed) is refused: the receipt names the registered
+    version."""
     path = Path(path)
     if path.suffix.lower() not in {".csv", ".tsv"} or not path.is_file():
         raise BadInput("DP statistics work on a registered CSV or TSV file; this dataset is not one")
     size = path.stat().st_size
     if size > max_bytes:
         raise TooLarge(f"this dataset ({size} bytes) is larger than the {max_bytes} bytes the privacy service reads")
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        header = [c.strip() for c in next(reader, [])]
-        rows = [row for row in reader if row]
-    return Table(header, rows)
+    data = path.read_bytes()
+    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise Unavailable("this dataset's file changed since it was registered; an operator must look at it")
+    text = data.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    header = [c.strip() for c in next(reader, [])]
+    return Table(header, [row for row in reader if row])
 
 
 def _as_float(cell: str) -> float | None:

@@ -166,10 +166,10 @@ def charge(session: Session, granted: Access, dataset: Dataset, *, mechanism: st
     spend_id = secrets.token_hex(12)
     query_json = audit.canonical_json(query)
     result_json = audit.canonical_json(result)
-    event = audit.append(session, actor=granted.person.username, action="privacy.spend", subject=f"project:{project.slug}",
-                         details={"spend": spend_id, "dataset": dataset.name, "mechanism": mechanism,
-                                  "query": query, "epsilon": epsilon, "delta": delta,
-                                  "result_sha256": audit.sha256_text(result_json)})
+    details = {"spend": spend_id, "dataset": dataset.name, "mechanism": mechanism, "query": query,
+               "epsilon": epsilon, "delta": delta, "result_sha256": audit.sha256_text(result_json)}
+    event = audit.append(session, actor=granted.person.username, action="privacy.spend",
+                         subject=f"project:{project.slug}", details=details)
     account.epsilon_spent += epsilon
     account.delta_spent += delta
     account.spends += 1

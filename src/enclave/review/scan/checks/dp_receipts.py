@@ -223,8 +223,9 @@ def relax(findings: list[Finding], items: list[Item], env: Env) -> list[Finding]
             level = severity(lv.covered_zero_severity if value == 0 else lv.covered_small_count_severity)
             if level is None:
                 continue
+            note = f" (relaxed: a DP result, {covering[float(value)].file})"
             found = dataclasses.replace(found, severity=min(found.severity, level, key=_rank),
-                                        message=found.message + f" (relaxed: a DP result, {covering[float(value)].file})")
+                                        message=found.message + note)
         out.append(found)
     return out
 
