@@ -195,10 +195,12 @@ def test_notebooks_reach_the_hub_gateway_and_review_only(objects):
 
 
 def test_notebook_pods_get_the_docker_spawners_lock_down(objects):
-    single = hub_values(objects)["singleuser"]
+    values = hub_values(objects)
+    single, spawner = values["singleuser"], values["hub"]["config"]["KubeSpawner"]
     pod = single["extraPodConfig"]
-    container = single["extraContainerConfig"]
-    _restricted("singleuser", {**pod, "volumes": single["storage"]["extraVolumes"]}, [{"name": "notebook", **container}])
+    _restricted("singleuser", {**pod, "securityContext": spawner["pod_security_context"],
+                               "volumes": single["storage"]["extraVolumes"]},
+                [{"name": "notebook", "securityContext": spawner["container_security_context"]}])
     assert single["uid"] == 1000 and single["allowPrivilegeEscalation"] is False
     assert single["cloudMetadata"]["blockWithIptables"] is False  # its init container needs NET_ADMIN
     tmp = next(v for v in single["storage"]["extraVolumes"] if v["name"] == "tmp")
