@@ -29,6 +29,8 @@ def grant_set(
     logprob_calls_per_day: Annotated[Optional[int], typer.Option("--logprob-calls-per-day", help="Calls returning probabilities (score, next-token) per day.")] = None,
     view_bytes_per_day: Annotated[Optional[str], typer.Option("--view-bytes-per-day", help="Bytes the project's notebooks may send to browsers per UTC day, e.g. 128M (counted on the host; a session that spends it is stopped).")] = None,
     work_bytes: Annotated[Optional[str], typer.Option("--work-bytes", help="Size limit of each member's work volume, e.g. 2G.")] = None,
+    tier: Annotated[Optional[str], typer.Option("--tier", help=f"What the model API allows: {', '.join(grants.TIERS)} (each includes the ones before it; new grants get {grants.DEFAULT_TIER}).")] = None,
+    activation_bytes_per_day: Annotated[Optional[str], typer.Option("--activation-bytes-per-day", help="Bytes of activations (float16) the project may read per UTC day at the internals tier, e.g. 16M.")] = None,
     as_: AsUser = None,
 ) -> None:
     """Create or change a project's grant; unset fields keep their values."""
@@ -40,9 +42,13 @@ def grant_set(
             export_bytes=export_bytes, logprob_calls_per_day=logprob_calls_per_day,
             view_bytes_per_day=grants.parse_size(view_bytes_per_day) if view_bytes_per_day is not None else None,
             work_bytes=grants.parse_size(work_bytes) if work_bytes is not None else None,
+            tier=tier,
+            activation_bytes_per_day=(grants.parse_size(activation_bytes_per_day)
+                                      if activation_bytes_per_day is not None else None),
         )
         record = grants.grant_json(grant)
-    typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "view_bytes_per_day", "work_bytes", "updated_at", "updated_by")))
+    typer.echo(f"grant for {slug}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("mem_bytes", "view_bytes_per_day", "work_bytes", "activation_bytes_per_day",
+                                                                          "updated_at", "updated_by")))
 
 
 @app.command("show")

@@ -1,4 +1,5 @@
-"""Grants: what a project may consume (model tokens, rate, privacy budget, compute, exports)."""
+"""Grants: what a project may consume (model tokens, rate, privacy budget, compute, exports), and
+what the model API lets it do (its tier)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ from enclave.registry.projects import get_project
 GIB = 1024**3
 MIB = 1024**2
 
+# The model API's tiers, least first; each allows what the ones before it allow: sample
+# (generate), score (also score and next-token, under the probability-call cap), internals (also
+# activations, under the activation byte budget), finetune (reserved for DP fine-tuning).
+TIERS = ("sample", "score", "internals", "finetune")
+DEFAULT_TIER = "score"  # what every grant could do before tiers existed
+
 # What a project gets for any field the operator leaves unset when the grant is first made.
 DEFAULTS: dict[str, Any] = {
     "tokens_total": 200_000,
@@ -36,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     # pulling a dataset out through the browser is more.
     "view_bytes_per_day": 128 * MIB,
     "work_bytes": 2 * GIB,
+    "activation_bytes_per_day": 16 * MIB,
+    "tier": DEFAULT_TIER,
 }
 
 # field -> (type, smallest allowed value, whether that smallest value itself is excluded)
@@ -53,7 +62,10 @@ LIMITS: dict[str, tuple[type, float, bool]] = {
     "logprob_calls_per_day": (int, 0, False),
     "view_bytes_per_day": (int, 0, False),
     "work_bytes": (int, 16 * MIB, False),
+    "activation_bytes_per_day": (int, 0, False),
 }
+# Every field of a grant that `set_grant` takes: the numbers above, and the tier (a choice).
+FIELDS = (*LIMITS, "tier")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -74,7 +86,16 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def validate_tier(value: Any) -> str:
+    """A tier's name, as given, if it is one of TIERS."""
+    if value not in TIERS:
+        raise BadInput(f"tier must be one of {', '.join(TIERS)}, not {value!r}")
+    return value
+
+
 def validate(field: str, value: Any) -> Any:
+    if field == "tier":
+        return validate_tier(value)
     kind, smallest, exclusive = LIMITS[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         raise BadInput(f"{field} must be a number")
@@ -94,7 +115,7 @@ def set_grant(session: Session, actor: str, slug: str, **changes: Any) -> Grant:
     require_role(session, actor)
     project = get_project(session, slug)
     require_live(project, "change its grant")
-    unknown = set(changes) - set(LIMITS)
+    unknown = set(changes) - set(FIELDS)
     if unknown:
         raise BadInput(f"unknown grant field {sorted(unknown)[0]!r}")
     changes = {field: validate(field, value) for field, value in changes.items() if value is not None}
@@ -126,10 +147,11 @@ def get_grant(session: Session, slug: str) -> Grant:
 
 
 def grant_values(grant: Grant) -> dict[str, Any]:
-    return {field: getattr(grant, field) for field in LIMITS}
+    return {field: getattr(grant, field) for field in FIELDS}
 
 
 def grant_json(grant: Grant) -> dict[str, Any]:
     return {**grant_values(grant), "mem": format_size(grant.mem_bytes),
             "view_per_day": format_size(grant.view_bytes_per_day), "work": format_size(grant.work_bytes),
+            "activations_per_day": format_size(grant.activation_bytes_per_day),
             "updated_at": iso(grant.updated_at), "updated_by": grant.updated_by}

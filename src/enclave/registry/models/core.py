@@ -17,6 +17,10 @@ class Role(str, enum.Enum):
     scholar = "scholar"
     reviewer = "reviewer"
     operator = "operator"
+    # May write applications for access (and nothing else until an award makes them a scholar).
+    applicant = "applicant"
+    # May sit on the panels that score applications.
+    panel = "panel"
 
 
 class ProjectStatus(str, enum.Enum):
@@ -142,6 +146,14 @@ class Grant(SQLModel, table=True):
     # Size limit of each member's work volume for this project.
     work_bytes: int = Field(default=2 * 1024**3, sa_column=Column(BigInteger, nullable=False,
                                                                   server_default=str(2 * 1024**3)))
+    # What the model API lets the project do (`enclave.registry.grants.TIERS`, each tier including
+    # the ones before it): sample (generate), score (also score and next-token, under the cap
+    # above), internals (also activations), finetune (reserved for DP fine-tuning).
+    tier: str = Field(default="score", sa_column=Column(String(16), nullable=False, server_default="score"))
+    # Bytes of activations (float16) the project may read per UTC day at the internals tier: enough
+    # activation pairs recover weight matrices by regression, so they have a budget of their own.
+    activation_bytes_per_day: int = Field(default=16 * 1024**2, sa_column=Column(
+        BigInteger, nullable=False, server_default=str(16 * 1024**2)))
     updated_at: dt.datetime = Field(default_factory=utcnow)
     updated_by: str
 

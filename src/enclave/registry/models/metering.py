@@ -26,7 +26,7 @@ class UsageTotal(SQLModel, table=True):
 
 
 class UsageDay(SQLModel, table=True):
-    """Per UTC day: tokens (used and reserved) and probability-bearing calls."""
+    """Per UTC day: tokens (used and reserved), probability-bearing calls and activation bytes."""
 
     __tablename__ = "usage_day"
 
@@ -35,6 +35,9 @@ class UsageDay(SQLModel, table=True):
     tokens_used: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     tokens_reserved: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     logprob_calls: int = Field(default=0)
+    # Activation bytes charged today (reserved at admission, where the size is exact; given back
+    # when the call returned nothing).
+    activation_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class RateWindow(SQLModel, table=True):
