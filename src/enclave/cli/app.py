@@ -9,6 +9,7 @@ import typer
 
 from enclave.cli import (access, audit, datasets, db, grants, image, keys, models, notebook_sessions, people, privacy,
                          projects, release, review, serve, volumes)
+from enclave.cli import applications, awards, calls, panel
 
 app = typer.Typer(
     help="Model Enclave: run a structured-access release of a language model.",
@@ -23,6 +24,10 @@ for group, name in ((db.app, "db"), (people.app, "person"), (projects.app, "proj
                     (models.app, "model"), (serve.app, "serve"), (review.app, "review"), (release.app, "release"),
                     (image.app, "image"), (notebook_sessions.app, "session"), (volumes.app, "volume"),
                     (privacy.app, "privacy")):
+    app.add_typer(group, name=name)
+# Access by competitive application (issue 13).
+for group, name in ((calls.app, "call"), (applications.app, "application"), (panel.app, "panel"),
+                    (awards.app, "award"), (awards.report_app, "report")):
     app.add_typer(group, name=name)
 
 app.command("init")(db.init)

@@ -18,8 +18,9 @@ from enclave.registry.sessions import view_budget_refusal
 from enclave.registry.volumes import volume_for_session, volume_name
 
 # Who may log in to the hub at all: scholars to work, reviewers to reach the review UI through
-# hub OAuth, operators for the admin page.
-LOGIN_ROLES = frozenset({Role.scholar.value, Role.reviewer.value, Role.operator.value})
+# hub OAuth, operators for the admin page, applicants and panel members to reach the access pages.
+LOGIN_ROLES = frozenset({Role.scholar.value, Role.reviewer.value, Role.operator.value, Role.applicant.value,
+                         Role.panel.value})
 
 
 @dataclasses.dataclass(frozen=True)

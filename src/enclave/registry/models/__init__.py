@@ -5,13 +5,18 @@
   (the gateway);
 - `exports`: export requests, their files, findings, reviews, comments and releases (the airlock);
 - `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub);
-- `privacy`: the differential-privacy ledger, each project's spends against its grant's budget.
+- `privacy`: the differential-privacy ledger, each project's spends against its grant's budget;
+- `access`: calls for applications, applications, panel scores, awards and their reports.
 
 Services import their tables from here, never define their own, so that migrations (which import
 only this package) see the whole schema. Schema changes go through Alembic migrations in
 `migrations/versions/`; a test checks that the migrated schema and these models agree.
 """
 
+from enclave.registry.models.access import (
+    AccessApplication, AccessApplicationVersion, AccessAward, AccessCall, ApplicationState, AwardReport, CallState,
+    ConflictKind, Outcome, PanelAssignment, PanelScore, ReportKind, Tier,
+)
 from enclave.registry.models.core import (
     ApiKey, AuditEvent, Credential, Dataset, DatasetAccess, Grant, Membership, Person, Project, ProjectStatus, Role,
     Sensitivity,
@@ -27,6 +32,8 @@ from enclave.registry.models.privacy import PRIVACY_APPEND_ONLY_TABLES, PrivacyA
 from enclave.registry.models.sessions import EgressDay, NotebookSession, WorkVolume, WorkVolumeState
 
 __all__ = [
+    "AccessApplication", "AccessApplicationVersion", "AccessAward", "AccessCall", "ApplicationState", "AwardReport",
+    "CallState", "ConflictKind", "Outcome", "PanelAssignment", "PanelScore", "ReportKind", "Tier",
     "APPEND_ONLY_TABLES", "ApiKey", "AuditEvent", "Credential", "Dataset", "DatasetAccess", "Decision", "EgressDay",
     "ExportComment",
     "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "GatewayInstance",
