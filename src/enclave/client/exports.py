@@ -14,6 +14,7 @@ from typing import Iterable, Union
 from urllib.parse import quote
 
 from enclave.client._http import Config, EnclaveError, call
+from enclave.client.results import Result, wrap
 
 PathLike = Union[str, os.PathLike]
 UPLOAD_TIMEOUT_S = 600.0
@@ -75,24 +76,24 @@ def _upload(config: Config, path: str, files: list[Path], fields: dict[str, str]
                            f"{limits['max_request_bytes']} bytes: split it")
     with contextlib.ExitStack() as stack:
         upload = [("files", (p.name, stack.enter_context(open(p, "rb")), "application/octet-stream")) for p in files]
-        return call(config, "review", "POST", path, files=upload, data=fields, timeout=UPLOAD_TIMEOUT_S)
+        return Result(call(config, "review", "POST", path, files=upload, data=fields, timeout=UPLOAD_TIMEOUT_S))
 
 
 def export_status(request_id: str, *, config: Config | None = None) -> dict:
     """An export's state (submitted, checking, awaiting_review, changes_requested, approved, released,
     rejected, withdrawn), its files, the checks' findings (where, not what) and public comments."""
-    return call(config, "review", "GET", f"/api/exports/{_id(request_id)}")
+    return Result(call(config, "review", "GET", f"/api/exports/{_id(request_id)}"))
 
 
 def exports(*, config: Config | None = None) -> list[dict]:
     """Your exports, newest first."""
-    return call(config, "review", "GET", "/api/exports")["exports"]
+    return wrap(call(config, "review", "GET", "/api/exports")["exports"])
 
 
 def withdraw(request_id: str, *, config: Config | None = None) -> dict:
-    return call(config, "review", "POST", f"/api/exports/{_id(request_id)}/withdraw")
+    return Result(call(config, "review", "POST", f"/api/exports/{_id(request_id)}/withdraw"))
 
 
 def comment(request_id: str, text: str, *, config: Config | None = None) -> dict:
     """A comment reviewers (and you) can read on the export's page."""
-    return call(config, "review", "POST", f"/api/exports/{_id(request_id)}/comments", json={"body": text})
+    return Result(call(config, "review", "POST", f"/api/exports/{_id(request_id)}/comments", json={"body": text}))

@@ -41,7 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine as DbEngine
 
 from enclave.errors import UserError
-from enclave.gateway import quota, refusals
+from enclave.gateway import quota, refusals, tiers
 from enclave.gateway.auth import Caller, authorize, identify
 from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
@@ -191,25 +191,34 @@ class MeteredCall:
     `outputs` of the run are what the caller is given (generated texts, or the rounded numbers of
     score and next-token), stored with the call and digested in its audit event."""
 
-    def __init__(self, request: Request, state: GatewayState, credentials: Credentials):
-        self.request, self.state, self.credentials = request, state, credentials
+    def __init__(self, request: Request, state: GatewayState, credentials: Credentials,
+                 decided: Access | None = None):
+        self.request, self.state, self.credentials, self.decided = request, state, credentials, decided
+
+    def require_tier(self, endpoint: str) -> None:
+        """Refuse at once (before any tokenising) an endpoint above the tier of the grant the
+        registry just decided on; `quota.reserve` checks again in the admission transaction."""
+        if self.decided is not None:
+            tiers.require(self.decided.grant.tier, endpoint, self.decided.project.slug)
 
     async def __call__(self, endpoint: str, prompt: str, prompt_tokens: int, worst_case: int,
                        run: Callable[[Access], Awaitable[tuple[Any, Any, int]]],
                        completion_cap: int = 0, max_new_tokens: int | None = None,
-                       produced: Callable[[], int] | None = None) -> tuple[str, Any, int]:
+                       produced: Callable[[], int] | None = None, activation_bytes: int = 0) -> tuple[str, Any, int]:
         """`run(granted)` gets the admitted access decision (its project keys seeded sampling) and
         returns (result, outputs, completion tokens); this returns (call id, result, completion
         tokens). `completion_cap` is the most the call may generate (all samples),
         `max_new_tokens` the most per sample (a one-token generation is probability-bearing).
         `produced()` says how many tokens the run has generated so far: a call whose client left
-        is charged for them (and its prompt), not for nothing and not for its worst case."""
+        is charged for them (and its prompt), not for nothing and not for its worst case.
+        `activation_bytes` is what an activations call returns, charged against the day's budget."""
         identity = self.state.identity
 
         def admit(session):
             caller, granted = self.credentials.decide(session, identity)
             ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap,
-                                   max_new_tokens=max_new_tokens, instance_id=self.state.instance_id)
+                                   max_new_tokens=max_new_tokens, instance_id=self.state.instance_id,
+                                   activation_bytes=activation_bytes)
             return caller, granted, ticket
 
         caller, granted, ticket = await self.state.run(admit)
@@ -240,8 +249,8 @@ async def get_metered_call(request: Request, state: GatewayState = Depends(get_s
                            credentials: Credentials = Depends(get_credentials)) -> MeteredCall:
     """A metered call for a caller already identified and authorised: the route's body (which
     tokenises the prompt) runs only for a caller the registry would admit right now."""
-    await state.run(lambda session: credentials.decide(session, state.identity))
-    return MeteredCall(request, state, credentials)
+    _, decided = await state.run(lambda session: credentials.decide(session, state.identity))
+    return MeteredCall(request, state, credentials, decided)
 
 
 async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:

@@ -290,6 +290,20 @@ class Engine:
 
         return await self._job(work)
 
+    async def activations(self, token_ids: list[int], hooks: list[str], positions: list[int]) -> dict:
+        """Activations at `hooks` (TransformerLens names) for `positions` of one sequence, as
+        float16 CPU tensors (`GPT2Forward.activations`): a job between iterations, like scoring,
+        so the weights are read by one thread and the queue bounds these calls too."""
+        self._check_ids(token_ids)
+        return await self._job(lambda forward: forward.activations(token_ids, hooks, positions))
+
+    def dimensions(self) -> dict:
+        """The sizes callers of the activations endpoint need (public for any GPT-2 checkpoint)."""
+        config = self.loaded.config
+        return {"n_layer": int(config.n_layer), "d_model": int(config.n_embd), "n_head": int(config.n_head),
+                "d_mlp": int(config.n_inner or 4 * config.n_embd), "vocab": self.vocab_size,
+                "context": self.context_length}
+
     # -- submission (event-loop side) -------------------------------------------------------------
 
     def _check_ids(self, token_ids: list[int]) -> None:

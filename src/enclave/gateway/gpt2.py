@@ -287,6 +287,82 @@ class GPT2Forward:
                 x = block.finish(x, self._attend(q, k, v, block.scale, causal=True)[0])
         return self._logits(x)
 
+    @torch.inference_mode()
+    def activations(self, token_ids: Sequence[int], hooks: Sequence[str], positions: Sequence[int]) -> dict:
+        """The activations at `hooks` (TransformerLens names, `enclave.gateway.hooks`) for one
+        sequence, cut to `positions`, as float16 on the CPU; without touching the cache.
+
+        The same weights and the same linear layers as `sequence_logits` (our CPU kernels where
+        built), with the residual additions and GELU done outside the fused kernels so that each
+        hook point exists as a tensor: a hook's value may differ from the fused path's in the last
+        bits. The forward stops after the last block a hook needs."""
+        from enclave.gateway import hooks as hook_points
+
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)
+        n = ids.shape[0]
+        if not 0 < n <= self.context_length:
+            raise ValueError(f"a sequence must have 1..{self.context_length} tokens, not {n}")
+        wanted = set(hooks)
+        parsed = [hook_points.parse(h, self.n_layer) for h in hooks]
+        last_layer = max((layer for layer, _ in parsed if layer is not None), default=-1)
+        if any(layer is None and name.startswith("ln_final.") for layer, name in parsed):
+            last_layer = self.n_layer - 1
+        pick = torch.as_tensor(list(positions), dtype=torch.long, device=self.device)
+        out: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, value: torch.Tensor, axis: int = 0) -> None:
+            if name in wanted:
+                out[name] = value.index_select(axis, pick).to(device="cpu", dtype=torch.float16)
+
+        def layer_norm(prefix: str, x: torch.Tensor, weight_bias) -> torch.Tensor:
+            if f"{prefix}.hook_scale" in wanted or f"{prefix}.hook_normalized" in wanted:
+                centred = x.float() - x.float().mean(-1, keepdim=True)
+                scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+                keep(f"{prefix}.hook_scale", scale)
+                keep(f"{prefix}.hook_normalized", centred / scale)
+            return F.layer_norm(x, x.shape[-1:], *weight_bias, self.eps)
+
+        embed = F.embedding(ids, self.wte)
+        pos_embed = F.embedding(torch.arange(n, device=self.device), self.wpe)
+        keep("hook_embed", embed)
+        keep("hook_pos_embed", pos_embed)
+        x = embed + pos_embed
+        causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()
+        for i, block in enumerate(self.blocks[:last_layer + 1]):
+            p = f"blocks.{i}."
+            keep(p + "hook_resid_pre", x)
+            q, k, v = self._heads(block.c_attn(layer_norm(p + "ln1", x, block.ln_1)))
+            keep(p + "attn.hook_q", q)
+            keep(p + "attn.hook_k", k)
+            keep(p + "attn.hook_v", v)
+            if p + "attn.hook_attn_scores" in wanted or p + "attn.hook_pattern" in wanted:
+                # Written out (SDPA does not expose the pattern), in fp32 as TransformerLens does.
+                qh, kh, vh = (t.transpose(0, 1).float() for t in (q, k, v))  # [H, T, D]
+                scores = (qh @ kh.transpose(1, 2) * block.scale).masked_fill_(~causal, -math.inf)
+                keep(p + "attn.hook_attn_scores", scores, axis=1)
+                pattern = torch.softmax(scores, dim=-1)
+                keep(p + "attn.hook_pattern", pattern, axis=1)
+                z = (pattern @ vh).to(x.dtype).transpose(0, 1)  # [T, H, D]
+            else:
+                z = self._attend(*(t.transpose(0, 1)[None] for t in (q, k, v)), block.scale, causal=True)[0]
+                z = z.view(n, self.n_head, self.head_dim)
+            keep(p + "attn.hook_z", z)
+            attn_out = block.c_proj(z.reshape(n, self.n_embd).contiguous())
+            keep(p + "hook_attn_out", attn_out)
+            x = x + attn_out
+            keep(p + "hook_resid_mid", x)
+            pre = block.c_fc(layer_norm(p + "ln2", x, block.ln_2))
+            keep(p + "mlp.hook_pre", pre)
+            post = torch.ops.aten.gelu(pre, approximate="tanh") if block.tanh_gelu else block.act(pre.clone())
+            keep(p + "mlp.hook_post", post)
+            mlp_out = block.mlp_proj(post)
+            keep(p + "hook_mlp_out", mlp_out)
+            x = x + mlp_out
+            keep(p + "hook_resid_post", x)
+        if "ln_final.hook_scale" in wanted or "ln_final.hook_normalized" in wanted:
+            layer_norm("ln_final", x, self.ln_f)
+        return {name: out[name] for name in hooks}
+
     # -- pieces ---------------------------------------------------------------------------------
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from enclave.errors import BadInput, QuotaExhausted, RateLimited
+from enclave.gateway import tiers
 from enclave.registry import audit
 from enclave.registry.access import Access
 from enclave.registry.clock import iso, utcnow
@@ -61,6 +62,7 @@ class Ticket:
     person_id: int
     endpoint: str
     tokens_reserved: int
+    activation_bytes: int = 0
 
 
 def _day(now: dt.datetime) -> str:
@@ -106,10 +108,14 @@ def probability_bearing(endpoint: str, completion_tokens: int, max_new_tokens: i
 
 def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens: int, *,
             completion_tokens: int = 0, max_new_tokens: int | None = None, instance_id: str | None = None,
-            now: dt.datetime | None = None) -> Ticket:
-    """Check the grant and hold `worst_case_tokens` for this call, or refuse it: RequestTooLarge,
-    RateLimited (with `retry_after`), QuotaExhausted (DailyQuotaExhausted, with `retry_after`, for
-    what renews tomorrow).
+            activation_bytes: int = 0, now: dt.datetime | None = None) -> Ticket:
+    """Check the grant and hold `worst_case_tokens` for this call, or refuse it: TierRequired (the
+    endpoint is above the grant's tier), RequestTooLarge, RateLimited (with `retry_after`),
+    QuotaExhausted (DailyQuotaExhausted, with `retry_after`, for what renews tomorrow).
+
+    `activation_bytes` is what an activations call returns (exact: known from the shapes before it
+    runs), charged now against the day's activation budget; `settle` gives it back if the call
+    returned nothing.
 
     `completion_tokens` is the most the call may generate (all samples), checked against the
     per-request cap; `max_new_tokens` the most per sample, when the caller knows it (else
@@ -119,6 +125,10 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
     now = now or utcnow()
     bears_probabilities = probability_bearing(endpoint, completion_tokens, max_new_tokens)
     grant, project = granted.grant, granted.project
+    tiers.require(grant.tier, endpoint, project.slug)
+    if activation_bytes > grant.activation_bytes_per_day:
+        raise RequestTooLarge(f"this call returns {activation_bytes} bytes of activations, more than this grant's "
+                              f"{grant.activation_bytes_per_day} bytes per day: ask for fewer hooks or positions")
     if completion_tokens > grant.max_tokens_per_request:
         raise RequestTooLarge(f"max_new_tokens x n = {completion_tokens} exceeds this grant's cap of "
                               f"{grant.max_tokens_per_request} tokens per request")
@@ -140,13 +150,18 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
     if day.tokens_used + day.tokens_reserved + worst_case_tokens > grant.tokens_per_day:
         raise DailyQuotaExhausted(f"daily token quota exhausted: {day.tokens_used} of {grant.tokens_per_day} used today; "
                              f"this call may need {worst_case_tokens}", retry_after=_seconds_to_midnight(now))
+    if activation_bytes and day.activation_bytes + activation_bytes > grant.activation_bytes_per_day:
+        raise DailyQuotaExhausted(f"daily activation budget exhausted: {day.activation_bytes} of "
+                                  f"{grant.activation_bytes_per_day} bytes read today; this call needs "
+                                  f"{activation_bytes}", retry_after=_seconds_to_midnight(now))
     window.requests += 1
     account.tokens_reserved += worst_case_tokens
     day.tokens_reserved += worst_case_tokens
     if bears_probabilities:
         day.logprob_calls += 1
+    day.activation_bytes += activation_bytes
     ticket = Ticket(id=secrets.token_hex(12), project_id=project.id, person_id=granted.person.id,
-                    endpoint=endpoint, tokens_reserved=worst_case_tokens)
+                    endpoint=endpoint, tokens_reserved=worst_case_tokens, activation_bytes=activation_bytes)
     session.add_all([window, account, day, Reservation(
         id=ticket.id, project_id=project.id, person_id=granted.person.id, endpoint=endpoint, day=day.day,
         tokens_reserved=worst_case_tokens, instance_id=instance_id, created_at=now)])
@@ -186,13 +201,20 @@ def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRe
     account.calls += 1
     day.tokens_reserved -= reservation.tokens_reserved
     day.tokens_used += charged
+    # Activation bytes were charged at admission; a call that returned nothing gives them back.
+    activation_bytes = ticket.activation_bytes if record.status == "ok" else 0
+    day.activation_bytes -= ticket.activation_bytes - activation_bytes
     reservation.state, reservation.tokens_charged, reservation.settled_at = "settled", charged, now
     outputs_json = json.dumps(record.outputs, ensure_ascii=False)
-    event = audit.append(session, actor=actor, action=f"model.{ticket.endpoint}", subject=f"project:{project_slug}", details={
+    details = {
         "call": ticket.id, "status": record.status, "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens, "charged_tokens": charged, "latency_ms": record.latency_ms,
         **audit.model_call_digests(record.prompt, outputs_json),
-    })
+    }
+    if ticket.activation_bytes:
+        details["activation_bytes"] = activation_bytes
+    event = audit.append(session, actor=actor, action=f"model.{ticket.endpoint}", subject=f"project:{project_slug}",
+                         details=details)
     session.add_all([account, day, reservation, ModelCall(
         id=ticket.id, person_id=ticket.person_id, project_id=ticket.project_id, endpoint=ticket.endpoint,
         status=record.status, prompt=record.prompt, outputs=outputs_json, prompt_tokens=record.prompt_tokens,
@@ -296,4 +318,7 @@ def usage(session: Session, granted: Access, now: dt.datetime | None = None) -> 
         "logprob_calls_today": {"limit": grant.logprob_calls_per_day, "used": day.logprob_calls,
                                 "remaining": max(0, grant.logprob_calls_per_day - day.logprob_calls)},
         "max_tokens_per_request": grant.max_tokens_per_request,
+        "tier": grant.tier,
+        "activation_bytes_today": {"limit": grant.activation_bytes_per_day, "used": day.activation_bytes,
+                                   "remaining": max(0, grant.activation_bytes_per_day - day.activation_bytes)},
     }

@@ -1,8 +1,11 @@
-"""The model API's routes: which model this is, the caller's allowance, and the three model calls
-(generate, score, next-token).
+"""The model API's routes: which model this is, the caller's allowance, the three model calls
+(generate, score, next-token), and activations for the internals tier.
 
-Nothing here returns hidden states, embeddings, full logit vectors, gradients or weights, and there
-is no logit bias: the only probabilities that leave are the top <= 5 next tokens and the
+Each endpoint needs a tier of the grant (`tiers`): refused with 403 naming the tier it needs,
+before the prompt is tokenised. Below the internals tier nothing here returns hidden states,
+embeddings, full logit vectors, gradients or weights; activations (internals) are float16 values at
+TransformerLens hook points, metered in bytes against the grant's per-day activation budget, and
+never the logit vector (`hooks`). There is no logit bias: the only probabilities that leave are the top <= 5 next tokens and the
 log-probabilities of a text's own tokens, both under a per-grant cap on such calls, and every such
 number is rounded the same way (`rounded`). A caller's seed reaches the engine together with the
 project, and the engine keys it with its secret, so a one-token generation cannot be read as an
@@ -19,17 +22,19 @@ generate's texts are.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import math
 
 from fastapi import APIRouter, Depends
 
 from enclave.errors import BadInput
-from enclave.gateway import quota
+from enclave.gateway import hooks, quota, tiers
 from enclave.gateway.deps import GatewayState, MeteredCall, get_access, get_engine, get_metered_call, get_state
 from enclave.gateway.engine import ContextTooLong, Engine, GenerationProgress, SamplingParams
 from enclave.gateway.schemas import (
-    LOGPROB_DECIMALS, Choice, GenerateRequest, GenerateResponse, ModelInfo, NextTokenRequest, NextTokenResponse,
-    ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
+    LOGPROB_DECIMALS, Activation, ActivationsRequest, ActivationsResponse, Choice, GenerateRequest, GenerateResponse,
+    HookPoints, ModelInfo, NextTokenRequest, NextTokenResponse, ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
 )
 from enclave.registry.access import Access
 
@@ -64,9 +69,20 @@ async def model_info(engine: Engine = Depends(get_engine)) -> ModelInfo:
     return ModelInfo(name=info["name"], parameters=info["parameters"], context_length=info["context_length"])
 
 
-@router.get("/v1/usage", summary="The caller's remaining allowance")
+@router.get("/v1/hooks", response_model=HookPoints, summary="The hook points /v1/activations serves")
+async def hook_points(_granted: Access = Depends(get_access), engine: Engine = Depends(get_engine)) -> HookPoints:
+    dims = engine.dimensions()
+    return HookPoints(model=engine.model_info()["name"], n_layer=dims["n_layer"], d_model=dims["d_model"],
+                      n_head=dims["n_head"], d_mlp=dims["d_mlp"], hooks=hooks.names(dims["n_layer"]))
+
+
+@router.get("/v1/usage", summary="The caller's remaining allowance, tier and extraction bound")
 async def usage(granted: Access = Depends(get_access), state: GatewayState = Depends(get_state)) -> dict:
-    return await state.run(lambda session: {"user": granted.person.username, **quota.usage(session, granted)})
+    dims = state.engine.dimensions()
+    bound = tiers.extraction_bound(granted.grant, d_model=dims["d_model"], d_mlp=dims["d_mlp"], vocab=dims["vocab"],
+                                   context=dims["context"])
+    return await state.run(lambda session: {"user": granted.person.username, **quota.usage(session, granted),
+                                            "extraction": bound})
 
 
 def _tokenise(engine: Engine, text: str, new_tokens: int, *, score: bool = False) -> list[int]:
@@ -88,6 +104,7 @@ async def tokenise(engine: Engine, text: str, new_tokens: int = 0, *, score: boo
 @router.post("/v1/generate", response_model=GenerateResponse, summary="Continue a prompt")
 async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
                    metered: MeteredCall = Depends(get_metered_call)) -> GenerateResponse:
+    metered.require_tier("generate")
     try:
         params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
                                 top_p=body.top_p, seed=body.seed, stop=list(body.stop), ignore_eos=body.ignore_eos)
@@ -129,6 +146,7 @@ def _scored(engine: Engine, ids: list[int], logprobs: list[float]) -> dict:
 @router.post("/v1/score", response_model=ScoreResponse, summary="Log-probabilities of a text's own tokens")
 async def score(body: ScoreRequest, engine: Engine = Depends(get_engine),
                 metered: MeteredCall = Depends(get_metered_call)) -> ScoreResponse:
+    metered.require_tier("score")
     ids = await tokenise(engine, body.text, score=True)
 
     async def run(_granted: Access):
@@ -149,6 +167,7 @@ def _top(engine: Engine, top: list[tuple[int, float]]) -> dict:
 @router.post("/v1/next-token", response_model=NextTokenResponse, summary="The most likely next tokens (at most 5)")
 async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine),
                      metered: MeteredCall = Depends(get_metered_call)) -> NextTokenResponse:
+    metered.require_tier("next-token")
     ids = await tokenise(engine, body.prompt)
 
     async def run(_granted: Access):
@@ -158,3 +177,44 @@ async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine
     call_id, top, _ = await metered("next-token", body.prompt, len(ids), len(ids), run)
     return NextTokenResponse(id=call_id, top=[TokenProbability(**t) for t in top["top"]],
                              usage=Usage(prompt_tokens=len(ids), completion_tokens=0, total_tokens=len(ids)))
+
+
+class WrongModel(BadInput):
+    code = "unknown_model"
+
+
+def _encoded(tensors: dict) -> tuple[dict[str, Activation], dict]:
+    """The arrays as the response carries them (base64 of little-endian float16), and what is
+    recorded as the call's outputs: each hook's shape and the SHA-256 of its bytes (the arrays
+    themselves would fill the registry; the digests let an export be matched to the call)."""
+    encoded, digests = {}, {}
+    for name, tensor in tensors.items():
+        raw = tensor.numpy().astype("<f2", copy=False).tobytes()
+        encoded[name] = Activation(shape=list(tensor.shape), data=base64.b64encode(raw).decode("ascii"))
+        digests[name] = {"shape": list(tensor.shape), "sha256": hashlib.sha256(raw).hexdigest()}
+    return encoded, digests
+
+
+@router.post("/v1/activations", response_model=ActivationsResponse,
+             summary="Activations at TransformerLens hook points (internals tier), metered in bytes")
+async def activations(body: ActivationsRequest, engine: Engine = Depends(get_engine),
+                      metered: MeteredCall = Depends(get_metered_call)) -> ActivationsResponse:
+    metered.require_tier("activations")
+    name = engine.model_info()["name"]
+    if body.model is not None and body.model != name:
+        raise WrongModel(f"this gateway serves {name!r}, not {body.model!r}")
+    dims = engine.dimensions()
+    names = hooks.check(body.hooks, dims["n_layer"])
+    ids = await tokenise(engine, body.prompt, score=body.prepend_bos)
+    picked = hooks.positions(body.positions, len(ids))
+    size = hooks.nbytes(names, picked=len(picked), tokens=len(ids), d_model=dims["d_model"], n_head=dims["n_head"],
+                        d_mlp=dims["d_mlp"])
+
+    async def run(_granted: Access):
+        encoded, digests = await asyncio.to_thread(_encoded, await engine.activations(ids, names, picked))
+        return encoded, {"positions": picked, "bytes": size, "hooks": digests}, 0
+
+    call_id, encoded, _ = await metered("activations", body.prompt, len(ids), len(ids), run, activation_bytes=size)
+    return ActivationsResponse(id=call_id, model=name, tokens=[engine.tokenizer.decode([t]) for t in ids],
+                               positions=picked, activations=encoded, bytes=size,
+                               usage=Usage(prompt_tokens=len(ids), completion_tokens=0, total_tokens=len(ids)))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PROMPT_CHARS = 200_000
 MAX_N = 8
+MAX_HOOKS = 64  # hooks per activations call (enclave.gateway.hooks.MAX_HOOKS)
 MAX_NEXT_TOKEN_K = 5  # never more: more returned probabilities make logit reconstruction cheaper
 # Every probability-bearing number returned (log-probabilities, their total, perplexity, next-token
 # probabilities) is rounded to this many decimals, the same way (`enclave.gateway.routes.rounded`).
@@ -86,10 +87,49 @@ class NextTokenResponse(BaseModel):
     usage: Usage
 
 
+class ActivationsRequest(Strict):
+    model: str | None = Field(default=None, max_length=200, description=(
+        "The served model's name (GET /v1/model); when given, it must be the one this gateway serves."))
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    hooks: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=MAX_HOOKS, description=(
+            "TransformerLens hook names, e.g. blocks.0.hook_resid_pre, blocks.3.attn.hook_pattern, "
+            "blocks.5.mlp.hook_post (GET /v1/hooks lists them)."))
+    positions: list[int] | None = Field(default=None, min_length=1, max_length=4096, description=(
+        "Token positions to return (negative counts from the end); default all. Attention scores and "
+        "patterns are cut along the query axis."))
+    prepend_bos: bool = Field(default=True, description="Put <|endoftext|> first, as TransformerLens does.")
+
+
+class Activation(BaseModel):
+    shape: list[int]
+    dtype: Literal["float16"] = "float16"
+    data: str = Field(description="base64 of the array's bytes: little-endian float16, C order.")
+
+
+class ActivationsResponse(BaseModel):
+    id: str
+    model: str
+    tokens: list[str] = Field(description="The tokens of the sequence run (with <|endoftext|> first if prepended).")
+    positions: list[int]
+    activations: dict[str, Activation]
+    bytes: int = Field(description="Bytes of activations returned: what the call was charged.")
+    usage: Usage
+
+
 class ModelInfo(BaseModel):
     name: str
     parameters: int
     context_length: int
+
+
+class HookPoints(BaseModel):
+    model: str
+    n_layer: int
+    d_model: int
+    n_head: int
+    d_mlp: int
+    hooks: list[str] = Field(description="Hook names the activations endpoint serves (the internals tier), in forward order.")
 
 
 class ErrorBody(BaseModel):
