@@ -185,7 +185,7 @@ def award_application(session: Session, actor: str, call: AccessCall, app: Acces
         if username != applicant.username:
             projects.add_member(session, actor, slug, username, now=now)
     first = tokens - tokens // 2
-    grants.set_grant(session, actor, slug, tokens_total=first)
+    grants.set_grant(session, actor, slug, tokens_total=first, tier=app.tier)
     award = AccessAward(call_id=call.id, application_id=app.id, project_id=project.id, tier=app.tier,
                         tokens_awarded=tokens, tranche_first=first, tranche_second=tokens // 2, created_at=now,
                         created_by=actor)
