@@ -12,6 +12,7 @@ rounded numbers and count against the cap on probability-bearing calls."""
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -293,3 +294,88 @@ def test_one_token_generations_count_against_the_probability_cap(victim, db):
     assert statuses == [200, 200, 200, 402, 402]
     assert several == 402
     assert longer == 200 and scored == 402  # the cap is shared with scores; longer texts are not capped by it
+
+
+# -- weight recovery from activations (the internals tier) -----------------------------------------
+#
+# Reading activations on both sides of a linear map gives its input/output pairs, and least
+# squares recovers the map once there are more independent pairs than inputs. The attacker reads
+# blocks.0.mlp.hook_post (the 4d GELU outputs) and blocks.0.hook_mlp_out (their image under
+# W_out plus the bias), as many positions as the grant lets them, and solves for W_out (4d x d).
+
+PAIR_HOOKS = ["blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out"]
+ATTACK_PAIRS = 1000  # what the attacker stops at when nothing stops them first
+POSITIONS_PER_CALL = 100
+
+
+def regression_attack(gw, prompts: list[str]) -> tuple[np.ndarray, int, dict]:
+    """Collect (hook_post, hook_mlp_out) pairs until the byte budget or ATTACK_PAIRS stops the
+    attacker, asking only for what still fits the day's budget (as /v1/usage reports it), then
+    fit W_out by least squares with a bias. Returns (W_out estimate, pairs, the published bound)."""
+    inputs, outputs = [], []
+    with gw.client() as c:
+        bound = c.get("/v1/usage").json()["extraction"]["mlp_regression"]
+        for prompt in prompts:
+            left = c.get("/v1/usage").json()["activation_bytes_today"]["remaining"]
+            pair_bytes = bound["bytes_needed"] // bound["pairs_needed"]
+            wanted = min(POSITIONS_PER_CALL, ATTACK_PAIRS - sum(len(x) for x in inputs), left // pair_bytes)
+            if wanted <= 0:
+                break
+            reply = c.post("/v1/activations", json={"prompt": prompt, "hooks": PAIR_HOOKS,
+                                                    "positions": list(range(-1, -wanted - 1, -1))})
+            if reply.status_code == 400 and reply.json()["error"] in ("bad_request", "context_exceeded"):
+                continue  # a prompt shorter or longer than planned: the next one
+            if reply.status_code != 200:
+                assert reply.status_code == 402, reply.text  # the budget, never anything else
+                break
+            arrays = {name: np.frombuffer(base64.b64decode(item["data"]), dtype="<f2").reshape(item["shape"])
+                      for name, item in reply.json()["activations"].items()}
+            inputs.append(arrays[PAIR_HOOKS[0]].astype(np.float64))
+            outputs.append(arrays[PAIR_HOOKS[1]].astype(np.float64))
+    x = np.concatenate(inputs) if inputs else np.zeros((0, 1))
+    y = np.concatenate(outputs) if outputs else np.zeros((0, 1))
+    design = np.hstack([x, np.ones((len(x), 1))])
+    solution = np.linalg.lstsq(design, y, rcond=None)[0]
+    return solution[:-1], len(x), bound
+
+
+def _relative_error(estimate: np.ndarray, true: np.ndarray) -> float:
+    return float(np.linalg.norm(estimate - true) / np.linalg.norm(true))
+
+
+@pytest.fixture(scope="module")
+def long_prompts(victim):
+    _, tokenizer, _, _ = victim
+    rng = random.Random(7)
+    return [tokenizer.decode([rng.randrange(50000) for _ in range(POSITIONS_PER_CALL)]) for _ in range(40)]
+
+
+def _w_out(model) -> np.ndarray:
+    return model.transformer.h[0].mlp.c_proj.weight.detach().numpy().astype(np.float64)  # [4d, d] (Conv1D)
+
+
+def test_the_activation_budget_stops_the_regression_attack(victim, long_prompts, db):
+    folder, _, model, _ = victim
+    pair_bytes = (4 * HIDDEN + HIDDEN) * 2
+    budget = 160 * pair_bytes  # a day's budget: 160 pairs, fewer than the 4d + 1 = 257 the regression needs
+    with serve(db, folder, grant={"tier": "internals", "activation_bytes_per_day": budget,
+                                  "tokens_per_day": 10**6, "tokens_total": 10**7}) as gw:
+        estimate, pairs, bound = regression_attack(gw, long_prompts)
+        with gw.client() as c:
+            refused = c.post("/v1/activations", json={"prompt": long_prompts[0], "hooks": PAIR_HOOKS, "positions": [0]})
+    # The published bound says so, and the gateway held to it: every byte spent, no pair more.
+    assert (bound["pairs_needed"], bound["pairs_per_day"]) == (4 * HIDDEN + 1, 160)
+    assert bound["days_per_matrix"] > 1
+    assert pairs == 160 and refused.status_code == 402
+    assert _relative_error(estimate, _w_out(model)) > 0.3
+
+
+def test_without_the_budget_the_regression_attack_recovers_the_matrix(victim, long_prompts, db):
+    """The control: the same attack with a budget too large to bite recovers W_out, so the test
+    above fails for the budget's sake and not the attack's."""
+    folder, _, model, _ = victim
+    with serve(db, folder, grant={"tier": "internals", "activation_bytes_per_day": 64 * 1024**2,
+                                  "tokens_per_day": 10**6, "tokens_total": 10**7}) as gw:
+        estimate, pairs, bound = regression_attack(gw, long_prompts)
+    assert pairs == ATTACK_PAIRS and bound["matrices_per_day"] > 1
+    assert _relative_error(estimate, _w_out(model)) < 0.01
