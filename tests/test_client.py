@@ -110,4 +110,53 @@ def test_gateway_helpers_against_a_real_gateway(engine, tiny_model_dir, monkeypa
         with pytest.raises(EnclaveError, match="top_k") as refused:
             client.next_token("Hello", top_k=50)
         assert refused.value.status == 422
+        # The default tier (score) reads no activations, and says which tier would.
+        with pytest.raises(EnclaveError, match="needs the 'internals' tier") as refused:
+            client.activations("Hello", ["blocks.0.hook_resid_pre"])
+        assert (refused.value.status, refused.value.code) == (403, "tier_required")
+
+
+@pytest.mark.slow
+def test_results_are_typed_readable_and_still_dicts(engine, tiny_model_dir, monkeypatch):
+    import json
+
+    import numpy as np
+
+    from tests.gateway_fixtures import serve
+
+    with serve(engine, tiny_model_dir, grant={"tier": "internals"}) as gateway:
+        monkeypatch.setenv("ENCLAVE_GATEWAY_URL", gateway.url)
+        monkeypatch.setenv("JUPYTERHUB_API_TOKEN", gateway.key)
+        reply = client.generate("Hello", max_new_tokens=3, seed=2)
+        assert reply.text == reply.choices[0].text == reply["choices"][0]["text"]
+        assert reply.usage.completion_tokens == reply["usage"]["completion_tokens"] == 3
+        shown = repr(reply)
+        assert shown.startswith("Generation(text=") and "usage=Usage(prompt=1, completion=3, total=4)" in shown
+        assert "{" not in shown  # not a nested dict
+        assert json.loads(json.dumps(reply)) == reply.to_dict()  # still the service's JSON
+
+        scored = client.score("Hello world")
+        assert scored.logprobs == [t["logprob"] for t in scored["tokens"]] and scored.perplexity > 0
+        assert repr(scored).startswith("Scores(tokens=2, total_logprob=")
+
+        top = client.next_token("Hello", top_k=2)
+        assert len(top) == 2 and top[0] == (top[0][0], top[0][1]) and top.usage.prompt_tokens == 1
+        assert repr(top).startswith("NextTokens(")
+
+        usage = client.usage()
+        assert usage.tier == "internals" and usage["tokens"]["used"] > 0
+        assert repr(usage).startswith("UsageReport(project='lab', tier='internals', tokens=")
+        assert usage.extraction["mlp_regression"]["pairs_needed"] == 257
+
+        listed = client.hooks()
+        acts = client.activations("Hello world", ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern"],
+                                  positions=[-1], model=client.model().name)
+        assert set(acts) == {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern"} <= set(listed.hooks)
+        resid = acts["blocks.0.hook_resid_pre"]
+        assert isinstance(resid, np.ndarray) and resid.dtype == np.float16 and resid.shape == (1, 64)
+        assert acts["blocks.1.attn.hook_pattern"].shape == (2, 1, 3)
+        assert acts.tokens == ["<|endoftext|>", "Hello", " world"] and acts.positions == [2]
+        assert acts.bytes == resid.nbytes + acts["blocks.1.attn.hook_pattern"].nbytes
+        assert repr(acts) == ("Activations({'blocks.0.hook_resid_pre': (1, 64), 'blocks.1.attn.hook_pattern': "
+                              f"(2, 1, 3)}}, dtype=float16, tokens=3, bytes={acts.bytes})")
 
