@@ -465,3 +465,141 @@ def test_application_state_machine_has_one_table():
     app.state = "decided"
     with pytest.raises(InvalidTransition, match="from decided it may: appeal, revise"):
         applications.check_transition(app, "screen")
+
+
+def test_applicants_and_panel_log_in_but_use_nothing_until_awarded(reg):
+    """The hub lets applicants and panel members in (for the access pages), but neither may start
+    a notebook or call the model: that needs the scholar role and a live project, which only an
+    award brings."""
+    from enclave.errors import AccessDenied
+    from enclave.hub.admission import login_decision, session_plan
+    from enclave.registry.access import resolve
+
+    with session_scope(reg) as s:
+        for who in ("ann", "p1"):
+            decision = login_decision(s, who)
+            assert decision.allowed and not decision.admin
+            with pytest.raises(AccessDenied, match="scholar role"):
+                session_plan(s, who, None)
+            with pytest.raises(AccessDenied, match="scholar role"):
+                resolve(s, who)
+
+
+# --- the same path through the `enclave` command ----------------------------------------------
+
+@pytest.fixture
+def cli(db_url, tmp_path, monkeypatch):
+    from tests.test_cli import InProcessCli
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+    env.update(ENCLAVE_HOME=str(tmp_path / "home"), ENCLAVE_DB_URL=db_url, ENCLAVE_OPERATOR="boss")
+    cli = InProcessCli(env, monkeypatch)
+    cli("init", "--operator", "boss", "--name", "Bea Boss", "--email", "boss@rdc.example")
+    for username, affiliation, roles in PEOPLE:
+        cli("person", "add", username, "--name", username.title(), "--email", f"{username}@uni.example",
+            "--affiliation", affiliation, *[a for r in roles for a in ("--role", r)])
+    return cli
+
+
+def _cli_apply(cli, who: str, terms: str, requests: str, team: list[str] | None = None) -> str:
+    app_id = cli("application", "create", "c1", "--tier", "sample", "--title", f"{who}'s study", "--lay-summary", "L",
+                 "--question", "Q?", "--least-access", "Sampling is enough.", "--requests", requests,
+                 "--tokens-per-request", "500", "--token-justification", "J", "--dataset", "census", "--outputs", "O",
+                 "--risk", "R", "--ethics", "IRB-1", *[a for m in (team or [f"{who}:{TRAINED}"]) for a in ("--team", m)],
+                 "--as", who).stdout.strip()
+    cli("application", "submit", app_id, "--accept-terms", terms, "--as", who)
+    return app_id
+
+
+def test_cli_walk(cli):
+    cli("call", "open", "c1", "--title", "Memorisation 2027", "--closes", (TODAY + dt.timedelta(days=20)).isoformat(),
+        "--pool-tokens", "80000", "--tier", "sample", "--tier", "score")
+    shown = cli.json("call", "show", "c1")
+    assert shown["pool_tokens"] == 80_000 and shown["tiers"] == ["sample", "score"] and shown["accepting"]
+    terms = shown["terms_sha256"]
+    assert audit.sha256_text(cli("call", "show", "c1", "--terms").stdout) == terms
+    assert [c["slug"] for c in cli.json("call", "list")] == ["c1"]
+
+    ann = _cli_apply(cli, "ann", terms, "100", [f"ann:{TRAINED}", f"dan:{TRAINED}"])   # 50_000
+    ben = _cli_apply(cli, "ben", terms, "100")                                          # 50_000
+    cli.fails("application", "edit", ann, "--title", "Changed", "--as", "ann", match="frozen")
+    cli.fails("application", "show", ann, "--as", "ben", match="not the applicant")
+    assert cli.json("application", "show", ann, "--as", "ann")["state"] == "submitted"
+    assert [a["id"] for a in cli.json("application", "list", "--as", "ben")] == [int(ben)]
+    assert len(cli.json("application", "list")) == 2
+
+    for app_id in (ann, ben):
+        cli("application", "screen", app_id)
+        out = cli("panel", "assign", app_id, "p1", "p2", "p4").stdout
+        assert ("conflict flagged: p4" in out) == (app_id == ann)
+    cli.fails("panel", "open", ann, "--as", "p1", match="declare your conflicts")
+    cli.fails("panel", "declare", ann, "--as", "p4", "--none", match="it stands")
+    cli.fails("panel", "declare", ann, "--as", "p1", match="exactly one of")
+    for app_id in (ann, ben):
+        for member in ("p1", "p2"):
+            cli("panel", "declare", app_id, "--none", "--as", member)
+        cli("application", "review", app_id)
+    cli("panel", "declare", ben, "--conflict", "former student", "--as", "p4")
+    assert cli.json("panel", "open", ann, "--as", "p1")["content"]["title"] == "ann's study"
+    cli.fails("panel", "open", ann, "--as", "p4", match="has a conflict")
+    scores = lambda n: [a for c in CRITERIA for a in ("--score", f"{c}={n}")]  # noqa: E731
+    cli.fails("panel", "score", ann, *scores(10), "--as", "p1", match="from 1 (best) to 9")
+    cli.fails("panel", "score", ann, "--score", "significance=x", "--as", "p1", match="whole number")
+    cli.fails("panel", "score", ann, *scores(1), "--as", "p4", match="has a conflict")
+    for app_id, n in ((ann, 2), (ben, 3)):
+        cli("panel", "score", app_id, *scores(n), "--comment", "sound", "--private", "meh", "--as", "p1")
+        cli("panel", "score", app_id, *scores(n), "--as", "p2")
+    mine = cli.json("application", "show", ann, "--as", "ann")["panel"]
+    assert mine == {"counted": 2, "mean": 2.0, "spread": 0.0, "flagged": False, "comments": ["sound"]}
+    assert cli.json("application", "show", ann)["panel"]["members"][0]["private"] == "meh"
+
+    cli.fails("call", "allocate", "c1", match="still taking applications")
+    cli("call", "close", "c1")
+    ranked = cli.json("call", "rank", "c1")
+    assert [(r["application"], r["recommended"]) for r in ranked] == [(int(ann), 50_000), (int(ben), 30_000)]
+    before = cli("audit", "head").stdout
+    dry = cli.json("call", "allocate", "c1", "--dry-run")
+    assert cli("audit", "head").stdout == before
+    assert cli.json("call", "allocate", "c1") == dry == ranked
+    assert "0 tokens in 0 awards" in cli("call", "allocate", "c1").stdout      # all decided: nothing more to do
+
+    slug = f"c1-{ann}"
+    award = cli.json("award", "show", slug)
+    assert (award["tokens_awarded"], award["tranche_first"], award["tranche_second"]) == (50_000, 25_000, 25_000)
+    assert cli.json("grant", "show", slug)["tokens_total"] == 25_000
+    assert cli.json("project", "show", slug)["members"] == ["ann", "dan"]
+    assert "allowed: dan in " + slug in cli("check-access", "dan").stdout
+    cli.fails("award", "tranche", slug, match="no progress report")
+    cli("report", "progress", slug, "--text", "Half done.", "--as", "dan")
+    cli("award", "tranche", slug)
+    assert cli.json("grant", "show", slug)["tokens_total"] == 50_000
+    cli.fails("award", "supplement", slug, "--tokens", "1000", "--reason", "more", match="would overspend")
+    cli("award", "extend", slug, "--until", (TODAY + dt.timedelta(days=400)).isoformat())
+    cli.fails("award", "close", slug, match="no final report")
+    cli("report", "final", slug, "--text", "Finished.", "--as", "ann")
+    cli("award", "close", slug)
+    assert cli.json("project", "show", slug)["status"] == "closed"
+    assert [a["project"] for a in cli.json("award", "list")] == sorted([slug, f"c1-{ben}"])
+    assert "audit chain intact" in cli("audit", "verify").stdout
+
+
+CLI_BAD_INPUT = [
+    (["call", "open", "c2", "--title", "T", "--closes", "someday", "--pool-tokens", "5"], "bad --closes"),
+    (["call", "open", "c2", "--title", "T", "--closes", "2030-01-01", "--pool-tokens", "0"], "token pool"),
+    (["call", "open", "c2", "--title", "T", "--closes", "2030-01-01", "--pool-tokens", "5", "--tier", "gold"], "unknown tier"),
+    (["call", "show", "nope"], "unknown call"),
+    (["application", "create", "c1", "--as", "p1"], "does not hold the applicant role"),
+    (["application", "create", "c1", "--team", "ann", "--as", "ann"], "USER:YYYY-MM-DD"),
+    (["application", "show", "999", "--as", "ann"], "unknown application"),
+    (["panel", "score", "1", "--score", "significance", "--as", "p1"], "CRITERION=N"),
+    (["award", "show", "nope"], "unknown project"),
+    (["report", "progress", "nope", "--as", "ann"], "--text TEXT or --file PATH"),
+]
+
+
+@pytest.mark.parametrize("args, message", CLI_BAD_INPUT, ids=[" ".join(a[:2]) + f" #{i}" for i, (a, _) in enumerate(CLI_BAD_INPUT)])
+def test_cli_bad_input_is_one_line_and_writes_nothing(cli, args, message):
+    cli("call", "open", "c1", "--title", "T", "--closes", (TODAY + dt.timedelta(days=20)).isoformat(), "--pool-tokens", "9")
+    before = cli("audit", "head").stdout
+    cli.fails(*args, match=message)
+    assert cli("audit", "head").stdout == before
