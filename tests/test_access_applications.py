@@ -284,6 +284,8 @@ def test_call_bad_input(reg, tmp_path):
     bad = tmp_path / "rubric.toml"
     bad.write_text(calls.DEFAULT_RUBRIC.read_text().replace("scale_worst = 9", "scale_worst = 10"))
     _refused(reg, BadInput, "1 \\(best\\) to 9", calls.open_call, OPERATOR, "c2", "T", later, 10, rubric_path=bad)
+    bad.write_text(calls.DEFAULT_RUBRIC.read_text().replace("fund_threshold = 5.0", "fund_threshold = 12.0"))
+    _refused(reg, BadInput, "must lie on the scale", calls.open_call, OPERATOR, "c2", "T", later, 10, rubric_path=bad)
     _refused(reg, BadInput, "cannot read rubric", calls.open_call, OPERATOR, "c2", "T", later, 10,
              rubric_path=tmp_path / "none.toml")
 
@@ -542,6 +544,7 @@ def test_cli_walk(cli):
     cli("panel", "declare", ben, "--conflict", "former student", "--as", "p4")
     assert cli.json("panel", "open", ann, "--as", "p1")["content"]["title"] == "ann's study"
     cli.fails("panel", "open", ann, "--as", "p4", match="has a conflict")
+    cli.fails("application", "show", ann, "--as", "p4", match="enclave panel open")   # no way round the declaration
     scores = lambda n: [a for c in CRITERIA for a in ("--score", f"{c}={n}")]  # noqa: E731
     cli.fails("panel", "score", ann, *scores(10), "--as", "p1", match="from 1 (best) to 9")
     cli.fails("panel", "score", ann, "--score", "significance=x", "--as", "p1", match="whole number")

@@ -91,10 +91,13 @@ def application_submit(
 def _view(s, actor: str | None, record) -> dict[str, Any]:
     """What `actor` may see of an application: operators everything, the applicant their own with
     the panel's summary and comments to them; panel members read through `panel open`."""
-    person = people.require_role(s, actor, Role.applicant) if not _is_operator(s, actor) else None
+    if _is_operator(s, actor):
+        return {**applications.application_json(s, record), "panel": panel.panel_json(s, record, private=True)}
+    found = people.find_person(s, actor) if actor else None
+    if found is not None and found.has_role(Role.panel) and not found.has_role(Role.applicant):
+        raise Forbidden(f"panel members read an application with `enclave panel open {record.id}` (after declaring conflicts)")
+    person = people.require_role(s, actor, Role.applicant)
     data = applications.application_json(s, record)
-    if person is None:
-        return {**data, "panel": panel.panel_json(s, record, private=True)}
     if person.id != record.applicant_id:
         raise Forbidden(f"{actor!r} is not the applicant of application {record.id}")
     return {**data, "panel": panel.panel_json(s, record, private=False)}

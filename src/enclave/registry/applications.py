@@ -25,7 +25,7 @@ from enclave.registry import audit
 from enclave.registry.calls import accepting, get_call, parse_tiers, rubric_of
 from enclave.registry.clock import iso, utcnow
 from enclave.registry.models import (
-    AccessApplication, AccessApplicationVersion, AccessCall, ApplicationState as S, Outcome, Person, Role,
+    AccessApplication, AccessApplicationVersion, AccessCall, ApplicationState as S, AuditEvent, Outcome, Person, Role,
 )
 from enclave.registry.people import find_person, get_person, require_role
 
@@ -285,7 +285,7 @@ def decide(session: Session, actor: str, app: AccessApplication, outcome: str, r
     except ValueError:
         raise BadInput(f"unknown outcome {outcome!r}: choose from {', '.join(o.value for o in Outcome)}") from None
     if outcome in (Outcome.rejected.value, Outcome.deferred.value) and not reason.strip():
-        raise BadInput(f"a decision to {outcome.replace('ed', '')} needs a reason (--reason)")
+        raise BadInput(f"a decision of {outcome} needs a reason (--reason)")
     check_transition(app, "decide")
     appealed = app.state == S.appealed.value
     app.outcome, app.outcome_reason, app.decided_at, app.decided_by = outcome, reason.strip(), now, actor
@@ -302,9 +302,6 @@ def appeal(session: Session, actor: str, app_id: int, reason: str, now: dt.datet
         raise BadInput("an appeal needs a reason (--reason)")
     if app.outcome == Outcome.approved.value:
         raise Conflict(f"application {app.id} was approved in full; there is nothing to appeal")
-    if session.exec(select(AccessApplicationVersion).where(
-            AccessApplicationVersion.application_id == app.id)).first() is None:  # pragma: no cover - defensive
-        raise Conflict(f"application {app.id} was never submitted")
     days = rubric_of(session.get(AccessCall, app.call_id)).appeal_days
     if now > app.decided_at + dt.timedelta(days=days):
         raise Conflict(f"the {days} days to appeal the decision of {app.decided_at.date()} are over")
@@ -314,8 +311,7 @@ def appeal(session: Session, actor: str, app_id: int, reason: str, now: dt.datet
 
 
 def _appeals(session: Session, app: AccessApplication) -> int:
-    from enclave.registry.models import AuditEvent
-
+    """Appeals so far: the audit chain is their record (an application is appealed at most once)."""
     return len(session.exec(select(AuditEvent.seq).where(
         AuditEvent.subject == f"application:{app.id}", AuditEvent.action == "application.appeal")).all())
 

@@ -112,6 +112,8 @@ def parse_rubric(data: dict[str, Any]) -> Rubric:
     if not isinstance(high, list) or set(high) - {t.value for t in Tier}:
         raise BadInput("rubric: panel.high_tiers must list tier names")
     threshold = _number(section, "fund_threshold", "rubric")
+    if not best <= threshold <= worst:
+        raise BadInput(f"rubric: rubric.fund_threshold must lie on the scale, {best} to {worst}")
     rubric = Rubric(
         version=data["version"].strip(), criteria=tuple(criteria), best=best, worst=worst, fund_threshold=threshold,
         min_members=_number(panel, "min_members", "panel", whole=True),
