@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gateway.py [--json] [--clients N] [--model random-124m|demo|DIR]
                                       [--device cpu|cuda] [--in-process] [--gateways N [--db-url URL]]
+                                      [--activations [--hooks NAME,...]]
 
 One fixed, seeded workload of requests with mixed prompt lengths (8-200 tokens) and output lengths
 (16-128 tokens), clipped to the model's context, runs through every system side by side in one run:
@@ -11,6 +12,10 @@ One fixed, seeded workload of requests with mixed prompt lengths (8-200 tokens) 
   longest `max_new_tokens` (only the tokens each request asked for count as useful);
 - engine (in-process): our Engine, N concurrent asyncio clients;
 - gateway (HTTP): `enclave serve gateway` in a temporary enclave, N concurrent HTTP clients.
+
+With --activations it measures something else: the workload's prompts through /v1/activations
+(default hooks: the residual stream after every block) against the same prompts through /v1/score,
+in the engine (with the route's float16 encoding) and over HTTP, and prints the ratio.
 
 Every system decodes greedily and ignores end-of-text (`ignore_eos` for ours, `eos_token_id=None`
 for Hugging Face), so each produces exactly the tokens asked for and tokens/s compare like with like.
@@ -252,10 +257,12 @@ def free_port() -> int:
 
 
 def run_http(model_dir: Path, workload: list[Request], clients: int, device: str, threads: int, log,
-             gateways: int = 1, db_url: str | None = None) -> Result:
+             gateways: int = 1, db_url: str | None = None, call: str = "generate",
+             hooks: list[str] | None = None) -> Result:
     """The real gateway in a temporary enclave: `enclave up`, a grant big enough, a key, serve.
     With `gateways` > 1, that many gateway processes on the one registry (`db_url`, else the
-    temporary enclave's SQLite), client i sending to gateway i % gateways."""
+    temporary enclave's SQLite), client i sending to gateway i % gateways. `call` is generate
+    (tokens counted: generated), or score or activations (tokens counted: the prompts')."""
     import httpx
 
     enclave = str(REPO / ".venv" / "bin" / "enclave")
@@ -278,7 +285,8 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
         _share_demo_build(home)
         cli("up", "--no-serve")
         cli("grant", "set", "demo", "--tokens", "1000000000", "--tokens-per-day", "1000000000", "--rpm", "100000",
-            "--max-tokens-per-request", "4096", "--as", "operator")
+            "--max-tokens-per-request", "4096", "--logprob-calls-per-day", "100000000", "--tier", "internals",
+            "--activation-bytes-per-day", "1T", "--as", "operator")
         key = cli("key", "issue", "scholar", "--project", "demo", "--as", "operator").split()[-1]
         # Gateways sharing a home share its sampling secret: made here, before any of them starts.
         _provision_sampling_secret(home / "gateway" / "sampling-secret")
@@ -306,6 +314,14 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
                 async def send(request: Request) -> None:
                     nonlocal tokens
                     http = https[next(turn) % len(https)]  # round robin, as a load balancer would
+                    if call != "generate":
+                        path, body = ("/v1/score", {"text": request.prompt}) if call == "score" else \
+                            ("/v1/activations", {"prompt": request.prompt, "hooks": hooks})
+                        reply = await http.post(path, json=body)
+                        if reply.status_code != 200:
+                            raise RuntimeError(f"POST {path}: {reply.status_code} {reply.text[:300]}")
+                        tokens += reply.json()["usage"]["prompt_tokens"]
+                        return
                     reply = await http.post("/v1/generate", json={
                         "prompt": request.prompt, "max_new_tokens": request.max_new_tokens, "temperature": 0,
                         "seed": 0, "ignore_eos": True})
@@ -324,6 +340,8 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
         tokens = 0
         seconds, latencies = asyncio.run(run_all(workload))
         name = "gateway (HTTP, continuous batching)" if gateways == 1 else f"{gateways} gateways (HTTP, one registry)"
+        if call != "generate":
+            name = f"gateway (HTTP) /v1/{call}"
         return Result(name, tokens, seconds, latencies)
     finally:
         for server in servers:
@@ -334,6 +352,64 @@ def run_http(model_dir: Path, workload: list[Request], clients: int, device: str
             except subprocess.TimeoutExpired:
                 server.kill()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def run_engine_calls(loaded: LoadedModel, workload: list[Request], clients: int, call: str,
+                     hooks: list[str]) -> tuple[Result, int]:
+    """The workload's prompts as score or activations calls on the engine, `clients` at a time;
+    activations also encoded as the route sends them (float16 bytes in base64). Returns the result
+    (tokens: prompt tokens) and the bytes of activations returned."""
+    from enclave.gateway.routes import _encoded
+
+    engine = Engine(loaded, max_batch=clients, max_queue=max(256, clients), kernel_settings=KERNELS)
+    engine.start()
+    tokens, returned = 0, 0
+    bos = loaded.tokenizer.eos_token_id
+
+    async def send(request: Request) -> None:
+        nonlocal tokens, returned
+        ids = [bos, *request.prompt_ids]  # as both routes run them: <|endoftext|> first
+        if call == "score":
+            assert len(await engine.score(ids)) == len(ids) - 1
+        else:
+            tensors = await engine.activations(ids, hooks, list(range(len(ids))))
+            encoded, _ = await asyncio.to_thread(_encoded, tensors)
+            returned += sum(t.numel() * 2 for t in tensors.values())
+        tokens += len(ids)
+
+    try:
+        asyncio.run(closed_loop(workload[:clients], clients, send))  # warm-up
+        tokens, returned = 0, 0
+        seconds, latencies = asyncio.run(closed_loop(workload, clients, send))
+    finally:
+        engine.close()
+    return Result(f"engine (in-process) {call}", tokens, seconds, latencies), returned
+
+
+def activations_benchmark(args, loaded: LoadedModel, model_dir: Path, workload: list[Request], log) -> dict:
+    """Activations against score over the same prompts: in the engine, then over HTTP if it can run."""
+    n_layer = int(loaded.config.n_layer)
+    hooks = args.hooks.split(",") if args.hooks else [f"blocks.{i}.hook_resid_post" for i in range(n_layer)]
+    # The prompts both endpoints take (score puts <|endoftext|> first too): within the context.
+    context = loaded.model_info()["context_length"]
+    prompts = [r for r in workload if len(r.prompt_ids) + 1 <= context]
+    results, sizes = {}, {}
+    for call in ("score", "activations"):
+        results[f"engine_{call}"], sizes[call] = run_engine_calls(loaded, prompts, args.clients, call, hooks)
+        log(f"engine {call}: {results[f'engine_{call}'].tokens_per_s:.1f} prompt tokens/s")
+    if not args.in_process and gateway_available():
+        for call in ("score", "activations"):
+            results[f"gateway_http_{call}"] = run_http(model_dir, prompts, args.clients, args.device, args.threads,
+                                                       log, db_url=args.db_url, call=call, hooks=hooks)
+            log(f"gateway HTTP {call}: {results[f'gateway_http_{call}'].tokens_per_s:.1f} prompt tokens/s")
+    ratios = {where: round(results[f"{where}_activations"].tokens_per_s / results[f"{where}_score"].tokens_per_s, 3)
+              for where in ("engine", "gateway_http") if f"{where}_score" in results}
+    return {"hooks": hooks, "requests": len(prompts), "activation_bytes": sizes["activations"],
+            "activation_mb_per_s": round(sizes["activations"] / results["engine_activations"].seconds / 1e6, 1),
+            "systems": {name: r.as_dict() for name, r in results.items()},
+            "ratio_activations_vs_score": ratios,
+            **({} if "gateway_http" in ratios else {"http_skipped": "--in-process" if args.in_process else
+                                                     "no project venv with the `enclave` command (run make first)"})}
 
 
 def _provision_sampling_secret(path: Path) -> None:
@@ -411,6 +487,10 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=1,
                         help="also run the HTTP workload through this many gateway processes sharing one registry "
                              "(clients round-robin) and report their aggregate throughput against one gateway")
+    parser.add_argument("--activations", action="store_true",
+                        help="instead: the prompts through /v1/activations against the same prompts through /v1/score")
+    parser.add_argument("--hooks", default=None,
+                        help="with --activations: comma-separated hook names (default: blocks.{i}.hook_resid_post, all i)")
     parser.add_argument("--db-url", default=None,
                         help="the registry the gateways share (an empty PostgreSQL database: postgresql://...); "
                              "default: the temporary enclave's SQLite file")
@@ -433,6 +513,25 @@ def main() -> None:
             f"{args.clients} clients, {n_requests} requests, "
             f"{sum(r.max_new_tokens for r in workload)} new tokens, {sum(len(r.prompt_ids) for r in workload)} prompt tokens")
 
+        if args.activations:
+            summary = {"model": args.model, "parameters": info["parameters"], "device": str(loaded.device),
+                       "dtype": str(loaded.dtype).removeprefix("torch."), "threads": args.threads,
+                       "clients": args.clients, **activations_benchmark(args, loaded, model_dir, workload, log)}
+            if args.json:
+                print(json.dumps(summary, indent=2))
+                return
+            print()
+            print(f"hooks: {', '.join(summary['hooks'])}; {summary['requests']} prompts, {args.clients} clients")
+            print(f"{'system':44} {'prompt tok/s':>12} {'p50 s':>7} {'p95 s':>7}")
+            for name, r in summary["systems"].items():
+                print(f"{name:44} {r['tokens_per_s']:12.1f} {r['p50_latency_s']:7.3f} {r['p95_latency_s']:7.3f}")
+            for where, ratio in summary["ratio_activations_vs_score"].items():
+                print(f"activations / score throughput ({where}): {ratio:.2f}x")
+            print(f"activations returned: {summary['activation_bytes'] / 1e6:.1f} MB "
+                  f"({summary['activation_mb_per_s']} MB/s in the engine)")
+            if "http_skipped" in summary:
+                print(f"HTTP gateway skipped: {summary['http_skipped']}")
+            return
         results = {}
         results["naive"] = run_naive(loaded, workload, args.clients, min(args.naive_requests, n_requests))
         log(f"naive: {results['naive'].tokens_per_s:.1f} tokens/s")
