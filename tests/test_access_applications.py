@@ -212,6 +212,54 @@ def test_awards_respect_tier_cap_max_award_and_the_funding_threshold(engine):
     assert "funding threshold" in rows[1].note
 
 
+def test_conditions_make_the_award_approved_subject_to_them(reg):
+    app_id = _apply(reg, "ann")
+    _to_review(reg, app_id)
+    _refused(reg, Forbidden, "operator", awards.set_conditions, "ann", app_id, "none at all")
+    with session_scope(reg) as s:
+        awards.set_conditions(s, OPERATOR, app_id, "outputs reviewed by two reviewers")
+        calls.close_call(s, OPERATOR, "c1")
+    _score(reg, app_id, "p1", 2)
+    _score(reg, app_id, "p2", 2)
+    (row,) = awards.allocate(reg, OPERATOR, "c1")
+    assert (row.outcome, row.recommended) == ("approved_subject_to", 50_000)
+    with session_scope(reg) as s:
+        assert applications.get_application(s, app_id).outcome == "approved_subject_to"
+
+
+def test_two_allocations_at_once_spend_the_pool_once(reg):
+    import threading
+
+    ids = [_apply(reg, who, requests=120) for who in ("ann", "ben", "cat")]     # 60_000 each, pool 100_000
+    for app_id in ids:
+        _to_review(reg, app_id)
+        _score(reg, app_id, "p1", 2)
+        _score(reg, app_id, "p2", 2)
+    with session_scope(reg) as s:
+        calls.close_call(s, OPERATOR, "c1")
+    outcomes: list = []
+    barrier = threading.Barrier(2)
+
+    def run():
+        barrier.wait()
+        try:
+            outcomes.append(awards.allocate(reg, OPERATOR, "c1"))
+        except Conflict as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(outcomes) == 2
+    with session_scope(reg) as s:
+        awarded = s.exec(select(AccessAward)).all()
+        assert sum(a.tokens_awarded for a in awarded) == 100_000
+        assert sorted(a.tokens_awarded for a in awarded) == [40_000, 60_000]
+        assert [a.state for a in applications.list_applications(s, "c1")] == ["decided"] * 3
+
+
 def test_a_submitted_application_is_frozen(reg):
     app_id = _apply(reg, "ann")
     _refused(reg, Conflict, "frozen", applications.edit, "ann", app_id, title="Something else")
@@ -243,6 +291,7 @@ def test_a_deferred_application_is_revised_as_a_new_version(reg):
     ([f"ann:{TRAINED}", f"dan:{EXPIRED}"], "'dan'.*expired"),
     ([f"ann:{(TODAY + dt.timedelta(days=3)).isoformat()}"], "in the future"),
     ([f"ann:{TRAINED}", f"ghost:{TRAINED}"], "not registered"),
+    ([f"ann:{TRAINED}", f"{OPERATOR}:{TRAINED}"], "neither the applicant nor the scholar role"),
     ([f"dan:{TRAINED}"], "must be in the team"),
 ])
 def test_submission_needs_a_trained_team(reg, team, match):

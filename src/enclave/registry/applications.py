@@ -226,8 +226,13 @@ def training_problems(session: Session, team: list[dict[str, str]], valid_days: 
     """Why the team may not apply: unknown members, training in the future or expired."""
     problems = []
     for member in team:
-        if find_person(session, member["username"]) is None:
+        person = find_person(session, member["username"])
+        if person is None:
             problems.append(f"team member {member['username']!r} is not registered")
+            continue
+        if not (person.has_role(Role.applicant) or person.has_role(Role.scholar)):
+            # An award makes the team scholars: only people who signed up to do research may be named.
+            problems.append(f"team member {member['username']!r} holds neither the applicant nor the scholar role")
             continue
         taken = dt.date.fromisoformat(member["training_date"])
         if taken > now.date():
