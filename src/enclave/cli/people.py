@@ -23,7 +23,7 @@ def person_add(
     name: Annotated[str, typer.Option("--name", help="Full name.")],
     email: Annotated[str, typer.Option("--email", help="E-mail address.")],
     affiliation: Annotated[str, typer.Option(help="Institution.")] = "",
-    role: Annotated[Optional[list[str]], typer.Option("--role", help="scholar, reviewer or operator; repeat for several (default: scholar).")] = None,
+    role: Annotated[Optional[list[str]], typer.Option("--role", help="scholar, reviewer, operator, applicant or panel; repeat for several (default: scholar).")] = None,
     as_: AsUser = None,
 ) -> None:
     """Register a person."""
