@@ -110,7 +110,7 @@ def test_a_project_that_may_not_use_the_dataset_is_refused_and_charged_nothing(l
 @pytest.mark.parametrize("epsilon, delta, rows, match", [
     (0, 0, 100, "epsilon must be a positive"), (-1, 0, 100, "epsilon must be a positive"),
     (float("nan"), 0, 100, "epsilon"), (float("inf"), 0, 100, "epsilon"), ("x", 0, 100, "numbers"),
-    (0.1, -1e-9, 100, "delta must be zero"), (0.1, 0.01, 100, "below 1/n = 0.01"), (0.1, 0.5, 1, "below 1/n = 1"),
+    (0.1, -1e-9, 100, "delta must be zero"), (0.1, 0.01, 100, "below 1/n = 0.01"), (0.1, 1.0, 1, "below 1/n = 1"),
 ])
 def test_bad_costs_are_refused(epsilon, delta, rows, match):
     with pytest.raises(BadInput, match=match):

@@ -216,7 +216,7 @@ def test_the_client_speaks_to_the_service(web, monkeypatch):
 
     from enclave.client import Config, EnclaveError, dp
 
-    def request(method, url, **kwargs):
+    def request(method, url, timeout=None, **kwargs):  # the TestClient takes no timeout
         return web.request(method, url.replace("http://privacy", ""), **kwargs)
 
     monkeypatch.setattr(httpx, "request", request)
