@@ -71,6 +71,19 @@ def serve_privacy_cmd(
     serve_privacy(host, port, PrivacySettings.from_env())
 
 
+@app.command("access")
+def serve_access_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8005,
+) -> None:
+    """Serve the access-by-application pages (applicants apply, panel members declare and score)
+    until interrupted."""
+    from enclave.access.app import serve_access
+    from enclave.access.settings import AccessSettings
+
+    serve_access(host, port, AccessSettings.from_env())
+
+
 @app.command("hub")
 def serve_hub_cmd(
     unisolated: Annotated[bool, typer.Option("--unisolated", help="Developer mode without Docker: NO isolation.")] = False,

@@ -45,6 +45,9 @@ class EnclaveHubSettings(Configurable):
     review_port = Integer(8002, help="Review service port, as a hub service.").tag(config=True, env="ENCLAVE_REVIEW_PORT")
     privacy_port = Integer(8004, help="Privacy service (DP statistics) port, as a hub service."
                            ).tag(config=True, env="ENCLAVE_PRIVACY_PORT")
+    access_port = Integer(8005, help="Access-by-application pages' port, as a hub service (loopback only: "
+                                     "browsers reach it through the proxy, notebooks never)."
+                          ).tag(config=True, env="ENCLAVE_ACCESS_PORT")
     image = Unicode(help="Notebook image, pinned by ID (sha256:...).").tag(config=True, env="ENCLAVE_NOTEBOOK_IMAGE")
     network_name = Unicode("enclave-net", help="Internal Docker network of the notebooks."
                            ).tag(config=True, env="ENCLAVE_NETWORK")
@@ -59,6 +62,9 @@ class EnclaveHubSettings(Configurable):
     privacy_command = Unicode(help="Command line that runs the privacy service (DP statistics charged to each "
                                    "project's budget); empty: no privacy service."
                               ).tag(config=True, env="ENCLAVE_PRIVACY_COMMAND")
+    access_command = Unicode(help="Command line that runs the access-by-application pages (applicants, panel "
+                                  "members); empty: no access service."
+                             ).tag(config=True, env="ENCLAVE_ACCESS_COMMAND")
     idle_timeout = Integer(3600, help="Seconds of inactivity after which jupyterhub-idle-culler stops a server."
                            ).tag(config=True, env="ENCLAVE_IDLE_TIMEOUT")
     warden_interval = Integer(15, help="Seconds between the warden's registry re-checks of running servers."
@@ -219,6 +225,11 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         services.append({"name": "privacy", "url": f"http://{ip}:{s.privacy_port}",
                          "command": tether(shlex.split(s.privacy_command)), "environment": env_common,
                          "display": False})
+    if s.access_command:
+        # Browsers reach it through the proxy, so it listens on loopback: notebooks cannot call it.
+        services.append({"name": "access", "url": f"http://127.0.0.1:{s.access_port}",
+                         "command": tether(shlex.split(s.access_command)), "environment": env_common,
+                         "oauth_no_confirm": True})
     operator_token = s.operator_token
     if operator_token:
         # Operators' tooling (and the end-to-end tests) drive the hub REST API with this token.
@@ -233,7 +244,7 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         # Scholars (and reviewers, operators) may call the services; a notebook's token gets these
         # only because the user holds them (server_token_scopes takes the intersection).
         {"name": "user", "scopes": ["self", "access:services!service=gateway", "access:services!service=review",
-                                    "access:services!service=privacy"]},
+                                    "access:services!service=privacy", "access:services!service=access"]},
         # read:tokens: the warden records every hub token on the registry's audit chain.
         {"name": "enclave-warden", "scopes": ["list:users", "read:users", "read:servers", "read:tokens",
                                               "delete:servers"],
