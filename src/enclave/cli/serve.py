@@ -28,7 +28,7 @@ def up(
 ) -> None:
     """Bring up the embedded enclave: registry, demo people, project and data, demo model,
     notebook image, then JupyterHub with the gateway, review, warden and idle culler."""
-    from enclave.demo.seed import DEMO_PEOPLE, seed_demo, seed_demo_dataset
+    from enclave.demo.seed import ACCESS_PEOPLE, DEMO_PEOPLE, seed_demo, seed_demo_call, seed_demo_dataset
     from enclave.hub.launch import reset_passwords, serve_hub
 
     home = enclave_home()
@@ -39,7 +39,10 @@ def up(
         demo = demo_build(None, force=False)
         for line in seed_demo_dataset(eng, demo.people_csv):
             typer.echo(line)
-        logins = reset_passwords(eng, [username for username, _, _ in DEMO_PEOPLE]) if serve else {}
+        for line in seed_demo_call(eng):
+            typer.echo(line)
+        demo_logins = [username for username, _, _ in DEMO_PEOPLE] + [username for username, *_ in ACCESS_PEOPLE]
+        logins = reset_passwords(eng, demo_logins) if serve else {}
     typer.echo(f"demo model: {demo.model_dir}")
     if serve:
         serve_hub(unisolated=unisolated, public_url=public_url, model_dir=str(demo.model_dir), log_dir=home / "logs",

@@ -86,3 +86,42 @@ def seed_demo_dataset(engine: Engine, people_csv) -> list[str]:
             datasets.allow(s, actor, DEMO_DATASET, PROJECT)
             report.append(f"project {PROJECT} may use {DEMO_DATASET}")
     return report
+
+
+# Access by application: a demo call with a pool, an applicant and two panel members at other
+# institutions than the applicant's (one at the same one would be flagged as conflicted).
+APPLICANT, PANEL1, PANEL2 = "applicant", "panel1", "panel2"
+ACCESS_PEOPLE = (  # username, name, affiliation, roles
+    (APPLICANT, "Ada Applicant", "Demo University", ["applicant"]),
+    (PANEL1, "Pia Panel", "Institute of Panels", ["panel"]),
+    (PANEL2, "Paul Panel", "College of Reviewers", ["panel"]),
+)
+DEMO_CALL = "demo-call"
+DEMO_CALL_POOL = 1_000_000
+DEMO_CALL_DAYS = 90
+
+
+def seed_demo_call(engine: Engine, now: dt.datetime | None = None) -> list[str]:
+    """The demo call (open for DEMO_CALL_DAYS, a pool of DEMO_CALL_POOL tokens, tiers sample and
+    score) and its cast; what exists is left alone."""
+    from enclave.registry import calls
+
+    now = now or utcnow()
+    report: list[str] = []
+    with session_scope(engine) as s:
+        actor = next(p.username for p in people.list_people(s) if p.has_role(people.Role.operator))
+        for username, name, affiliation, roles in ACCESS_PEOPLE:
+            if people.find_person(s, username) is None:
+                people.add_person(s, actor, username, name, f"{username}@enclave.example", affiliation, roles)
+                report.append(f"created {roles[0]} {username} ({affiliation})")
+        try:
+            call = calls.get_call(s, DEMO_CALL)
+        except NotFound:
+            call = calls.open_call(s, actor, DEMO_CALL, "Demo call: memorisation in the demo GPT-2",
+                                   end_of_day((now + dt.timedelta(days=DEMO_CALL_DAYS)).date()), DEMO_CALL_POOL,
+                                   ["sample", "score"], now=now)
+            report.append(f"opened call {DEMO_CALL} ({DEMO_CALL_POOL:,} tokens)")
+        state = "taking applications" if calls.accepting(call, now) else "not taking applications"
+        report.append(f"call {DEMO_CALL}: {state} until {last_day(call.closes_at)}; applicant: {APPLICANT}; "
+                      f"panel: {PANEL1}, {PANEL2}")
+    return report
