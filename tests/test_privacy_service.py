@@ -228,3 +228,29 @@ def test_the_client_speaks_to_the_service(web, monkeypatch):
         dp.mean("people", "age", epsilon=0.3, bounds=None, config=config)
     assert refused.value.status == 400
     assert dp.budget(config=config)["spent"]["epsilon"] == 0.3
+
+
+def test_the_hub_runs_the_privacy_service_for_notebooks():
+    """Wiring: with a command, the hub manages a `privacy` service on its port; scholars' role and
+    notebook tokens may call it (and only with that scope does HubIdentity accept a token); the
+    notebook gets its URL."""
+    from traitlets.config import Config
+
+    from enclave.hub.config import EnclaveHubSettings, configure
+    from enclave.hub.spawner import SERVER_TOKEN_SCOPES
+    from enclave.web.hub_auth import service_scopes
+
+    assert "access:services!service=privacy" in SERVER_TOKEN_SCOPES
+    assert service_scopes("privacy") & set(SERVER_TOKEN_SCOPES)
+    off = Config()
+    configure(off, EnclaveHubSettings(environ={}, mode="unisolated"))
+    assert "privacy" not in [s["name"] for s in off.JupyterHub.services] and not off.EnclaveLocalSpawner.privacy_url
+    c = Config()
+    settings = EnclaveHubSettings(environ={"ENCLAVE_PRIVACY_PORT": "18004"}, mode="unisolated",
+                                  privacy_command="enclave serve privacy --port 18004")
+    configure(c, settings)
+    [service] = [s for s in c.JupyterHub.services if s["name"] == "privacy"]
+    assert service["url"].endswith(":18004") and "privacy" in service["command"]
+    [user] = [r for r in c.JupyterHub.load_roles if r["name"] == "user"]
+    assert "access:services!service=privacy" in user["scopes"]
+    assert c.EnclaveLocalSpawner.privacy_url == service["url"]
