@@ -43,7 +43,8 @@ def test_every_check_is_registered_once_with_a_summary():
     names = [c.name for c in checks.CHECKS]
     assert len(names) == len(set(names)) and all(c.summary for c in checks.CHECKS)
     assert {"file_policy", "archive", "containers", "weight_files", "weight_vectors", "encoded_blobs", "memorisation", "model_signals",
-            "provenance", "identifiers", "record_linkage", "acro", "tables", "differencing", "egress"} == set(names)
+            "provenance", "identifiers", "record_linkage", "acro", "tables", "differencing", "egress",
+            "dp_receipts"} == set(names)
 
 
 def test_a_failing_check_blocks_its_file_and_the_scan_goes_on(monkeypatch):

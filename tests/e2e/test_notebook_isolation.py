@@ -368,7 +368,8 @@ def test_f_notebook_token_cannot_administer_or_read_others(world, alice):
     assert result["list_users"] == 403 and result["read_bob"] in (403, 404), result
     assert result["new_token"] == 403 and result["spawn_bob"] in (403, 404), result
     # Everything it holds is about alice herself, or the right to call the enclave's services.
-    services = {"access:services!service=gateway", "access:services!service=review"}
+    services = {"access:services!service=gateway", "access:services!service=review",
+                "access:services!service=privacy"}
     assert all(scope in services or scope.endswith(("!user=alice", "!server=alice/")) for scope in result["whoami"]), result
     assert not any(scope.startswith(("admin", "list:", "tokens", "servers")) for scope in result["whoami"]), result
 

@@ -345,6 +345,8 @@ def stack_ports(settings: EnclaveHubSettings) -> list[tuple[str, str, int, str]]
         ports.append(("gateway", ip, settings.gateway_port, "ENCLAVE_GATEWAY_PORT"))
     if settings.review_command:
         ports.append(("review", ip, settings.review_port, "ENCLAVE_REVIEW_PORT"))
+    if settings.privacy_command:
+        ports.append(("privacy", ip, settings.privacy_port, "ENCLAVE_PRIVACY_PORT"))
     return ports
 
 
@@ -388,6 +390,12 @@ def review_command(settings: EnclaveHubSettings) -> str:
     """`enclave serve review` with this interpreter, for the hub to run as its managed service."""
     return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "review", "--host", settings.service_ip,
                        "--port", str(settings.review_port)])
+
+
+def privacy_command(settings: EnclaveHubSettings) -> str:
+    """`enclave serve privacy` with this interpreter, for the hub to run as its managed service."""
+    return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "privacy", "--host", settings.service_ip,
+                       "--port", str(settings.privacy_port)])
 
 
 def reset_passwords(engine: Engine, usernames: Iterable[str]) -> dict[str, str]:
@@ -456,6 +464,7 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
     settings = EnclaveHubSettings(mode="unisolated" if unisolated else "docker", public_url=public_url,
                                   model_dir=model_dir)
     settings.review_command = review_command(settings)
+    settings.privacy_command = privacy_command(settings)
     state_dir = Path(settings.state_dir)
     refuse_if_running(state_dir)
     stop_leftovers(state_dir, progress)

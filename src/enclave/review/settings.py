@@ -54,6 +54,8 @@ class ReviewSettings:
     policy_file: str | None = None
     # Models whose weights the checks fingerprint, and extra protected text for the n-gram index.
     model_dirs: tuple[str, ...] = ()
+    # The privacy service's public keys (PEM) that DP receipts in exports must verify with.
+    dp_receipt_key_files: tuple[str, ...] = ()
     protect_files: tuple[str, ...] = ()
     # Perplexity scoring for the memorisation checks: through the gateway (URL + an API key of the
     # review service's own), or a local model directory (needs torch). Neither: those signals are off.
@@ -106,6 +108,9 @@ class ReviewSettings:
             policy_file=env_str("ENCLAVE_REVIEW_POLICY"),
             model_dirs=env_paths("ENCLAVE_REVIEW_MODEL_DIRS") or env_paths("ENCLAVE_MODEL_DIR"),
             protect_files=env_paths("ENCLAVE_REVIEW_PROTECT"),
+            # Default: the key the privacy service publishes under the same enclave home.
+            dp_receipt_key_files=env_paths("ENCLAVE_REVIEW_DP_RECEIPT_KEYS")
+            or (str(home / "privacy" / "receipt-key.pub"),),
             scorer_gateway_url=env_str("ENCLAVE_REVIEW_GATEWAY_URL"),
             scorer_gateway_token=env_str("ENCLAVE_REVIEW_GATEWAY_TOKEN"),
             scorer_model_dir=env_str("ENCLAVE_REVIEW_SCORER_MODEL"),

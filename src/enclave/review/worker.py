@@ -83,7 +83,8 @@ class PipelineScanner:
         with session_scope(db) as session:
             context = build_scan_context(session, job.project_slug, quarantine=quarantine,
                                          protect_files=settings.protect_files, model_dirs=settings.model_dirs,
-                                         scorer=scorer, cache=cache)
+                                         scorer=scorer, cache=cache,
+                                         dp_receipt_key_files=settings.dp_receipt_key_files)
         report = scan_files([ExportFile(name, data) for name, data in files], policy, context)
         findings = list(report.findings)
         if scorer_problem:

@@ -168,6 +168,18 @@ class EgressPolicy:
 
 
 @dataclass(frozen=True)
+class DpPolicy:
+    # DP receipts in an export (`checks.dp_receipts`): a valid one of this project, one that does
+    # not verify, one of another project; and the small-cell rule's severities for table cells a
+    # valid receipt covers (a DP count is already noisy).
+    valid_receipt_severity: str
+    invalid_receipt_severity: str
+    other_project_severity: str
+    covered_small_count_severity: str
+    covered_zero_severity: str
+
+
+@dataclass(frozen=True)
 class WorkflowPolicy:
     # Two independent approvals for every request, not only those with block or warn findings.
     always_two_reviewers: bool
@@ -188,6 +200,7 @@ class Policy:
     acro: AcroPolicy
     egress: EgressPolicy
     workflow: WorkflowPolicy
+    dp: DpPolicy
     # Where it came from, for manifests; not keys of the file.
     sha256: str = dataclasses.field(default="", compare=False)
     path: str = dataclasses.field(default="", compare=False)
