@@ -12,10 +12,12 @@ import contextlib
 import datetime as dt
 import re
 import secrets
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
@@ -373,3 +375,79 @@ def test_apply_score_allocate_and_use_the_model_in_the_browser(tmp_path, chromiu
     for name in ("access-apply.png", "access-conflicted.png", "access-panel.png", "access-decision.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
     db.dispose()
+
+
+def test_the_hub_serves_the_access_pages_on_loopback_for_browsers_only(tmp_path):
+    """Wiring: with a command, the hub manages an `access` service on loopback (browsers reach it
+    through the proxy; a notebook's own loopback is not the host's), logs browsers in without a
+    confirmation page, and lets users (not notebook tokens) reach it."""
+    from traitlets.config import Config
+
+    from enclave.hub.config import EnclaveHubSettings, configure
+    from enclave.hub.spawner import SERVER_TOKEN_SCOPES
+
+    off = Config()
+    configure(off, EnclaveHubSettings(environ={}, mode="unisolated", state_dir=str(tmp_path / "off")))
+    assert "access" not in [s["name"] for s in off.JupyterHub.services]
+    c = Config()
+    settings = EnclaveHubSettings(environ={"ENCLAVE_ACCESS_PORT": "18005"}, mode="docker",
+                                  state_dir=str(tmp_path / "on"), access_command="enclave serve access --port 18005")
+    configure(c, settings)
+    [service] = [s for s in c.JupyterHub.services if s["name"] == "access"]
+    assert service["url"] == "http://127.0.0.1:18005" and settings.service_ip != "127.0.0.1"
+    assert service["oauth_no_confirm"] and "access" in service["command"]
+    [user] = [r for r in c.JupyterHub.load_roles if r["name"] == "user"]
+    assert "access:services!service=access" in user["scopes"]
+    assert not {"access:services!service=access", "access:services"} & set(SERVER_TOKEN_SCOPES)
+
+
+@pytest.mark.chromium
+@pytest.mark.slow
+def test_make_up_seeds_a_call_the_demo_applicant_finds_behind_the_hub(tmp_path, chromium):
+    """`enclave up`'s seed (demo people, then the demo call and its cast) and `enclave serve
+    access` run by the hub as a managed service, configured from the environment the hub gives it:
+    the demo applicant logs in and finds the demo call open; a panel member finds no call to apply to."""
+    from enclave.demo.seed import ACCESS_PEOPLE, DEMO_CALL, seed_demo, seed_demo_call
+
+    db = make_engine(f"sqlite:///{tmp_path / 'enclave.db'}")
+    upgrade(db)
+    seed_demo(db)
+    assert any(DEMO_CALL in line for line in seed_demo_call(db))
+    assert seed_demo_call(db) == seed_demo_call(db)  # idempotent: nothing more is created
+    users = [u for u, *_ in ACCESS_PEOPLE]
+    port, hub_port, access_port = free_port(), free_port(), free_port()
+    admin_token = secrets.token_hex(16)
+    env = {"ENCLAVE_DB_URL": db.url.render_as_string(hide_password=False), "ENCLAVE_HOME": str(tmp_path / "home")}
+    services = [{"name": "access", "url": f"http://127.0.0.1:{access_port}", "oauth_no_confirm": True,
+                 "command": [sys.executable, "-m", "enclave.cli", "serve", "access", "--port", str(access_port)],
+                 "environment": env}]
+    authenticator = (f'c.JupyterHub.authenticator_class = "shared-password"\n'
+                     f"c.SharedPasswordAuthenticator.user_password = {PASSWORD!r}\n"
+                     f"c.Authenticator.allowed_users = {set(users)!r}")
+    with hub_process(tmp_path / "hub", port=port, hub_port=hub_port, admin_token=admin_token, services=services,
+                     user_scopes=["access:services!service=access"], authenticator=authenticator):
+        hub = Hub(f"http://127.0.0.1:{port}/hub/api", admin_token, url=f"http://127.0.0.1:{port}")
+        deadline = time.time() + 60
+        while True:  # the hub starts its managed service; it needs a moment to listen
+            try:
+                httpx.get(f"http://127.0.0.1:{access_port}/services/access/static/access.css", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        _, page = _login(chromium, hub, "applicant")
+        assert DEMO_CALL in page.locator("table.list").first.inner_text()
+        page.click("a.apply")
+        assert page.locator("#terms-hash").inner_text() == _terms_hash(db)
+        page.screenshot(path=str(ARTIFACTS / "access-demo-call.png"), full_page=True)
+        _, panel_page = _login(chromium, hub, "panel1")
+        assert "Nothing is assigned to you." in panel_page.content() and panel_page.locator("a.apply").count() == 0
+    db.dispose()
+
+
+def _terms_hash(db) -> str:
+    from enclave.demo.seed import DEMO_CALL
+
+    with session_scope(db) as s:
+        return calls.get_call(s, DEMO_CALL).terms_sha256
