@@ -451,3 +451,30 @@ def _terms_hash(db) -> str:
 
     with session_scope(db) as s:
         return calls.get_call(s, DEMO_CALL).terms_sha256
+
+
+def test_a_deferred_applicant_revises_as_a_new_version_and_a_rejected_one_appeals_once(web):
+    db, browsers, client = web
+    ann, ben = _apply(db, "ann", "Ann's plan", 100), _apply(db, "ben", "Ben's plan", 100)
+    with session_scope(db) as s:
+        for app_id, outcome in ((ann, "deferred"), (ben, "rejected")):
+            applications.screen(s, OPERATOR, app_id)
+            awards.decide_by_operator(s, OPERATOR, app_id, outcome, reason="out of scope <b>for now</b>")
+    page = browsers.as_user(client, "ann").get(f"/services/access/applications/{ann}")
+    assert "out of scope &lt;b&gt;for now&lt;/b&gt;" in page.text and 'id="revise"' in page.text
+    # Someone else cannot revise it, even with a valid form of their own.
+    ben_csrf = _csrf(browsers.as_user(client, "ben").get("/services/access/").text)
+    assert client.post(f"/services/access/applications/{ann}/revise", data={"csrf": ben_csrf}).status_code == 404
+    browsers.as_user(client, "ann")
+    revised = client.post(f"/services/access/applications/{ann}/revise", data={"csrf": _csrf(page.text)})
+    assert revised.status_code == 200 and "version 2 is a draft" in revised.text and 'id="save"' in revised.text
+    browsers.as_user(client, "ben")
+    page = client.get(f"/services/access/applications/{ben}")
+    assert 'id="revise"' not in page.text and 'id="appeal"' in page.text
+    appealed = client.post(f"/services/access/applications/{ben}/appeal",
+                           data={"csrf": _csrf(page.text), "reason": "It is in scope: see section 2."})
+    assert appealed.status_code == 200 and "appealed" in appealed.text
+    with session_scope(db) as s:
+        assert s.get(AccessApplication, ann).version == 2 and s.get(AccessApplication, ann).state == "draft"
+        assert s.get(AccessApplication, ben).state == "appealed"
+        assert len(applications.versions(s, s.get(AccessApplication, ann))) == 1  # version 1, frozen

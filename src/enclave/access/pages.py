@@ -223,6 +223,21 @@ def withdraw_form(app_id: int, state: State, user: FormUser) -> Response:
     return _redirect(state.settings.prefix, f"/applications/{app_id}", "withdrawn")
 
 
+@router.post("/applications/{app_id}/appeal")
+def appeal_form(app_id: int, state: State, user: FormUser, reason: str = Form("")) -> Response:
+    if len(reason) > 4000:
+        raise BadInput("an appeal's reason may be at most 4000 characters")
+    state.transaction(lambda s: applications.appeal(s, user.username, _own_application(s, user, app_id).id, reason))
+    return _redirect(state.settings.prefix, f"/applications/{app_id}", "appealed: an operator will answer it")
+
+
+@router.post("/applications/{app_id}/revise")
+def revise_form(app_id: int, state: State, user: FormUser) -> Response:
+    app = state.transaction(lambda s: applications.revise(s, user.username, _own_application(s, user, app_id).id))
+    return _redirect(state.settings.prefix, f"/applications/{app_id}",
+                     f"version {app.version} is a draft; version {app.version - 1} stays as it was submitted")
+
+
 # --- pages: panel ------------------------------------------------------------------------------
 
 def _assignment(s, user: WebUser, app_id: int) -> tuple[AccessApplication, PanelAssignment]:
