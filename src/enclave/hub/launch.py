@@ -347,6 +347,8 @@ def stack_ports(settings: EnclaveHubSettings) -> list[tuple[str, str, int, str]]
         ports.append(("review", ip, settings.review_port, "ENCLAVE_REVIEW_PORT"))
     if settings.privacy_command:
         ports.append(("privacy", ip, settings.privacy_port, "ENCLAVE_PRIVACY_PORT"))
+    if settings.access_command:
+        ports.append(("access pages", "127.0.0.1", settings.access_port, "ENCLAVE_ACCESS_PORT"))
     return ports
 
 
@@ -396,6 +398,13 @@ def privacy_command(settings: EnclaveHubSettings) -> str:
     """`enclave serve privacy` with this interpreter, for the hub to run as its managed service."""
     return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "privacy", "--host", settings.service_ip,
                        "--port", str(settings.privacy_port)])
+
+
+def access_command(settings: EnclaveHubSettings) -> str:
+    """`enclave serve access` with this interpreter, on loopback: browsers reach it through the
+    proxy, notebooks never."""
+    return shlex.join([sys.executable, "-m", "enclave.cli", "serve", "access", "--host", "127.0.0.1",
+                       "--port", str(settings.access_port)])
 
 
 def reset_passwords(engine: Engine, usernames: Iterable[str]) -> dict[str, str]:
@@ -465,6 +474,7 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
                                   model_dir=model_dir)
     settings.review_command = review_command(settings)
     settings.privacy_command = privacy_command(settings)
+    settings.access_command = access_command(settings)
     state_dir = Path(settings.state_dir)
     refuse_if_running(state_dir)
     stop_leftovers(state_dir, progress)
@@ -483,6 +493,8 @@ def serve_hub(*, unisolated: bool, public_url: str, model_dir: str, log_dir: Pat
     (state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
     progress(f"hub: {settings.public_url}  (model gateway for notebooks: "
              f"http://{settings.service_ip}:{settings.gateway_port}/v1/)")
+    if settings.access_command:
+        progress(f"applications: {settings.public_url}/services/access/   review: {settings.public_url}/services/review/")
     for username, password in (logins or {}).items():
         progress(f"  log in as {username:<9} password {password}")
     notebooks: Future | None = None
