@@ -32,13 +32,19 @@ def load_or_create_secret(path: Path) -> bytes:
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under a temporary name, then linked into place: a second process starting
+        # at the same moment sees either no file or a complete one, never an empty one.
+        staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(32))
+            try:
+                os.link(staging, path)
+            except FileExistsError:
+                pass  # another process won: use its secret
+        finally:
+            staging.unlink(missing_ok=True)
     secret = path.read_bytes()
     if len(secret) < 32:
         raise ValueError(f"the cookie secret {path} is shorter than 32 bytes")
