@@ -210,7 +210,7 @@ def test_activations_have_transformer_lens_names_shapes_and_float16(internals, t
     assert np.allclose(arrays["blocks.0.hook_resid_pre"], hidden[0][0].numpy(), atol=2e-3, rtol=2e-3)
 
 
-def test_the_byte_budget_refuses_and_nothing_is_charged_beyond_it(engine, tiny_model_dir):
+def test_the_byte_budget_refuses_and_nothing_is_charged_beyond_it(engine, tiny_model_dir, monkeypatch):
     budget = 20_000
     request = {"prompt": "one two three four five", "hooks": ["blocks.0.mlp.hook_post"]}  # 6 x 256 x 2 = 3,072 bytes
     with serve(engine, tiny_model_dir, grant={"tier": "internals", "activation_bytes_per_day": budget}) as gw, \
@@ -238,6 +238,10 @@ def test_the_byte_budget_refuses_and_nothing_is_charged_beyond_it(engine, tiny_m
                                                                                 "blocks.1.mlp.hook_post"]})
         assert big.status_code == 400 and big.json()["error"] == "request_too_large"
         assert "fewer hooks or positions" in big.json()["message"]
+        # Whatever the grant, one call returns at most hooks.MAX_CALL_BYTES (held in memory, sent at once).
+        monkeypatch.setattr(hook_points, "MAX_CALL_BYTES", 3071)
+        capped = c.post("/v1/activations", json=request)
+        assert capped.status_code == 400 and "one call may return at most 3071" in capped.json()["message"]
     with gw.registry() as s:
         assert len(s.exec(select(ModelCall).where(ModelCall.endpoint == "activations")).all()) == answered
         day = s.exec(select(UsageDay)).one()

@@ -21,6 +21,9 @@ import re
 from enclave.errors import BadInput
 
 MAX_HOOKS = 64
+# The most one call may return, whatever the grant: the arrays are held in memory, encoded and
+# sent in one response (every attention pattern of GPT-2 124M over 1,024 tokens is 300 MB).
+MAX_CALL_BYTES = 256 * 1024**2
 GLOBAL_HOOKS = ("hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized")
 BLOCK_HOOKS = (
     "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized",

@@ -209,6 +209,9 @@ async def activations(body: ActivationsRequest, engine: Engine = Depends(get_eng
     picked = hooks.positions(body.positions, len(ids))
     size = hooks.nbytes(names, picked=len(picked), tokens=len(ids), d_model=dims["d_model"], n_head=dims["n_head"],
                         d_mlp=dims["d_mlp"])
+    if size > hooks.MAX_CALL_BYTES:
+        raise quota.RequestTooLarge(f"this call would return {size} bytes of activations; one call may return at "
+                                    f"most {hooks.MAX_CALL_BYTES}: ask for fewer hooks or positions")
 
     async def run(_granted: Access):
         encoded, digests = await asyncio.to_thread(_encoded, await engine.activations(ids, names, picked))
