@@ -25,7 +25,7 @@ from enclave.registry.clock import end_of_day, utcnow
 from enclave.registry.db import make_engine, session_scope, upgrade
 from enclave.registry.models import Grant, ModelCall, UsageDay
 
-from tests.gateway_fixtures import OPERATOR, PROJECT, serve, tiny_model_dir  # noqa: F401  (fixture)
+from tests.gateway_fixtures import OPERATOR, serve, tiny_model_dir  # noqa: F401  (fixture)
 
 D_MODEL, N_HEAD, D_MLP, N_LAYER = 64, 2, 256, 2
 

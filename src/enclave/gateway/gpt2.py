@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from enclave.gateway import cpu_kernels
+from enclave.gateway import hooks as hook_points
 from enclave.gateway.settings import CpuKernelSettings
 
 # On CPU, oneDNN/MKL give a matrix row the same bits whatever the number of rows *between 2 and a
@@ -296,8 +297,6 @@ class GPT2Forward:
         built), with the residual additions and GELU done outside the fused kernels so that each
         hook point exists as a tensor: a hook's value may differ from the fused path's in the last
         bits. The forward stops after the last block a hook needs."""
-        from enclave.gateway import hooks as hook_points
-
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)
         n = ids.shape[0]
         if not 0 < n <= self.context_length:
@@ -328,6 +327,15 @@ class GPT2Forward:
         keep("hook_pos_embed", pos_embed)
         x = embed + pos_embed
         causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()
+        with self._attention_kernels():
+            x = self._traced_blocks(x, last_layer, wanted, keep, layer_norm, causal)
+        if "ln_final.hook_scale" in wanted or "ln_final.hook_normalized" in wanted:
+            layer_norm("ln_final", x, self.ln_f)
+        return {name: out[name] for name in hooks}
+
+    def _traced_blocks(self, x, last_layer: int, wanted: set, keep, layer_norm, causal) -> torch.Tensor:
+        """Blocks 0..last_layer of `activations`, keeping each hook point that is `wanted`."""
+        n = x.shape[0]
         for i, block in enumerate(self.blocks[:last_layer + 1]):
             p = f"blocks.{i}."
             keep(p + "hook_resid_pre", x)
@@ -359,9 +367,7 @@ class GPT2Forward:
             keep(p + "hook_mlp_out", mlp_out)
             x = x + mlp_out
             keep(p + "hook_resid_post", x)
-        if "ln_final.hook_scale" in wanted or "ln_final.hook_normalized" in wanted:
-            layer_norm("ln_final", x, self.ln_f)
-        return {name: out[name] for name in hooks}
+        return x
 
     # -- pieces ---------------------------------------------------------------------------------
 
