@@ -81,7 +81,7 @@ def extraction_bound(grant, d_model: int, d_mlp: int, vocab: int, context: int) 
         "bytes_needed": pairs_needed * pair_numbers * FLOAT16_BYTES,
         "pairs_per_day": pairs_per_day,
         "matrices_per_day": round(pairs_per_day / pairs_needed, 3),
-        "days_per_matrix": None if pairs_per_day == 0 else round(pairs_needed / pairs_per_day, 2),
+        "days_per_matrix": None if pairs_per_day == 0 else round(pairs_needed / pairs_per_day, 4),
     }
     reads_internals = allows(grant.tier, "activations")
     return {
