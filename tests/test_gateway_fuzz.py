@@ -25,7 +25,9 @@ def test_no_input_makes_the_gateway_fail(tiny_model_dir, tmp_path):
     upgrade(db)
     with session_scope(db) as s:
         people.add_person(s, OPERATOR, OPERATOR, "Op", "op@example.org", roles=["operator"], bootstrap=True)
-    with serve(db, tiny_model_dir, grant={"tokens_total": 10**9, "tokens_per_day": 10**9}) as gw:
+    # The internals tier, so that activations are fuzzed past the tier check too.
+    with serve(db, tiny_model_dir, grant={"tokens_total": 10**9, "tokens_per_day": 10**9, "tier": "internals",
+                                          "activation_bytes_per_day": 10**9}) as gw:
         proc = subprocess.run(
             [SCHEMATHESIS, "run", f"{gw.url}/openapi.json", "--checks", "not_a_server_error",
              "--header", f"Authorization: token {gw.key}", "--max-examples", "60",
@@ -34,4 +36,4 @@ def test_no_input_makes_the_gateway_fail(tiny_model_dir, tmp_path):
         )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "No issues found" in proc.stdout
-    assert re.search(r"Tested:\s+5\b", proc.stdout), proc.stdout[-2000:]  # every operation was exercised
+    assert re.search(r"Tested:\s+7\b", proc.stdout), proc.stdout[-2000:]  # every operation was exercised
