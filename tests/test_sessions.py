@@ -262,3 +262,29 @@ def test_the_warden_measures_a_work_volume_on_the_host(docker_client):
         assert volume_size(docker_client, "enclave-test-no-such-volume") is None
     finally:
         volume.remove(force=True)
+
+
+def test_the_warden_closes_the_records_of_servers_the_hub_no_longer_runs(world):
+    """A hub that died with a server, or lost its container: the session's record must not stay
+    open for ever (the hub's REST API is the warden's view of what runs; recorded, not served)."""
+    import httpx
+
+    from enclave.hub.warden import Warden
+
+    old = utcnow() - dt.timedelta(minutes=5)
+    with session_scope(world) as s:
+        gone = sessions.open_session(s, username="alice", project="p1", mode="docker")
+        gone.started_at = old
+        fresh = sessions.open_session(s, username="bob", project="p2", mode="docker").id  # just started
+        gone_id = gone.id
+
+    def hub_api(request: httpx.Request) -> httpx.Response:
+        assert request.method == "GET"
+        return httpx.Response(200, json={"items": [], "_pagination": {"next": None}})
+
+    warden = Warden(httpx.Client(base_url="http://hub.invalid/hub/api", transport=httpx.MockTransport(hub_api)), world)
+    warden.close_vanished([])
+    with session_scope(world) as s:
+        closed = s.get(NotebookSession, gone_id)
+        assert closed.stopped_at is not None and "no longer running" in closed.stop_reason
+        assert s.get(NotebookSession, fresh).stopped_at is None  # the hub may not list it yet
