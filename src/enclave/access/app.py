@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from enclave.access import pages
+from enclave.access import pages, registration
 from enclave.access.deps import AccessState, Identity, LoginNeeded
 from enclave.access.settings import AccessSettings
 from enclave.errors import UserError
@@ -56,6 +56,7 @@ def create_app(settings: AccessSettings, *, identity: Identity | None = None, lo
     _install_middleware(app, prefix)
     _install_error_handlers(app, prefix)
     app.include_router(pages.router, prefix=prefix)
+    app.include_router(registration.router, prefix=prefix)  # the one page without a login
     return app
 
 

@@ -9,7 +9,7 @@ import typer
 
 from enclave.cli import (access, audit, datasets, db, grants, image, keys, models, notebook_sessions, people, privacy,
                          projects, release, review, serve, volumes)
-from enclave.cli import applications, awards, calls, panel
+from enclave.cli import applications, awards, calls, panel, registrations
 
 app = typer.Typer(
     help="Model Enclave: run a structured-access release of a language model.",
@@ -27,7 +27,7 @@ for group, name in ((db.app, "db"), (people.app, "person"), (projects.app, "proj
     app.add_typer(group, name=name)
 # Access by competitive application (issue 13).
 for group, name in ((calls.app, "call"), (applications.app, "application"), (panel.app, "panel"),
-                    (awards.app, "award"), (awards.report_app, "report")):
+                    (awards.app, "award"), (awards.report_app, "report"), (registrations.app, "registration")):
     app.add_typer(group, name=name)
 
 app.command("init")(db.init)

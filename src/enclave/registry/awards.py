@@ -8,7 +8,8 @@ dry run and the real run agree, and the real run, one transaction per applicatio
 half-way and be run again: deciding the top of a ranking leaves the rest of the plan unchanged.
 
 Each award creates the approved project (its PI the applicant, its members the team), a grant
-holding the first half of the tokens, and the award row that binds those tokens to that project
+holding the first half of the tokens, access to the registered datasets the application named,
+and the award row that binds those tokens to that project
 for good (there is no operation that moves them). The second half is released by `release_tranche`
 after a progress report; one supplement of at most half the tier's cap may follow; extensions move
 the end date only; closing needs a final report. Revocation and renewal are the project's own
@@ -24,15 +25,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
 from enclave.errors import BadInput, Conflict, Forbidden, NotFound
-from enclave.registry import audit, grants, people, projects
+from enclave.registry import audit, datasets, grants, people, projects
 from enclave.registry.applications import content_of, decide, get_application, require_actor, check_transition
 from enclave.registry.calls import Rubric, accepting, get_call, rubric_of
 from enclave.registry.clock import end_of_day, iso, last_day, utcnow
 from enclave.registry.db import is_postgres, session_scope
 from enclave.registry.lifecycle import require_live
 from enclave.registry.models import (
-    AccessApplication, AccessAward, AccessCall, ApplicationState as S, AwardReport, Membership, Outcome, Person,
-    Project, ReportKind, Role,
+    AccessApplication, AccessAward, AccessCall, ApplicationState as S, AwardReport, Dataset, Membership, Outcome,
+    Person, Project, ReportKind, Role,
 )
 from enclave.registry.panel import result
 
@@ -191,11 +192,27 @@ def award_application(session: Session, actor: str, call: AccessCall, app: Acces
                         created_by=actor)
     session.add(award)
     session.flush()
+    granted, not_granted = grant_datasets(session, actor, slug, content.get("datasets", []))
     decide(session, actor, app, outcome, f"awarded {tokens} tokens as project {slug}", now=now)
     audit.append(session, actor=actor, action="award.create", subject=f"project:{slug}", details={
         "call": call.slug, "application": app.id, "tier": app.tier, "tokens": tokens, "first_tranche": first,
-        "second_tranche": tokens // 2, "until": last_day(until), "conditions": app.conditions})
+        "second_tranche": tokens // 2, "until": last_day(until), "conditions": app.conditions,
+        "datasets_granted": granted, "datasets_not_granted": not_granted})
     return award
+
+
+def grant_datasets(session: Session, actor: str, slug: str, names: list[str]) -> tuple[list[str], list[str]]:
+    """Let the new project use each dataset its application named, in the award's transaction. A
+    name that is not (or no longer) registered is left out and reported, never an error: losing
+    the award over a dataset the operator can still allow by hand would be worse."""
+    granted, missing = [], []
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):  # once each, in the order named
+        if session.exec(select(Dataset).where(Dataset.name == name)).first() is None:
+            missing.append(name)
+            continue
+        datasets.allow(session, actor, name, slug)
+        granted.append(name)
+    return granted, missing
 
 
 # --- operator decisions outside allocation -----------------------------------------------------

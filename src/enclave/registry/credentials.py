@@ -71,6 +71,14 @@ def set_password(session: Session, actor: str, username: str, password: str | No
     return password
 
 
+def set_password_hash(session: Session, actor: str, person_id: int, password_hash: str) -> None:
+    """Give a person a hub password already hashed by `hash_password` (a confirmed self-registration,
+    whose password the operator never sees); the caller checks the actor and writes the audit event."""
+    if not password_hash.startswith("scrypt$"):
+        raise BadInput("not a password hash this enclave made")
+    session.add(Credential(person_id=person_id, password_hash=password_hash, set_at=utcnow(), set_by=actor))
+
+
 def check_password(session: Session, username: str, password: str) -> bool:
     person = find_person(session, username)
     if person is None:

@@ -6,7 +6,8 @@
 - `exports`: export requests, their files, findings, reviews, comments and releases (the airlock);
 - `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub);
 - `privacy`: the differential-privacy ledger, each project's spends against its grant's budget;
-- `access`: calls for applications, applications, panel scores, awards and their reports.
+- `access`: calls for applications, applications, panel scores, awards and their reports;
+- `registrations`: self-registrations of applicants waiting for an operator.
 
 Services import their tables from here, never define their own, so that migrations (which import
 only this package) see the whole schema. Schema changes go through Alembic migrations in
@@ -29,6 +30,7 @@ from enclave.registry.models.metering import (
     GatewayInstance, ModelCall, RateWindow, Reservation, UsageDay, UsageTotal,
 )
 from enclave.registry.models.privacy import PRIVACY_APPEND_ONLY_TABLES, PrivacyAccount, PrivacySpend
+from enclave.registry.models.registrations import Registration
 from enclave.registry.models.sessions import EgressDay, NotebookSession, WorkVolume, WorkVolumeState
 
 __all__ = [
@@ -39,6 +41,6 @@ __all__ = [
     "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "GatewayInstance",
     "Grant",
     "Membership", "ModelCall", "NotebookSession", "Person", "PRIVACY_APPEND_ONLY_TABLES", "PrivacyAccount", "PrivacySpend",
-    "Project", "ProjectStatus", "RateWindow", "Reservation", "Role",
+    "Project", "ProjectStatus", "RateWindow", "Registration", "Reservation", "Role",
     "Sensitivity", "UsageDay", "UsageTotal", "Visibility", "WorkVolume", "WorkVolumeState",
 ]
