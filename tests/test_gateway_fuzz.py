@@ -35,5 +35,8 @@ def test_no_input_makes_the_gateway_fail(tiny_model_dir, tmp_path):
             capture_output=True, text=True, timeout=900, cwd=tmp_path,
         )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "No issues found" in proc.stdout
+    # Every generated case passed. (Schemathesis may warn that /v1/activations rejects most generated
+    # bodies: hook names are checked against the served model, which a static schema cannot list.)
+    assert re.search(r"\b(\d+) generated, \1 passed\b", proc.stdout) or "No issues found" in proc.stdout, \
+        proc.stdout[-4000:]
     assert re.search(r"Tested:\s+7\b", proc.stdout), proc.stdout[-2000:]  # every operation was exercised
