@@ -399,6 +399,14 @@ def test_the_hub_serves_the_access_pages_on_loopback_for_browsers_only(tmp_path)
     [user] = [r for r in c.JupyterHub.load_roles if r["name"] == "user"]
     assert "access:services!service=access" in user["scopes"]
     assert not {"access:services!service=access", "access:services"} & set(SERVER_TOKEN_SCOPES)
+    # The hub's login page points newcomers to the registration page; developer mode keeps its banner.
+    assert '<a href="/services/access/register">' in c.JupyterHub.template_vars["announcement_login"]
+    assert "announcement_login" not in (off.JupyterHub.template_vars if "template_vars" in off.JupyterHub else {})
+    dev = Config()
+    configure(dev, EnclaveHubSettings(environ={}, mode="unisolated", state_dir=str(tmp_path / "dev"),
+                                      access_command="enclave serve access"))
+    assert "DEVELOPER MODE" in dev.JupyterHub.template_vars["announcement_login"]
+    assert "register" in dev.JupyterHub.template_vars["announcement_login"]
 
 
 @pytest.mark.chromium

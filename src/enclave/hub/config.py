@@ -230,6 +230,12 @@ def configure(c, settings: EnclaveHubSettings | None = None) -> EnclaveHubSettin
         services.append({"name": "access", "url": f"http://127.0.0.1:{s.access_port}",
                          "command": tether(shlex.split(s.access_command)), "environment": env_common,
                          "oauth_no_confirm": True})
+        # Newcomers find the registration page from the hub's login page (the login page shows
+        # `announcement_login` instead of the general announcement, so developer mode's banner stays).
+        register = 'No account yet? <a href="/services/access/register">Register to apply for access</a>.'
+        shown = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
+        banner = f"{shown['announcement']}<br>" if shown.get("announcement") else ""
+        c.JupyterHub.template_vars = {**shown, "announcement_login": banner + register}
     operator_token = s.operator_token
     if operator_token:
         # Operators' tooling (and the end-to-end tests) drive the hub REST API with this token.
