@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from enclave.errors import BadInput, SettingsError
+from enclave.web import keys as web_keys
 
 FORMAT = "enclave-dp-receipt/1"
 
@@ -46,28 +47,9 @@ def public_pem(public_key: Ed25519PublicKey) -> bytes:
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The service's signing key, generated on first start (mode 0600, created exclusively so two
-    processes starting together cannot each write their own). A key readable by others is refused."""
-    path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process won the race: use its key
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-    if path.stat().st_mode & 0o077:
-        raise SettingsError(f"the receipt key {path} is readable by others: chmod 600 it")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SettingsError(f"{path} is not an Ed25519 private key")
+    """The service's receipt key, generated on first start (see `enclave.web.keys`), with its public
+    half published beside it for the output review."""
+    key = web_keys.load_or_create_key(path, name="receipt key", error=SettingsError)
     _publish(key.public_key(), public_key_file(path))
     return key
 

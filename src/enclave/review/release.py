@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from enclave.errors import UserError, BadInput
 from enclave.review.quarantine import Quarantine, _fsync_dir
+from enclave.web import keys as web_keys
 
 FORMAT = "enclave-release/1"
 MANIFEST_NAME = "manifest.json"
@@ -60,33 +61,8 @@ def public_pem(public_key: Ed25519PublicKey) -> bytes:
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The service's signing key; generated on first start (mode 0600, created exclusively so two
-    processes starting together cannot each write their own)."""
-    path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process won the race: use its key
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ReleaseError(f"the signing key {path} is readable by others (mode {mode:o}); chmod 600 it")
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
-        raise ReleaseError(f"the signing key {path} is not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ReleaseError(f"the signing key {path} is not an Ed25519 key")
-    return key
+    """The service's signing key; generated on first start (see `enclave.web.keys`)."""
+    return web_keys.load_or_create_key(path, name="signing key", error=ReleaseError)
 
 
 def sign(manifest: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
