@@ -257,9 +257,116 @@ def test_the_hub_loads_our_plug_ins(objects):
     assert values["hub"]["loadRoles"]["enclave-warden"]["services"] == ["warden"]
 
 
-@pytest.mark.xfail(strict=True, reason="EnclaveKubeSpawner is not written yet (issue 15, item 2): the hub "
-                                       "names it, so it refuses to start rather than spawn unadmitted notebooks")
 def test_the_named_spawner_exists(objects):
     spawner = hub_values(objects)["hub"]["config"]["JupyterHub"]["spawner_class"]
     module, name = spawner.rsplit(".", 1)
-    assert hasattr(__import__(module, fromlist=[name]), name)
+    assert getattr(__import__(module, fromlist=[name]), name).__name__ == "EnclaveKubeSpawner"
+
+
+def _kube_spawner(values: dict, engine, username: str, datasets_root: Path):
+    """Our KubeSpawner configured from the chart's values as the chart's hub config maps them, for
+    a hub user `username`, on a real registry. No cluster: the pod and claim are built, not sent."""
+    from types import SimpleNamespace
+
+    from enclave.hub.kube_spawner import EnclaveKubeSpawner
+
+    single, traits = values["singleuser"], values["hub"]["config"]["KubeSpawner"]
+    spawner = EnclaveKubeSpawner(
+        _mock=True, user=SimpleNamespace(name=username, id=1, url=f"/user/{username}/", escaped_name=username),
+        enclave_db_url=str(engine.url.render_as_string(hide_password=False)),
+        image=f"{single['image']['name']}:{single['image']['tag']}", uid=single["uid"], fs_gid=single["fsGid"],
+        container_security_context=traits["container_security_context"],
+        pod_security_context=traits["pod_security_context"], extra_pod_config=single["extraPodConfig"],
+        volumes=[*single["storage"]["extraVolumes"],
+                 {"name": "volume-{user_server}", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}],
+        volume_mounts=[*single["storage"]["extraVolumeMounts"],
+                       {"name": "volume-{user_server}", "mountPath": single["storage"]["homeMountPath"]}],
+        datasets_root=str(datasets_root), gateway_url="http://localhost:8001", review_url="http://127.0.0.1:8002")
+    spawner.api_token = "t" * 32
+    return spawner
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: none, user: {token: unused}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+"""
+
+
+def test_a_kubernetes_notebook_pod_is_admitted_limited_and_locked_down_by_the_registry(objects, tmp_path,
+                                                                                       monkeypatch):
+    """The spawner the chart names builds, from the registry's plan, a pod with the grant's limits,
+    this project's work claim and datasets read-only, valid for the targeted Kubernetes and inside
+    the restricted standard; a scholar without a live project gets no pod at all."""
+    import asyncio
+
+    import kubernetes_validate
+    from kubernetes_asyncio.client import ApiClient
+    from tornado import web
+
+    from enclave.registry import datasets, grants, people
+    from enclave.registry.db import make_engine, session_scope, upgrade
+    from tests.helpers import OPERATOR, approved_project
+
+    # KubeSpawner loads a client configuration when it is made; this one is never contacted (the
+    # pod and claim are built here, not sent), and points at a loopback port where nothing listens.
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    from kubernetes_asyncio.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    upgrade(engine)
+    with session_scope(engine) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Olga Operator", "op@example.org", roles=["operator"],
+                          bootstrap=True)
+    approved_project(engine, "p1", "alice")
+    root = tmp_path / "datasets"
+    (root / "people").mkdir(parents=True)
+    (root / "people" / "people.csv").write_text("name,zip\nA,12345\n")
+    with session_scope(engine) as s:
+        grants.set_grant(s, OPERATOR, "p1", cpu=1.5, mem_bytes=3 * 2**30, work_bytes=2**30)
+        datasets.register(s, OPERATOR, "people", str(root / "people" / "people.csv"), ["zip"])
+        datasets.allow(s, OPERATOR, "people", "p1")
+        people.add_person(s, OPERATOR, "bob", "Bob", "bob@example.org", roles=["scholar"])
+    values = hub_values(objects)
+
+    async def build(username):
+        spawner = _kube_spawner(values, engine, username, root)
+        spawner.apply_plan(await spawner.enclave_plan())
+        spawner.apply_host_aliases(await spawner.resolve_services())
+        pod = await spawner.get_pod_manifest()
+        pvc = spawner.get_pvc_manifest()
+        async with ApiClient() as api:
+            return spawner, api.sanitize_for_serialization(pod), api.sanitize_for_serialization(pvc)
+
+    spawner, pod, pvc = asyncio.run(build("alice"))
+    assert pod["kind"] == "Pod" and pvc["kind"] == "PersistentVolumeClaim"
+    for manifest in (pod, pvc):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    [container] = pod["spec"]["containers"]
+    _restricted("notebook pod", pod["spec"], [container])
+    assert container["resources"]["limits"] == {"cpu": 1.5, "memory": 3 * 2**30}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert pod["metadata"]["labels"]["enclave/project"] == "p1"
+    assert pod["metadata"]["labels"]["enclave/user"] == "alice"
+    assert container["env"] and {e["name"]: e.get("value") for e in container["env"]}["ENCLAVE_PROJECT"] == "p1"
+    # This project's work claim, sized by the grant, at ~/work, and the chart's home claim is gone.
+    assert pvc["metadata"]["name"] == "enclave-work-alice-p1"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == str(2**30)
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"enclave-work": {"claimName": "enclave-work-alice-p1"},
+                      "enclave-datasets": {"claimName": "enclave-datasets", "readOnly": True}}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/home/scholar/work"]["name"] == "enclave-work"
+    data = mounts["/home/scholar/datasets/people/people.csv"]
+    assert data["readOnly"] is True and data["subPath"] == "people/people.csv"
+    assert pod["spec"]["dnsPolicy"] == "None" and pod["spec"]["automountServiceAccountToken"] is False
+    # The pod resolves nothing, so the services' names are pinned in its /etc/hosts.
+    assert {"ip": "127.0.0.1", "hostnames": ["localhost"]} in pod["spec"]["hostAliases"]
+
+    # Bob belongs to no project: the registry refuses before any pod exists.
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(build("bob"))
+    assert refused.value.status_code == 403 and "cannot start a notebook" in refused.value.log_message
