@@ -7,7 +7,8 @@
 - `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub);
 - `privacy`: the differential-privacy ledger, each project's spends against its grant's budget;
 - `access`: calls for applications, applications, panel scores, awards and their reports;
-- `registrations`: self-registrations of applicants waiting for an operator.
+- `registrations`: self-registrations of applicants waiting for an operator;
+- `catalog`: the models the gateway serves, their stages, stage history, promotions and incidents.
 
 Services import their tables from here, never define their own, so that migrations (which import
 only this package) see the whole schema. Schema changes go through Alembic migrations in
@@ -17,6 +18,9 @@ only this package) see the whole schema. Schema changes go through Alembic migra
 from enclave.registry.models.access import (
     AccessApplication, AccessApplicationVersion, AccessAward, AccessCall, ApplicationState, AwardReport, CallState,
     ConflictKind, Outcome, PanelAssignment, PanelScore, ReportKind, Tier,
+)
+from enclave.registry.models.catalog import (
+    CATALOG_APPEND_ONLY_TABLES, ModelEntry, ModelIncident, ModelPromotion, ModelStageStep,
 )
 from enclave.registry.models.core import (
     ApiKey, AuditEvent, Credential, Dataset, DatasetAccess, Grant, Membership, Person, Project, ProjectStatus, Role,
@@ -43,4 +47,5 @@ __all__ = [
     "Membership", "ModelCall", "NotebookSession", "Person", "PRIVACY_APPEND_ONLY_TABLES", "PrivacyAccount", "PrivacySpend",
     "Project", "ProjectStatus", "RateWindow", "Registration", "Reservation", "Role",
     "Sensitivity", "UsageDay", "UsageTotal", "Visibility", "WorkVolume", "WorkVolumeState",
+    "CATALOG_APPEND_ONLY_TABLES", "ModelEntry", "ModelIncident", "ModelPromotion", "ModelStageStep",
 ]
