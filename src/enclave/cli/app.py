@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from enclave.cli import (access, audit, datasets, db, grants, image, keys, models, notebook_sessions, people, privacy,
+from enclave.cli import (access, audit, datasets, db, deploy, grants, image, keys, models, notebook_sessions, people, privacy,
                          projects, release, review, serve, volumes)
 from enclave.cli import applications, awards, calls, panel, registrations
 
@@ -23,7 +23,7 @@ for group, name in ((db.app, "db"), (people.app, "person"), (projects.app, "proj
                     (datasets.app, "dataset"), (grants.app, "grant"), (keys.app, "key"), (audit.app, "audit"),
                     (models.app, "model"), (serve.app, "serve"), (review.app, "review"), (release.app, "release"),
                     (image.app, "image"), (notebook_sessions.app, "session"), (volumes.app, "volume"),
-                    (privacy.app, "privacy")):
+                    (privacy.app, "privacy"), (deploy.app, "deploy")):
     app.add_typer(group, name=name)
 # Access by competitive application (issue 13).
 for group, name in ((calls.app, "call"), (applications.app, "application"), (panel.app, "panel"),
