@@ -19,15 +19,15 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlmodel import select
 from starlette.concurrency import run_in_threadpool
 
-from enclave.access.deps import BrowserUser, FormUser, State, WebUser
-from enclave.errors import BadInput, Forbidden, NotFound, Unavailable, UserError
+from enclave.access.deps import BrowserUser, FormUser, State, WebUser, access_state, form_user
+from enclave.errors import BadInput, NotFound, UserError
 from enclave.registry import applications, calls, panel
 from enclave.registry.clock import iso
 from enclave.registry.models import (
     AccessApplication, AccessAward, AccessCall, ApplicationState, ConflictKind, PanelAssignment, Person, Project, Role,
 )
 from enclave.registry.people import require_role
-from enclave.web.browser_session import is_local_page
+from enclave.web.oauth_pages import login_router
 
 TEMPLATES = Path(__file__).parent / "templates"
 STYLESHEET = "/static/access.css"
@@ -301,38 +301,8 @@ async def score_form(app_id: int, request: Request, state: State, user: FormUser
 
 # --- login -------------------------------------------------------------------------------------
 
-@router.get("/login")
-def login(request: Request, access: State, next: str = "") -> Response:
-    if access.login is None:
-        raise Unavailable("this access service has no JupyterHub to log in with")
-    prefix = access.settings.prefix
-    target = next if is_local_page(next, prefix) else f"{prefix}/"
-    url, oauth_state = access.login.login_redirect(target)
-    response = RedirectResponse(url, status_code=302)
-    access.sessions.begin_login(response, request, oauth_state)
-    return response
-
-
-@router.get("/oauth_callback")
-def oauth_callback(request: Request, access: State, code: str = "", state: str = "", error: str = "") -> Response:
-    if error:
-        raise Forbidden(f"the hub did not log you in: {error}")
-    expected = access.sessions.login_state(request)
-    if not code or not state or expected != state or access.login is None or access.identity is None:
-        raise Forbidden("the login did not match one this browser started; log in again")
-    token, next_url = access.login.finish_login(code, state)
-    access.identity.username(token)  # a token without our scope is refused here, not on the next page
-    prefix = access.settings.prefix
-    response = RedirectResponse(next_url if is_local_page(next_url, prefix) else f"{prefix}/", status_code=302)
-    access.sessions.start(response, request, token)
-    return response
-
-
-@router.post("/logout")
-def logout(state: State, _user: FormUser) -> Response:
-    response = state.page("error.html", None, heading="Logged out", message="You are logged out of the access pages.")
-    state.sessions.end(response)
-    return response
+router.include_router(login_router(access_state, form_user, service="access service",
+                                   logged_out="You are logged out of the access pages."))
 
 
 @router.get(STYLESHEET)

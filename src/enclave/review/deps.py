@@ -12,56 +12,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import Depends, Form, Request
-from fastapi.responses import HTMLResponse
-from jinja2 import Environment
-from sqlalchemy.engine import Engine
 
-from enclave.errors import AccessDenied, Forbidden, Unauthenticated
+from enclave.errors import AccessDenied, Unauthenticated
 from enclave.registry.people import find_person
 from enclave.review import service
 from enclave.review.quarantine import Quarantine
 from enclave.review.settings import ReviewSettings
 from enclave.review.worker import CheckWorker
-from enclave.web.browser_session import BrowserSessions
-from enclave.web.hub_auth import HubLogin, bearer_token
-from enclave.web.transactions import in_transaction, in_transaction_thread
+from enclave.web.hub_auth import bearer_token
+from enclave.web.oauth_pages import Identity, LoginNeeded, PagesState, WebUser as PagesUser, form_checked, session_user
+from enclave.web.transactions import in_transaction_thread
 
 log = logging.getLogger("enclave.review")
 
 
-class Identity(Protocol):
-    """Hub tokens -> user names (`enclave.web.hub_auth.HubIdentity`; a stand-in in tests)."""
-
-    def username(self, token: str) -> str: ...
-
-
-class LoginNeeded(Unauthenticated):
-    """A browser without a valid session: a page it asks for sends it to the hub to log in."""
-
-    def __init__(self) -> None:
-        super().__init__("your session has ended: log in again")
+__all__ = ["ApiCaller", "BrowserUser", "FormUser", "Identity", "LoginNeeded", "ReviewState", "State", "WebUser",
+           "api_caller", "form_user", "registered", "review_state", "web_user"]
 
 
 @dataclasses.dataclass
-class ReviewState:
+class ReviewState(PagesState):
     """Everything a request handler needs, made once at start-up (no module-level state); the app
-    keeps it as `app.state.review`."""
+    keeps it as `app.state.review`. The pages' parts (settings, engine, browser sessions, hub
+    identity and login, templates; `transaction` and `page`) come from `PagesState`."""
 
     settings: ReviewSettings
-    engine: Engine
     quarantine: Quarantine
     signing_key: Any
-    sessions: BrowserSessions
-    identity: Identity | None  # None: no hub to check tokens with
-    login: HubLogin | None  # None: no hub to log browsers in with
     worker: CheckWorker
-    templates: Environment
-
-    def transaction(self, work: Callable[[Any], Any]) -> Any:
-        return in_transaction(self.engine, work)
 
     async def run(self, work: Callable[[Any], Any]) -> Any:
         """`work(session)` as one transaction in a worker thread (see `enclave.web.transactions`)."""
@@ -74,14 +55,6 @@ class ReviewState:
             service.release_request(self.engine, self.quarantine, self.signing_key, self.settings.release_dir, request_id)
         except Exception:
             log.exception("release of %s failed; it stays approved", request_id)
-
-    def page(self, template: str, user: WebUser | None, *, status: int = 200, headers: dict | None = None,
-             flash: str = "", **values) -> HTMLResponse:
-        """A page of the reviewer UI (Jinja2, autoescaped: every value from an export is escaped)."""
-        html = self.templates.get_template(template).render(
-            prefix=self.settings.prefix, user=user, csrf=self.sessions.csrf_token(user.token) if user else "",
-            flash=flash, status=status, **values)
-        return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def review_state(request: Request) -> ReviewState:
@@ -110,11 +83,7 @@ def registered(session, username: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class WebUser:
-    username: str
-    token: str
-    roles: list[str]
-
+class WebUser(PagesUser):
     @property
     def login(self) -> service.ReviewerLogin:
         """How this user authenticated, for a decision (`service.decide`): a browser session that
@@ -125,21 +94,7 @@ class WebUser:
 
 def web_user(request: Request, state: State) -> WebUser:
     """The person behind a browser's session cookie, with their roles; LoginNeeded without one."""
-    token = state.sessions.token(request)
-    if not token or state.identity is None:
-        raise LoginNeeded()
-    try:
-        username = state.identity.username(token)
-    except Unauthenticated:
-        raise LoginNeeded() from None
-
-    def work(s):
-        person = find_person(s, username)
-        if person is None:
-            raise Forbidden(f"{username!r} is not registered in the enclave")
-        return sorted(person.role_set)
-
-    return WebUser(username, token, state.transaction(work))
+    return session_user(request, state, WebUser)
 
 
 BrowserUser = Annotated[WebUser, Depends(web_user)]
@@ -147,9 +102,7 @@ BrowserUser = Annotated[WebUser, Depends(web_user)]
 
 def form_user(user: BrowserUser, state: State, csrf: str = Form("")) -> WebUser:
     """A browser's user who posted one of our forms: its CSRF token must match the session."""
-    if not state.sessions.check_csrf(user.token, csrf):
-        raise Forbidden("the form's CSRF token is missing or wrong: reload the page and try again")
-    return user
+    return form_checked(user, state, csrf)
 
 
 FormUser = Annotated[WebUser, Depends(form_user)]

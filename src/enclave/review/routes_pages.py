@@ -24,19 +24,19 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from enclave.errors import Forbidden, NotFound, Unavailable
+from enclave.errors import Forbidden, NotFound
 from enclave.registry import audit, sessions
 from enclave.registry.clock import iso
 from enclave.registry.models import ExportState, Grant, Person, Project, Role
 from enclave.registry.sizes import human_size
 from enclave.review import render, service
-from enclave.review.deps import BrowserUser, FormUser, State, WebUser
+from enclave.review.deps import BrowserUser, FormUser, State, WebUser, form_user, review_state
 from enclave.review.scan import DEFAULT_POLICY, ExportFile as ScanFile, Inspection, inspect, load_policy
 from enclave.review.scan.coverage import CHECKED, HUMAN, INSIDE, UNEXAMINED
 from enclave.review.scan.detect import Kind
 from enclave.review.scan.items import Item
 from enclave.review.workflow import TERMINAL
-from enclave.web.browser_session import is_local_page
+from enclave.web.oauth_pages import login_router
 
 TEMPLATES = Path(__file__).parent / "templates"
 STYLESHEET = "/static/review.css"
@@ -246,38 +246,8 @@ def withdraw_form(request_id: str, state: State, user: FormUser) -> Response:
     return _back(state.settings.prefix, request_id, "withdrawn")
 
 
-@router.get("/login")
-def login(request: Request, review: State, next: str = "") -> Response:
-    if review.login is None:
-        raise Unavailable("this review service has no JupyterHub to log in with")
-    prefix = review.settings.prefix
-    target = next if is_local_page(next, prefix) else f"{prefix}/"
-    url, oauth_state = review.login.login_redirect(target)
-    response = RedirectResponse(url, status_code=302)
-    review.sessions.begin_login(response, request, oauth_state)
-    return response
-
-
-@router.get("/oauth_callback")
-def oauth_callback(request: Request, review: State, code: str = "", state: str = "", error: str = "") -> Response:
-    if error:
-        raise Forbidden(f"the hub did not log you in: {error}")
-    expected = review.sessions.login_state(request)
-    if not code or not state or expected != state or review.login is None or review.identity is None:
-        raise Forbidden("the login did not match one this browser started; log in again")
-    token, next_url = review.login.finish_login(code, state)
-    review.identity.username(token)  # a token without our scope is refused here, not on the next page
-    prefix = review.settings.prefix
-    response = RedirectResponse(next_url if is_local_page(next_url, prefix) else f"{prefix}/", status_code=302)
-    review.sessions.start(response, request, token)
-    return response
-
-
-@router.post("/logout")
-def logout(state: State, _user: FormUser) -> Response:
-    response = state.page("error.html", None, heading="Logged out", message="You are logged out of the review service.")
-    state.sessions.end(response)
-    return response
+router.include_router(login_router(review_state, form_user, service="review service",
+                                   logged_out="You are logged out of the review service."))
 
 
 @router.get(STYLESHEET)
