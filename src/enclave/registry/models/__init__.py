@@ -6,6 +6,7 @@
 - `exports`: export requests, their files, findings, reviews, comments and releases (the airlock);
 - `sessions`: notebook sessions with their browser egress, and scholars' work volumes (the hub);
 - `privacy`: the differential-privacy ledger, each project's spends against its grant's budget;
+- `finetune`: DP fine-tune jobs, their progress, the model they produced and its audit reports;
 - `access`: calls for applications, applications, panel scores, awards and their reports;
 - `registrations`: self-registrations of applicants waiting for an operator;
 - `catalog`: the models the gateway serves, their stages, stage history, promotions and incidents.
@@ -33,6 +34,7 @@ from enclave.registry.models.exports import (
 from enclave.registry.models.metering import (
     GatewayInstance, ModelCall, RateWindow, Reservation, UsageDay, UsageTotal,
 )
+from enclave.registry.models.finetune import FinetuneJob, FinetuneStatus
 from enclave.registry.models.privacy import PRIVACY_APPEND_ONLY_TABLES, PrivacyAccount, PrivacySpend
 from enclave.registry.models.registrations import Registration
 from enclave.registry.models.sessions import EgressDay, NotebookSession, WorkVolume, WorkVolumeState
@@ -47,5 +49,6 @@ __all__ = [
     "Membership", "ModelCall", "NotebookSession", "Person", "PRIVACY_APPEND_ONLY_TABLES", "PrivacyAccount", "PrivacySpend",
     "Project", "ProjectStatus", "RateWindow", "Registration", "Reservation", "Role",
     "Sensitivity", "UsageDay", "UsageTotal", "Visibility", "WorkVolume", "WorkVolumeState",
+    "FinetuneJob", "FinetuneStatus",
     "CATALOG_APPEND_ONLY_TABLES", "ModelEntry", "ModelIncident", "ModelPromotion", "ModelStageStep",
 ]
