@@ -18,6 +18,7 @@ from enclave.gateway.deps import GatewayState
 from enclave.gateway.engine import Engine
 from enclave.gateway.http_errors import install_error_handlers
 from enclave.gateway.model import load_model
+from enclave.gateway.pool import ModelPool
 from enclave.gateway.routes import router
 from enclave.gateway.schemas import ErrorBody
 from enclave.gateway.settings import GatewaySettings, SettingsError, keep_hub_offline
@@ -42,7 +43,8 @@ def _sampling_secret(settings: GatewaySettings) -> bytes | None:
 
 def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastAPI:
     """The gateway app. Pass a started `engine` to share one (tests, benchmarks); otherwise the
-    app loads `settings.model_dir` at start-up and owns the engine."""
+    app loads `settings.model_dir` at start-up and owns the engine. That is the default model; the
+    registry's catalog models are loaded when first asked for (`enclave.gateway.pool`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,12 +62,15 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         serving = engine or owned
         if secret is not None:
             serving.use_sampling_secret(secret)
-        app.state.gateway = GatewayState(settings=settings, db=db, engine=serving,
+        # The catalog's models load on first use, each with its own engine (`pool`).
+        models = ModelPool(settings, serving, sampling_secret=secret)
+        app.state.gateway = GatewayState(settings=settings, db=db, engine=serving, models=models,
                                          identity=HubIdentity(settings.hub_api_url, settings.service_name))
         try:
             yield
         finally:
             app.state.gateway.close()  # stop the heartbeat before the database goes
+            models.close()
             if owned is not None:
                 owned.close()
             db.dispose()

@@ -40,13 +40,15 @@ from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine as DbEngine
 
-from enclave.errors import UserError
+from enclave.errors import Conflict, UserError
 from enclave.gateway import quota, refusals, tiers
 from enclave.gateway.auth import Caller, authorize, identify
 from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
+from enclave.gateway.pool import Choice, ModelPool
 from enclave.gateway.settings import GatewaySettings, SettingsError
 from enclave.registry.access import Access
+from enclave.registry.catalog import UnknownModel
 from enclave.web.hub_auth import HubIdentity, bearer_token
 from enclave.web.session_binding import session_project
 from enclave.web.transactions import in_transaction, in_transaction_thread
@@ -64,6 +66,8 @@ class GatewayState:
     db: DbEngine
     engine: Engine
     identity: HubIdentity
+    # Every model this gateway serves, the default (`engine`) among them; None: the default only.
+    models: ModelPool | None = None
     refusal_tally: refusals.RefusalTally = dataclasses.field(default_factory=refusals.RefusalTally)
     instance_id: str = dataclasses.field(init=False, default="")
     _stop: threading.Event = dataclasses.field(init=False, repr=False, compare=False, default_factory=threading.Event)
@@ -135,6 +139,23 @@ class GatewayState:
     def transaction(self, work: Callable[[Any], Any]) -> Any:
         return in_transaction(self.db, work)
 
+    def choose(self, session, granted: Access, requested: str | None) -> Choice:
+        """Which model `granted`'s project gets when it asks for `requested` (the registry decides,
+        every call: `ModelPool.choose`)."""
+        if self.models is None:
+            name = self.engine.model_info()["name"]
+            if requested is not None and requested != name:
+                raise UnknownModel(f"this gateway serves {name!r}, not {requested!r}")
+            return Choice(name, self.settings.model_dir)
+        return self.models.choose(session, granted.project, requested)
+
+    async def served(self, granted: Access, requested: str | None) -> tuple[Choice, Engine]:
+        """The model a call of `granted` gets, and the engine that runs it (loaded on first use)."""
+        choice = await self.run(lambda session: self.choose(session, granted, requested))
+        if self.models is None:
+            return choice, self.engine
+        return choice, await self.models.engine(choice)
+
     async def run(self, work: Callable[[Any], Any]) -> Any:
         """`work(session)` as one transaction in a worker thread (see `enclave.web.transactions`)."""
         return await in_transaction_thread(self.db, work)
@@ -194,6 +215,13 @@ class MeteredCall:
     def __init__(self, request: Request, state: GatewayState, credentials: Credentials,
                  decided: Access | None = None):
         self.request, self.state, self.credentials, self.decided = request, state, credentials, decided
+        self.choice: Choice | None = None
+
+    async def model(self, requested: str | None) -> tuple[str, Engine]:
+        """The name and engine of the model this call asked for (None: the default), if the
+        project may use it now; the admission asks the registry again, in its transaction."""
+        self.choice, engine = await self.state.served(self.decided, requested)
+        return self.choice.name, engine
 
     def require_tier(self, endpoint: str) -> None:
         """Refuse at once (before any tokenising) an endpoint above the tier of the grant the
@@ -216,6 +244,11 @@ class MeteredCall:
 
         def admit(session):
             caller, granted = self.credentials.decide(session, identity)
+            if self.choice is not None:
+                # Decided again with the reservation, so a demotion since `model()` still bites.
+                again = self.state.choose(session, granted, self.choice.name)
+                if again.directory != self.choice.directory:
+                    raise Conflict(f"model {self.choice.name!r} changed while the call was admitted: try again")
             ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap,
                                    max_new_tokens=max_new_tokens, instance_id=self.state.instance_id,
                                    activation_bytes=activation_bytes)
@@ -239,6 +272,7 @@ class MeteredCall:
             charged = 0 if status == "busy" else prompt_tokens + completion
             record = quota.CallRecord(status=status, prompt=prompt, outputs=outputs, prompt_tokens=prompt_tokens,
                                       completion_tokens=completion,
+                                      model=self.choice.name if self.choice is not None else None,
                                       latency_ms=int((time.perf_counter() - started) * 1000))
             # Settle even when the client left or the engine failed: the reservation must not linger.
             await asyncio.shield(self.state.run(lambda s: quota.settle(

@@ -181,6 +181,8 @@ class CallRecord:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: int
+    # The model that answered (a catalog name, or the default model's), for the audit event.
+    model: str | None = None
 
 
 def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRecord, *, actor: str,
@@ -213,6 +215,8 @@ def settle(session: Session, ticket: Ticket, charged_tokens: int, record: CallRe
     }
     if ticket.activation_bytes:
         details["activation_bytes"] = activation_bytes
+    if record.model is not None:
+        details["model"] = record.model
     event = audit.append(session, actor=actor, action=f"model.{ticket.endpoint}", subject=f"project:{project_slug}",
                          details=details)
     session.add_all([account, day, reservation, ModelCall(

@@ -1,5 +1,7 @@
-"""The model API's routes: which model this is, the caller's allowance, the three model calls
-(generate, score, next-token), and activations for the internals tier.
+"""The model API's routes: which model this is, which models the caller may use, the caller's
+allowance, the three model calls (generate, score, next-token), and activations for the internals
+tier. Each call names its model (`model`, omitted: the default), which the registry allows or
+refuses on every call (`enclave.gateway.pool`).
 
 Each endpoint needs a tier of the grant (`tiers`): refused with 403 naming the tier it needs,
 before the prompt is tokenised. Below the internals tier nothing here returns hidden states,
@@ -34,8 +36,9 @@ from enclave.gateway.deps import GatewayState, MeteredCall, get_access, get_engi
 from enclave.gateway.engine import ContextTooLong, Engine, GenerationProgress, SamplingParams
 from enclave.gateway.schemas import (
     LOGPROB_DECIMALS, Activation, ActivationsRequest, ActivationsResponse, Choice, GenerateRequest, GenerateResponse,
-    HookPoints, ModelInfo, NextTokenRequest, NextTokenResponse, ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
+    HookPoints, ListedModel, ModelInfo, ModelList, NextTokenRequest, NextTokenResponse, ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
 )
+from enclave.registry import catalog
 from enclave.registry.access import Access
 
 router = APIRouter()
@@ -69,16 +72,41 @@ async def model_info(engine: Engine = Depends(get_engine)) -> ModelInfo:
     return ModelInfo(name=info["name"], parameters=info["parameters"], context_length=info["context_length"])
 
 
+@router.get("/v1/models", response_model=ModelList, summary="The models the caller's project may use")
+async def models(granted: Access = Depends(get_access), state: GatewayState = Depends(get_state)) -> ModelList:
+    def listed(session) -> list[ListedModel]:
+        default = state.models.default_entry(session) if state.models is not None else None
+        out = []
+        if default is None:
+            # The default model outside the catalog: served to every project, as before the catalog.
+            info = state.engine.model_info()
+            out.append(ListedModel(name=info["name"], stage=None, parameters=info["parameters"], default=True,
+                                   summary="The gateway's default model (not in the model catalog)."))
+        for entry in catalog.visible_models(session, granted.project):
+            out.append(ListedModel(name=entry.name, stage=entry.stage, summary=entry.summary,
+                                   parameters=entry.parameters, base_model=entry.base_model,
+                                   own=entry.owner_project_id is not None,
+                                   default=default is not None and default.id == entry.id))
+        return out
+
+    found = await state.run(listed)
+    return ModelList(project=granted.project.slug, tier=granted.grant.tier, models=found)
+
+
 @router.get("/v1/hooks", response_model=HookPoints, summary="The hook points /v1/activations serves")
-async def hook_points(_granted: Access = Depends(get_access), engine: Engine = Depends(get_engine)) -> HookPoints:
+async def hook_points(model: str | None = None, granted: Access = Depends(get_access),
+                      state: GatewayState = Depends(get_state)) -> HookPoints:
+    choice, engine = await state.served(granted, model)
     dims = engine.dimensions()
-    return HookPoints(model=engine.model_info()["name"], n_layer=dims["n_layer"], d_model=dims["d_model"],
+    return HookPoints(model=choice.name, n_layer=dims["n_layer"], d_model=dims["d_model"],
                       n_head=dims["n_head"], d_mlp=dims["d_mlp"], hooks=hooks.names(dims["n_layer"]))
 
 
 @router.get("/v1/usage", summary="The caller's remaining allowance, tier and extraction bound")
-async def usage(granted: Access = Depends(get_access), state: GatewayState = Depends(get_state)) -> dict:
-    dims = state.engine.dimensions()
+async def usage(model: str | None = None, granted: Access = Depends(get_access),
+                state: GatewayState = Depends(get_state)) -> dict:
+    _, engine = await state.served(granted, model)
+    dims = engine.dimensions()
     bound = tiers.extraction_bound(granted.grant, d_model=dims["d_model"], d_mlp=dims["d_mlp"], vocab=dims["vocab"],
                                    context=dims["context"])
     return await state.run(lambda session: {"user": granted.person.username, **quota.usage(session, granted),
@@ -102,9 +130,9 @@ async def tokenise(engine: Engine, text: str, new_tokens: int = 0, *, score: boo
 
 
 @router.post("/v1/generate", response_model=GenerateResponse, summary="Continue a prompt")
-async def generate(body: GenerateRequest, engine: Engine = Depends(get_engine),
-                   metered: MeteredCall = Depends(get_metered_call)) -> GenerateResponse:
+async def generate(body: GenerateRequest, metered: MeteredCall = Depends(get_metered_call)) -> GenerateResponse:
     metered.require_tier("generate")
+    _, engine = await metered.model(body.model)
     try:
         params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
                                 top_p=body.top_p, seed=body.seed, stop=list(body.stop), ignore_eos=body.ignore_eos)
@@ -144,9 +172,9 @@ def _scored(engine: Engine, ids: list[int], logprobs: list[float]) -> dict:
 
 
 @router.post("/v1/score", response_model=ScoreResponse, summary="Log-probabilities of a text's own tokens")
-async def score(body: ScoreRequest, engine: Engine = Depends(get_engine),
-                metered: MeteredCall = Depends(get_metered_call)) -> ScoreResponse:
+async def score(body: ScoreRequest, metered: MeteredCall = Depends(get_metered_call)) -> ScoreResponse:
     metered.require_tier("score")
+    _, engine = await metered.model(body.model)
     ids = await tokenise(engine, body.text, score=True)
 
     async def run(_granted: Access):
@@ -165,9 +193,9 @@ def _top(engine: Engine, top: list[tuple[int, float]]) -> dict:
 
 
 @router.post("/v1/next-token", response_model=NextTokenResponse, summary="The most likely next tokens (at most 5)")
-async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine),
-                     metered: MeteredCall = Depends(get_metered_call)) -> NextTokenResponse:
+async def next_token(body: NextTokenRequest, metered: MeteredCall = Depends(get_metered_call)) -> NextTokenResponse:
     metered.require_tier("next-token")
+    _, engine = await metered.model(body.model)
     ids = await tokenise(engine, body.prompt)
 
     async def run(_granted: Access):
@@ -177,10 +205,6 @@ async def next_token(body: NextTokenRequest, engine: Engine = Depends(get_engine
     call_id, top, _ = await metered("next-token", body.prompt, len(ids), len(ids), run)
     return NextTokenResponse(id=call_id, top=[TokenProbability(**t) for t in top["top"]],
                              usage=Usage(prompt_tokens=len(ids), completion_tokens=0, total_tokens=len(ids)))
-
-
-class WrongModel(BadInput):
-    code = "unknown_model"
 
 
 def _encoded(tensors: dict) -> tuple[dict[str, Activation], dict]:
@@ -197,12 +221,9 @@ def _encoded(tensors: dict) -> tuple[dict[str, Activation], dict]:
 
 @router.post("/v1/activations", response_model=ActivationsResponse,
              summary="Activations at TransformerLens hook points (internals tier), metered in bytes")
-async def activations(body: ActivationsRequest, engine: Engine = Depends(get_engine),
-                      metered: MeteredCall = Depends(get_metered_call)) -> ActivationsResponse:
+async def activations(body: ActivationsRequest, metered: MeteredCall = Depends(get_metered_call)) -> ActivationsResponse:
     metered.require_tier("activations")
-    name = engine.model_info()["name"]
-    if body.model is not None and body.model != name:
-        raise WrongModel(f"this gateway serves {name!r}, not {body.model!r}")
+    name, engine = await metered.model(body.model)
     dims = engine.dimensions()
     names = hooks.check(body.hooks, dims["n_layer"])
     ids = await tokenise(engine, body.prompt, score=body.prepend_bos)

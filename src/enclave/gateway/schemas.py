@@ -22,6 +22,8 @@ class Strict(BaseModel):
 
 
 class GenerateRequest(Strict):
+    model: str | None = Field(default=None, max_length=200, description=(
+        "Which model (GET /v1/models lists those the project may use); omitted: the gateway's default model."))
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text to continue.")
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Most tokens to generate per sample.")
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
@@ -55,6 +57,8 @@ class GenerateResponse(BaseModel):
 
 
 class ScoreRequest(Strict):
+    model: str | None = Field(default=None, max_length=200, description=(
+        "Which model (GET /v1/models lists those the project may use); omitted: the gateway's default model."))
     text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text whose own tokens to score.")
 
 
@@ -72,6 +76,8 @@ class ScoreResponse(BaseModel):
 
 
 class NextTokenRequest(Strict):
+    model: str | None = Field(default=None, max_length=200, description=(
+        "Which model (GET /v1/models lists those the project may use); omitted: the gateway's default model."))
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     top_k: int = Field(default=5, ge=1, le=MAX_NEXT_TOKEN_K, description=f"At most {MAX_NEXT_TOKEN_K}.")
 
@@ -89,7 +95,7 @@ class NextTokenResponse(BaseModel):
 
 class ActivationsRequest(Strict):
     model: str | None = Field(default=None, max_length=200, description=(
-        "The served model's name (GET /v1/model); when given, it must be the one this gateway serves."))
+        "Which model (GET /v1/models lists those the project may use); omitted: the gateway's default model."))
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     hooks: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         min_length=1, max_length=MAX_HOOKS, description=(
@@ -121,6 +127,23 @@ class ModelInfo(BaseModel):
     name: str
     parameters: int
     context_length: int
+
+
+class ListedModel(BaseModel):
+    name: str
+    stage: str | None = Field(description="Release stage (internal, partner, gated, general); null for the "
+                                          "gateway's default model outside the catalog.")
+    summary: str = Field(description="The first paragraph of the model card.")
+    parameters: int
+    base_model: str | None = None
+    own: bool = Field(default=False, description="The project's own model (a fine-tune), served to it alone.")
+    default: bool = Field(default=False, description="What a call without `model` gets.")
+
+
+class ModelList(BaseModel):
+    project: str
+    tier: str
+    models: list[ListedModel]
 
 
 class HookPoints(BaseModel):

@@ -52,6 +52,13 @@ WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json"
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
+class UnknownModel(BadInput):
+    """A call named a model that does not exist for its project (HTTP 400, as a bad field of the
+    request): unknown, or another project's own model, which is answered the same way."""
+
+    code = "unknown_model"
+
+
 class ModelNotReleased(Refused):
     """The model's stage is beyond what the project's tier may see (HTTP 403); the message says
     which tier would."""
@@ -184,8 +191,9 @@ def require_visible(session: Session, project: Project | str, name: str) -> Mode
     project = _project(session, project)
     entry = find_model(session, name)
     if entry is None or (entry.owner_project_id is not None and entry.owner_project_id != project.id):
-        names = ", ".join(e.name for e in visible_models(session, project)) or "none"
-        raise NotFound(f"no model {name!r} for project {project.slug!r} (models it may use: {names})")
+        names = ", ".join(e.name for e in visible_models(session, project)) or "no catalog model"
+        raise UnknownModel(f"no model {name!r} for project {project.slug!r}: the enclave serves it {names} "
+                           f"(GET /v1/models)")
     if entry.owner_project_id is not None:
         return entry
     tier = _tier(session, project)
@@ -225,10 +233,11 @@ def _first_errors(what: str, findings: list[model_card.Finding]) -> str:
 
 
 def onboard(session: Session, *, actor: str, name: str, directory: str | Path, card: str, checklist: str,
-            stage: str = "internal", now: dt.datetime | None = None) -> ModelEntry:
+            stage: str = "internal", via: str = "", now: dt.datetime | None = None) -> ModelEntry:
     """Add a catalog model: its card must lint clean and its checklist be fully answered (the actor,
     an operator, signs it off); its weights are fingerprinted. The caller checks beforehand that
-    the directory loads as a model (the gateway's check)."""
+    the directory loads as a model (the gateway's check). `via` says how the operator
+    authenticated (recorded with the sign-off)."""
     require_role(session, actor)
     now = now or utcnow()
     _check_name(session, name)
@@ -258,7 +267,8 @@ def onboard(session: Session, *, actor: str, name: str, directory: str | Path, c
     audit.append(session, actor=actor, action="model.onboard", subject=f"model:{name}",
                  details={"directory": str(folder), "weights_sha256": digest, "parameters": parameters,
                           "stage": stage, "card_sha256": audit.sha256_text(card),
-                          "checklist_sha256": audit.sha256_text(checklist), "base_model": entry.base_model})
+                          "checklist_sha256": audit.sha256_text(checklist), "base_model": entry.base_model,
+                          **({"auth": via} if via else {})})
     return entry
 
 
@@ -327,7 +337,7 @@ def _cancel(session: Session, promotion: ModelPromotion, actor: str, why: str) -
 
 
 def propose_promotion(session: Session, *, actor: str, name: str, to_stage: str, evidence_name: str,
-                      evidence: bytes, min_days: float = DEFAULT_MIN_DAYS_AT_STAGE,
+                      evidence: bytes, min_days: float = DEFAULT_MIN_DAYS_AT_STAGE, via: str = "",
                       now: dt.datetime | None = None) -> ModelPromotion:
     """The first operator's half of a promotion: one stage up, with an evaluation report, after the
     minimum time at the current stage. A second operator must `sign_promotion`."""
@@ -370,11 +380,12 @@ def propose_promotion(session: Session, *, actor: str, name: str, to_stage: str,
                  details={"promotion": promotion.id, "from": entry.stage, "to": to_stage,
                           "evidence": promotion.evidence_name, "evidence_sha256": promotion.evidence_sha256,
                           "incidents": [i["id"] for i in incidents], "days_at_stage": promotion.days_at_stage,
-                          "min_days": min_days})
+                          "min_days": min_days, **({"auth": via} if via else {})})
     return promotion
 
 
-def sign_promotion(session: Session, *, actor: str, name: str, now: dt.datetime | None = None) -> ModelEntry:
+def sign_promotion(session: Session, *, actor: str, name: str, via: str = "",
+                   now: dt.datetime | None = None) -> ModelEntry:
     """The second operator's half: the stage changes now. The proposer cannot sign their own."""
     require_role(session, actor)
     now = now or utcnow()
@@ -400,7 +411,7 @@ def sign_promotion(session: Session, *, actor: str, name: str, now: dt.datetime 
     audit.append(session, actor=actor, action="model.promoted", subject=f"model:{name}",
                  details={"promotion": promotion.id, "from": before, "to": entry.stage,
                           "proposed_by": promotion.proposed_by, "signed_by": actor,
-                          "evidence_sha256": promotion.evidence_sha256})
+                          "evidence_sha256": promotion.evidence_sha256, **({"auth": via} if via else {})})
     return entry
 
 
