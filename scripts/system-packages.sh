@@ -11,6 +11,8 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 command -v g++ >/dev/null || missing+=(g++)
 # The reading room: Docker engine, the image's debootstrap base, the host firewall.
 command -v dockerd >/dev/null || missing+=(docker.io)
+# deploy/compose.yaml's walk-through (tests/test_deploy_compose.py) runs Debian's docker-compose.
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v iptables >/dev/null || missing+=(iptables)
 # The reviewer UI's browser tests drive Debian's Chromium (Playwright's own download cannot work).
