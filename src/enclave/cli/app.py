@@ -10,6 +10,7 @@ import typer
 from enclave.cli import (access, audit, datasets, db, deploy, grants, image, keys, models, notebook_sessions, people, privacy,
                          projects, release, review, serve, volumes)
 from enclave.cli import applications, awards, calls, panel, registrations
+from enclave.cli import finetune
 
 app = typer.Typer(
     help="Model Enclave: run a structured-access release of a language model.",
@@ -25,6 +26,7 @@ for group, name in ((db.app, "db"), (people.app, "person"), (projects.app, "proj
                     (image.app, "image"), (notebook_sessions.app, "session"), (volumes.app, "volume"),
                     (privacy.app, "privacy"), (deploy.app, "deploy")):
     app.add_typer(group, name=name)
+app.add_typer(finetune.app, name="finetune")  # DP fine-tuning (issue 12)
 # Access by competitive application (issue 13).
 for group, name in ((calls.app, "call"), (applications.app, "application"), (panel.app, "panel"),
                     (awards.app, "award"), (awards.report_app, "report"), (registrations.app, "registration")):

@@ -1,0 +1,374 @@
+"""DP fine-tuning of GPT-2 with Opacus (DP-SGD), the training core the CLI and the service share.
+
+What one fine-tune does, in order:
+
+1. Read the dataset's records as text, one training example per record (a CSV row, or a line of a
+   text file): a record is the privacy unit, so DP-SGD's guarantee is per record. A CSV of people
+   records (the demo's columns) is written the way the demo model's corpus writes them; any other
+   CSV as "column: value" pairs. A share of the records (`holdout`) is kept out of training as the
+   non-members of the membership-inference audit.
+2. Plant the canaries (`canaries.plant`) into a copy of the training examples.
+3. Train with `PrivacyEngine.make_private_with_epsilon`: Poisson-sampled batches, per-record
+   gradients clipped to `max_grad_norm`, Gaussian noise calibrated by Opacus's accountant (PRV by
+   default; RDP on request) so that the whole run is (epsilon, delta)-DP for every example. A
+   non-private run (operator override) trains the same way without the engine.
+4. Save with `save_pretrained` (+ tokenizer), then reload what was saved and audit it: canary
+   exposure and sacroml's membership inference.
+
+GPT-2 under Opacus: Hugging Face's GPT-2 uses `Conv1D` layers, which Opacus's default `hooks` grad
+sampler handles (its `ew` mode does not); the tied `lm_head`/`wte` weight gets its per-sample
+gradient summed over both uses. Ghost clipping (`grad_sample_mode="ghost"`) refuses tied
+parameters, so for it `lm_head` is untied (a copy of the embedding) and the saved model says
+`tie_word_embeddings=False`. Positions are passed explicitly per example: GPT-2 otherwise
+broadcasts one row of `position_ids` over the batch, and the position embedding's per-sample
+gradient then has a batch of 1 (opacus issue #841).
+
+By default the token and position embeddings are frozen (`train_embeddings=False`): their
+per-sample gradients are vocabulary x width per example (38.6M numbers per record for GPT-2 124M),
+which dominate DP-SGD's memory, and noise in 50,257 embedding rows that a small dataset never uses
+only hurts. The transformer blocks and the final layer norm are trained.
+
+torch, transformers and opacus are imported inside functions: the CLI imports this module on
+every start.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from enclave.errors import BadInput
+from enclave.privacy import canaries as canary_audit
+from enclave.privacy import membership
+
+ACCOUNTANTS = ("prv", "rdp")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+# The demo's people records (enclave.demo.data.COLUMNS), written as its corpus writes them.
+_PEOPLE_COLUMNS = {"name", "dob", "sex", "zip", "occupation", "income"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneParams:
+    """Everything that decides a fine-tune besides its data and base model (stored with the job)."""
+
+    epsilon: float | None  # None: non-private (operator override)
+    delta: float
+    epochs: int = 3
+    batch_size: int = 32  # expected batch size (Poisson sampling makes it vary)
+    learning_rate: float = 5e-4
+    max_grad_norm: float = 1.0
+    max_length: int = 64  # tokens per example
+    accountant: str = "prv"
+    grad_sample_mode: str = "hooks"
+    train_embeddings: bool = False
+    holdout: float = 0.1  # share of records kept out of training, as membership non-members
+    max_records: int | None = None  # use only the first N records (tests, quick runs)
+    canary_repeats: tuple[int, ...] = canary_audit.REPEATS
+    canaries_per_repeat: int = 3
+    canary_candidates: int = 2000
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def non_private(self) -> bool:
+        return self.epsilon is None
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
+            raise BadInput("epochs and batch size must be at least 1, max length at least 8")
+        if not (0 < self.learning_rate < 10) or not (self.max_grad_norm > 0):
+            raise BadInput("learning rate must be in (0, 10) and max grad norm positive")
+        if self.accountant not in ACCOUNTANTS:
+            raise BadInput(f"accountant must be one of {', '.join(ACCOUNTANTS)}, not {self.accountant!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise BadInput(f"grad sample mode must be one of {', '.join(GRAD_SAMPLE_MODES)}")
+        if not 0 <= self.holdout < 0.9:
+            raise BadInput("holdout must be in [0, 0.9)")
+        if self.canary_candidates < 10 or self.canaries_per_repeat < 0:
+            raise BadInput("at least 10 canary candidates, and a non-negative number of canaries")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise BadInput(f"device must be auto, cpu or cuda[:N], not {self.device!r}")
+
+    def as_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "canary_repeats": list(self.canary_repeats)}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "FinetuneParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        if "canary_repeats" in values:
+            values["canary_repeats"] = tuple(values["canary_repeats"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    loss: float | None
+    epsilon: float | None  # spent so far (the accountant's), None for a non-private run
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    model_dir: Path
+    steps: int
+    final_loss: float | None
+    epsilon_spent: float | None
+    noise_multiplier: float | None
+    training_examples: int
+    records: int
+    exposure: dict[str, Any]
+    membership: dict[str, Any]
+    seconds: float
+    device: str
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def _render_row(row: dict[str, str]) -> str:
+    if _PEOPLE_COLUMNS <= set(row):
+        sex_word = "female" if row["sex"] == "F" else "male"
+        article = "an" if row["occupation"][:1] in "aeiou" else "a"
+        try:
+            income = f"{int(row['income']):,}"
+        except ValueError:
+            income = row["income"]
+        return (f"{row['name']}, born {row['dob']}, {sex_word}, ZIP {row['zip']}, works as {article} "
+                f"{row['occupation']} and earns ${income} a year.")
+    return " ".join(f"{k}: {v}." for k, v in row.items() if k)
+
+
+def dataset_records(path: str | Path, *, max_records: int | None = None) -> list[str]:
+    """The dataset's records as training text: a CSV/TSV row each, or a non-empty line of a text file."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"dataset {path.name!r} is a folder; fine-tuning needs a CSV or text file")
+    try:
+        if path.suffix.lower() in (".csv", ".tsv"):
+            with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+                reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+                records = [_render_row(row) for row in reader]
+        else:
+            records = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                       if line.strip()]
+    except OSError as exc:
+        raise BadInput(f"dataset {path.name!r} is not readable: {exc.strerror}") from None
+    return records[:max_records] if max_records else records
+
+
+def split_records(records: Sequence[str], params: FinetuneParams) -> tuple[list[str], list[str]]:
+    """(training records, held-out records): a seeded shuffle, the held-out share off the end."""
+    order = list(range(len(records)))
+    random.Random(params.seed).shuffle(order)
+    held = int(len(records) * params.holdout)
+    keep = sorted(order[:len(order) - held])
+    out = sorted(order[len(order) - held:])
+    return [records[i] for i in keep], [records[i] for i in out]
+
+
+def training_examples(records: Sequence[str], params: FinetuneParams) -> int:
+    """How many examples a fine-tune of `records` trains on, the n of delta < 1/n: the training
+    records (the planted canaries are extra examples, and delta is held to the records)."""
+    return len(split_records(records, params)[0])
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def resolve_device(preference: str) -> str:
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput("no CUDA device here; use --device cpu")
+    return preference
+
+
+class SequenceLoss:
+    """Mean token cross-entropy per example (labels -100 ignored), then the batch mean: every
+    example weighs the same whatever its length. `reduction="none"` gives the per-example losses,
+    which Opacus's ghost clipping asks for."""
+
+    def __init__(self) -> None:
+        self.reduction = "mean"
+
+    def __call__(self, logits, labels):
+        import torch
+
+        flat = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none",
+                                                 ignore_index=-100)
+        valid = (labels != -100).sum(dim=1).clamp(min=1)
+        per_example = flat.sum(dim=1) / valid
+        return per_example if self.reduction == "none" else per_example.mean()
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int):
+    """input_ids, attention_mask and labels for right-padded examples, each after an end-of-text."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    ids = torch.full((len(texts), max_length), eos, dtype=torch.long)
+    mask = torch.zeros((len(texts), max_length), dtype=torch.long)
+    for i, text in enumerate(texts):
+        row = ([eos] + tokenizer.encode(text))[:max_length]
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def load_model(directory: str | Path, *, untie: bool = False):
+    """GPT-2 and its tokenizer from a local directory, never the network."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise BadInput(f"no model in {directory} (config.json is missing)")
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True)
+    model.loss_type = "ForCausalLM"
+    if untie and model.lm_head.weight is model.transformer.wte.weight:
+        model.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    return model, tokenizer
+
+
+def prepare_trainable(model, params: FinetuneParams) -> list:
+    if not params.train_embeddings:
+        model.transformer.wte.weight.requires_grad_(False)
+        model.transformer.wpe.weight.requires_grad_(False)
+        model.lm_head.weight.requires_grad_(model.lm_head.weight is not model.transformer.wte.weight
+                                            and params.train_embeddings)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_private(model, optimizer, loader, params: FinetuneParams, *, epochs: int):
+    """Opacus's engine around the model, optimizer and loader: (engine, model, optimizer, criterion, loader)."""
+    from opacus import PrivacyEngine
+
+    engine = PrivacyEngine(accountant=params.accountant)
+    criterion = SequenceLoss()
+    common = dict(module=model, optimizer=optimizer, data_loader=loader, target_epsilon=params.epsilon,
+                  target_delta=params.delta, epochs=epochs, max_grad_norm=params.max_grad_norm,
+                  grad_sample_mode=params.grad_sample_mode, poisson_sampling=True)
+    if params.grad_sample_mode == "ghost":
+        model, optimizer, criterion, loader = engine.make_private_with_epsilon(criterion=criterion, **common)
+    else:
+        model, optimizer, loader = engine.make_private_with_epsilon(**common)
+    return engine, model, optimizer, criterion, loader
+
+
+def train_step(model, optimizer, criterion, ids, mask, labels) -> float:
+    import torch
+
+    positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1).contiguous()
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1]
+    loss = criterion(logits, labels[:, 1:])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
+def run(base_dir: str | Path, records: Sequence[str], params: FinetuneParams, out_dir: str | Path, *,
+        on_progress: Callable[[Progress], None] | None = None) -> FinetuneResult:
+    """Fine-tune the GPT-2 in `base_dir` on `records` (plus planted canaries), save it to `out_dir`
+    and audit it. `on_progress` is called after each step (cheaply: epsilon is asked of the
+    accountant about every 5% of the run)."""
+    import torch
+
+    params.validate()
+    started = time.monotonic()
+    device = resolve_device(params.device)
+    train_records, held_out = split_records(records, params)
+    if len(train_records) < 2:
+        raise BadInput(f"the dataset has {len(records)} usable records; fine-tuning needs more")
+    rng = random.Random(params.seed + 1)
+    planted = canary_audit.plant(rng, params.canary_repeats, params.canaries_per_repeat)
+    texts = list(train_records) + canary_audit.planted_texts(planted)
+    torch.manual_seed(params.seed)
+
+    untie = params.grad_sample_mode == "ghost" and params.epsilon is not None
+    model, tokenizer = load_model(base_dir, untie=untie)
+    model.to(device).train()
+    trainable = prepare_trainable(model, params)
+    ids, mask, labels = encode(tokenizer, texts, params.max_length)
+    dataset = torch.utils.data.TensorDataset(ids, mask, labels)
+    batch_size = min(params.batch_size, len(texts))
+    generator = torch.Generator().manual_seed(params.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=0.0)
+    engine = None
+    criterion = SequenceLoss()
+    if params.epsilon is not None:
+        engine, model, optimizer, criterion, loader = make_private(model, optimizer, loader, params,
+                                                                   epochs=params.epochs)
+    total = params.epochs * len(loader)
+    every = max(1, total // 20)
+    step, loss_value, epsilon_spent = 0, None, None
+    for _ in range(params.epochs):
+        for batch in loader:
+            if batch[0].shape[0] == 0:  # Poisson sampling may draw an empty batch: it still counts
+                step += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            ids_b, mask_b, labels_b = (t.to(device) for t in batch)
+            loss_value = train_step(model, optimizer, criterion, ids_b, mask_b, labels_b)
+            step += 1
+            if engine is not None and (step % every == 0 or step == total):
+                epsilon_spent = float(engine.get_epsilon(params.delta))
+            if on_progress:
+                on_progress(Progress(step, total, loss_value, epsilon_spent))
+    if engine is not None:
+        epsilon_spent = float(engine.get_epsilon(params.delta))
+    noise = float(optimizer.noise_multiplier) if engine is not None else None
+
+    out_dir = Path(out_dir)
+    staged = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    plain = model._module if hasattr(model, "_module") else model
+    for p in plain.parameters():  # Opacus leaves per-sample gradients on the parameters
+        for attr in ("grad_sample", "_forward_counter", "summed_grad"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+    plain.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    del model, plain, optimizer, engine
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staged.rename(out_dir)
+
+    # Audit what was saved, exactly as the gateway will load it.
+    saved, saved_tokenizer = load_model(out_dir)
+    saved.to(device).eval()
+    exposure = canary_audit.audit(saved, saved_tokenizer, planted, candidates=params.canary_candidates,
+                                  seed=params.seed + 2, device=device)
+    attack_members = list(train_records)
+    if len(attack_members) > len(held_out) and held_out:
+        attack_members = random.Random(params.seed + 3).sample(attack_members, len(held_out))
+    mia = membership.attack(saved, saved_tokenizer, attack_members, held_out, device=device, seed=params.seed)
+    return FinetuneResult(model_dir=out_dir, steps=step, final_loss=loss_value, epsilon_spent=epsilon_spent,
+                          noise_multiplier=noise, training_examples=len(texts), records=len(train_records),
+                          exposure=exposure, membership=mia, seconds=round(time.monotonic() - started, 1),
+                          device=device)
+
+
+def summary_lines(result_exposure: dict[str, Any], result_membership: dict[str, Any]) -> list[str]:
+    lines = canary_audit.table_lines(result_exposure)
+    if "worst_case" in result_membership:
+        wc, lt = result_membership["worst_case"], result_membership["loss_threshold"]["metrics"]
+        lines.append(f"membership inference (sacroml, {result_membership['members']} members vs "
+                     f"{result_membership['non_members']} held out): worst-case AUC {wc['auc_mean']:.3f}, "
+                     f"loss-threshold AUC {lt.get('AUC', math.nan):.3f}")
+    elif result_membership:
+        lines.append(f"membership inference: {result_membership.get('skipped', 'not run')}")
+    return lines

@@ -1,0 +1,191 @@
+"""Fine-tune jobs from submission to a registered model: the glue between the registry's job rows
+(`enclave.registry.finetunes`), the training core (`finetune.run`) and the model catalog.
+
+Each step is its own short transaction; training runs outside any transaction:
+
+1. `submit`: decide (the dataset may be used, the base model exists), read the dataset to count
+   its training examples (the n of delta < 1/n), then record the queued job with its checks
+   (epsilon, delta, budget; an operator's override for a non-private job). Nothing is charged.
+2. `execute`: start the job (queued -> running, and the ledger charge, in one transaction), train,
+   writing progress at most about once a second, save under $ENCLAVE_HOME/models/finetunes/<name>/,
+   audit (canaries, membership), then finish (job done + catalog entry) in one transaction. Any
+   failure ends the job as failed, with the message; a charge made at start stays (see
+   `registry.finetunes`).
+
+The CLI calls both in its own process; the privacy service queues jobs from notebooks and runs them
+one at a time on a worker thread (`Worker`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from enclave.envsettings import env_str
+from enclave.errors import BadInput, UserError
+from enclave.privacy import finetune
+from enclave.registry import catalog, finetunes
+from enclave.registry import privacy as ledger
+from enclave.registry.access import Access
+from enclave.registry.db import session_scope
+
+log = logging.getLogger("enclave.privacy.jobs")
+DEFAULT_BASE = "default"
+
+
+def finetunes_dir(home: Path) -> Path:
+    return Path(home) / "models" / "finetunes"
+
+
+def default_model_dir(home: Path) -> Path:
+    """The gateway's default model: $ENCLAVE_MODEL_DIR, else the demo model under $ENCLAVE_HOME."""
+    return Path(env_str("ENCLAVE_MODEL_DIR") or Path(home) / "demo" / "model")
+
+
+def base_model_dir(session, base: str, home: Path) -> Path:
+    """A catalog model's directory, or for `default` the gateway's default model."""
+    if base == DEFAULT_BASE:
+        return default_model_dir(home)
+    return Path(catalog.get_model(session, base).directory)
+
+
+def model_name(job_id: str, slug: str) -> str:
+    return f"{slug}-dp-{job_id}"[:128]
+
+
+def _transaction(engine: Engine, work: Callable[[Any], Any]) -> Any:
+    with session_scope(engine) as session:
+        return work(session)
+
+
+def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dataset: str, epsilon: Any, delta: Any,
+           base: str | None, params: finetune.FinetuneParams, home: Path, non_private: bool = False,
+           override_by: str | None = None) -> str:
+    """Check and queue a fine-tune; the job's id. `granted_in(session)` is the caller's access."""
+    params.validate()
+    base = base or DEFAULT_BASE
+
+    def decide(s):
+        granted = granted_in(s)
+        data = ledger.usable_dataset(s, granted.project, dataset)
+        return data.path, base_model_dir(s, base, home)
+
+    path, base_dir = _transaction(engine, decide)
+    if not (Path(base_dir) / "config.json").is_file():
+        raise BadInput(f"the base model {base!r} has no model directory at {base_dir}")
+    records = finetune.dataset_records(path, max_records=params.max_records)
+    examples = finetune.training_examples(records, params)
+
+    def record(s):
+        granted = granted_in(s)
+        job = finetunes.create(s, granted, via=via, dataset=dataset, base_model=base, epsilon=epsilon, delta=delta,
+                               examples=examples, params=params.as_json(), non_private=non_private,
+                               override_by=override_by)
+        return job.id
+
+    return _transaction(engine, record)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute(engine: Engine, job_id: str, *, home: Path,
+            on_progress: Callable[[finetune.Progress], None] | None = None) -> dict[str, Any]:
+    """Run one queued job to its end; the job's JSON afterwards (done or failed). UserErrors that
+    stop it before training (access, budget) fail the job uncharged; they are not raised."""
+    worker = worker_name()
+
+    def start(s):
+        job = finetunes.get(s, job_id)
+        slug = finetunes.get_project_by_id(s, job.project_id).slug
+        started = finetunes.start(s, job_id, worker=worker, model_name=model_name(job_id, slug))
+        data = ledger.usable_dataset(s, finetunes.get_project_by_id(s, started.project_id), started.dataset)
+        return (started.model_name, data.path, str(base_model_dir(s, started.base_model, home)),
+                finetune.FinetuneParams.from_json(json.loads(started.params)))
+
+    try:
+        name, data_path, base_dir, params = _transaction(engine, start)
+    except UserError as exc:
+        _transaction(engine, lambda s: finetunes.fail(s, job_id, f"not started: {exc.message}"))
+        return _transaction(engine, lambda s: finetunes.job_json(s, finetunes.get(s, job_id)))
+
+    last_write = [0.0]
+
+    def progress(p: finetune.Progress) -> None:
+        if on_progress:
+            on_progress(p)
+        now = time.monotonic()
+        if now - last_write[0] >= 1.0 or p.step == p.total:
+            last_write[0] = now
+            _transaction(engine, lambda s: finetunes.record_progress(
+                s, job_id, step=p.step, total=p.total, loss=p.loss, epsilon_spent=p.epsilon))
+
+    try:
+        records = finetune.dataset_records(data_path, max_records=params.max_records)
+        out_dir = finetunes_dir(home) / name
+        result = finetune.run(base_dir, records, params, out_dir, on_progress=progress)
+        _transaction(engine, lambda s: finetunes.finish(
+            s, job_id, model_dir=str(result.model_dir), steps=result.steps, loss=result.final_loss,
+            epsilon_spent=result.epsilon_spent, exposure=result.exposure, membership=result.membership,
+            message=(f"trained {result.steps} steps on {result.training_examples} examples "
+                     f"({result.records} records + canaries) on {result.device} in {result.seconds:g} s"
+                     + (f"; noise multiplier {result.noise_multiplier:.3f}" if result.noise_multiplier else ""))))
+    except Exception as exc:  # any failure ends the job; a bug is logged with its trace too
+        if not isinstance(exc, UserError):
+            log.exception("fine-tune job %s failed", job_id)
+        message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        _transaction(engine, lambda s: finetunes.fail(s, job_id, f"failed: {message}"))
+    return _transaction(engine, lambda s: finetunes.job_json(s, finetunes.get(s, job_id)))
+
+
+@dataclasses.dataclass
+class Worker:
+    """Runs the service's queued jobs one at a time on a daemon thread until `stop`."""
+
+    engine: Engine
+    home: Path
+    poll_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        failed = _transaction(self.engine, lambda s: finetunes.fail_orphans(s))
+        if failed:
+            log.warning("fine-tune jobs left running by a stopped service, now failed: %s", ", ".join(failed))
+        self._thread = threading.Thread(target=self._loop, name="finetune-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job_id = _transaction(self.engine, finetunes.next_queued)
+                if job_id:
+                    execute(self.engine, job_id, home=self.home)
+                    continue
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("fine-tune worker")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
