@@ -26,9 +26,11 @@ def up(
     unisolated: Annotated[bool, typer.Option("--unisolated", help="Developer mode without Docker: notebooks are local processes with NO isolation.")] = False,
     public_url: PublicUrl = "http://127.0.0.1:8000",
 ) -> None:
-    """Bring up the embedded enclave: registry, demo people, project and data, demo model,
-    notebook image, then JupyterHub with the gateway, review, warden and idle culler."""
-    from enclave.demo.seed import ACCESS_PEOPLE, DEMO_PEOPLE, seed_demo, seed_demo_call, seed_demo_dataset
+    """Bring up the embedded enclave: registry, demo people, project and data, the demo models in the
+    catalog, notebook image, then JupyterHub with the gateway, review, warden and idle culler."""
+    from enclave.demo import large as large_demo
+    from enclave.demo.seed import (ACCESS_PEOPLE, DEMO_PEOPLE, LARGE_MODEL, seed_demo, seed_demo_call,
+                                   seed_demo_dataset, seed_demo_models)
     from enclave.hub.launch import reset_passwords, serve_hub
 
     home = enclave_home()
@@ -40,6 +42,9 @@ def up(
         for line in seed_demo_dataset(eng, demo.people_csv):
             typer.echo(line)
         for line in seed_demo_call(eng):
+            typer.echo(line)
+        large = large_demo.build_large_demo(home / "demo" / LARGE_MODEL)
+        for line in seed_demo_models(eng, demo.model_dir, large, demo.read_manifest(), large_demo.read_manifest(large)):
             typer.echo(line)
         demo_logins = [username for username, _, _ in DEMO_PEOPLE] + [username for username, *_ in ACCESS_PEOPLE]
         logins = reset_passwords(eng, demo_logins) if serve else {}

@@ -8,6 +8,8 @@ anyone else's.
 from __future__ import annotations
 
 import datetime as dt
+import string
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
@@ -124,4 +126,47 @@ def seed_demo_call(engine: Engine, now: dt.datetime | None = None) -> list[str]:
         state = "taking applications" if calls.accepting(call, now) else "not taking applications"
         report.append(f"call {DEMO_CALL}: {state} until {last_day(call.closes_at)}; applicant: {APPLICANT}; "
                       f"panel: {PANEL1}, {PANEL2}")
+    return report
+
+
+# The demo's two models in the catalog, at different stages so that staged release is real: the
+# demo GPT-2 (the gateway's default) at general, any tier sees it; GPT-2 124M's architecture with
+# random weights at partner, which needs the internals tier (the demo project's grant has score).
+DEMO_MODEL, LARGE_MODEL = "demo-gpt2", "gpt2-124m-random"
+MODEL_CARDS = Path(__file__).parent / "model_cards"
+
+
+def demo_model_cards(demo_manifest: dict, large_manifest: dict) -> dict[str, str]:
+    """The two cards, with the numbers of these builds filled in."""
+    small = string.Template((MODEL_CARDS / f"{DEMO_MODEL}.md").read_text(encoding="utf-8")).substitute(
+        final_loss=demo_manifest.get("final_loss"), n_parameters=f"{demo_manifest.get('n_parameters', 0):,}",
+        steps=demo_manifest.get("steps"))
+    large = string.Template((MODEL_CARDS / f"{LARGE_MODEL}.md").read_text(encoding="utf-8")).substitute(
+        eval_loss=large_manifest["eval_loss"], eval_perplexity=large_manifest["eval_perplexity"],
+        n_parameters=f"{large_manifest['n_parameters']:,}")
+    return {DEMO_MODEL: small, LARGE_MODEL: large}
+
+
+def seed_demo_models(engine: Engine, demo_model_dir, large_model_dir, demo_manifest: dict,
+                     large_manifest: dict) -> list[str]:
+    """Onboard the two demo models (cards, checklist signed off by the demo operator); what is in
+    the catalog already is left alone."""
+    from enclave.registry import catalog
+
+    cards = demo_model_cards(demo_manifest, large_manifest)
+    checklist = (MODEL_CARDS / "checklist.toml").read_text(encoding="utf-8")
+    report: list[str] = []
+    with session_scope(engine) as s:
+        actor = next(p.username for p in people.list_people(s) if p.has_role(people.Role.operator))
+        for name, directory, stage in ((DEMO_MODEL, demo_model_dir, "general"),
+                                       (LARGE_MODEL, large_model_dir, "partner")):
+            entry = catalog.find_model(s, name)
+            if entry is None:
+                entry = catalog.onboard(s, actor=actor, name=name, directory=directory, card=cards[name],
+                                        checklist=checklist, stage=stage)
+                report.append(f"onboarded model {name} at stage {stage} ({entry.parameters:,} parameters)")
+            elif entry.directory != str(Path(directory).resolve()):
+                report.append(f"model {name} in the catalog is served from {entry.directory}, not {directory}")
+            report.append(f"model {name}: {entry.stage}, for projects at tier {catalog.STAGE_TIERS[entry.stage]} "
+                          f"or above")
     return report
