@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parent.parent
 CAP = 1_000_000
+ANNOUNCEMENTS = "@jupyterlab/apputils-extension:announcements"
 
 # Run inside the container (python3 of the image): what a scholar's session would find.
 INSIDE_CHECKS = r"""
@@ -64,6 +65,8 @@ report["singleuser"] = subprocess.run(["sh", "-c", "command -v jupyterhub-single
                                       capture_output=True, text=True).stdout.strip()
 listing = subprocess.run(["jupyter", "server", "extension", "list"], capture_output=True, text=True)
 report["extensions"] = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)  # no colours
+listing = subprocess.run(["jupyter", "labextension", "list"], capture_output=True, text=True)
+report["lab_extensions"] = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
 print("REPORT " + json.dumps(report))
 """
 
@@ -110,6 +113,10 @@ lab_page = get("lab")[1].decode()
 import re
 bundle = re.search(r'static/lab/[\w.]+\.js', lab_page) or re.search(r'static/[\w./-]+\.js', lab_page)
 results["bundle"] = get(bundle.group(0))[0] if bundle else None
+# The page config the lab page hands the browser: the plugins it must not start.
+config = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', lab_page, re.S)
+page_config = json.loads(config.group(1)) if config else {}
+results["page_disabled"] = page_config.get("disabledExtensions")
 server.terminate(); server.wait(20)
 print("LAB " + json.dumps(results))
 print("LOG " + json.dumps(open("/tmp/server.log").read()[-20000:]))
@@ -185,6 +192,9 @@ def test_image_contents_and_runtime_under_the_spawner_constraints(built, docker_
     assert any(name.startswith("fontlist-") for name in report["mpl_cache"])
     assert re.search(r"enclave_lockdown\b.*enabled", report["extensions"]), report["extensions"]
     assert "enclave_lockdown 0.1.0 OK" in report["extensions"], report["extensions"]
+    # JupyterLab's news and update announcements would reach for the internet: switched off in the image.
+    assert re.search(r"Disabled extensions:\s+" + re.escape(ANNOUNCEMENTS), report["lab_extensions"]), \
+        report["lab_extensions"]
 
 
 def test_jupyterlab_in_the_image_opens_files_but_refuses_bulk_reads(built, docker_client, tmp_path):
@@ -200,3 +210,5 @@ def test_jupyterlab_in_the_image_opens_files_but_refuses_bulk_reads(built, docke
     assert not [name for name, r in results.items() if isinstance(r, dict) and r["leak"]]
     assert results["settings"]["size"] < CAP  # JupyterLab's own settings fit under the backstop cap
     assert results["bundle"] == 200  # static bundles over the cap are exempt
+    # ... and the lab page tells the browser not to start the announcements plugin.
+    assert ANNOUNCEMENTS in (results["page_disabled"] or []), results["page_disabled"]
