@@ -4,6 +4,11 @@
                                                            "bounds", "where", "bins", "quantile"}
     GET  /api/budget                                        the caller's project: budget, spent, left
     GET  /api/receipt-key                                   the public key that signs receipts (PEM)
+    POST /api/finetune                                      queue a DP fine-tune {"dataset", "epsilon",
+                                                           "delta", "base", "epochs", ...} -> 202 {"job"}
+    GET  /api/finetune                                      the caller's project's fine-tune jobs
+    GET  /api/finetune/{job}                                one job: status, progress (step, total,
+                                                           loss, epsilon spent), model, audit reports
 
 A query runs in three steps, each its own short transaction or none: (1) decide — who is calling
 (a hub token with `access:services!service=privacy`), which project (a notebook session acts for
@@ -12,6 +17,10 @@ its own project only, `enclave.web.session_binding`), the registry's access deci
 loop and outside any transaction; (3) charge — decide again and record the spend with its audit
 event under the project's ledger lock (`enclave.registry.privacy.charge`). Only then is the value
 signed and answered: a query refused or failed at any step charges nothing and releases nothing.
+
+A fine-tune is checked when it is submitted (dataset, epsilon, delta < 1/n, budget) and queued;
+the service's worker thread (`privacy.jobs.Worker`) runs queued jobs one at a time, charging each
+when it starts (`enclave.registry.finetunes`). A notebook polls the job's progress.
 """
 
 from __future__ import annotations
@@ -30,10 +39,10 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from enclave.errors import BadInput, Conflict, Unauthenticated, UserError
-from enclave.privacy import receipts, statistics
+from enclave.errors import BadInput, Conflict, NotFound, Unauthenticated, UserError
+from enclave.privacy import finetune, jobs, receipts, statistics
 from enclave.privacy.settings import PrivacySettings
-from enclave.registry import access
+from enclave.registry import access, finetunes
 from enclave.registry import privacy as ledger
 from enclave.registry.clock import iso
 from enclave.registry.db import check_schema, make_engine
@@ -60,6 +69,7 @@ class PrivacyState:
     engine: Engine
     identity: Identity | None
     key: Any  # Ed25519PrivateKey
+    worker: jobs.Worker | None = None
 
     async def run(self, work: Callable[[Any], Any]) -> Any:
         return await in_transaction_thread(self.engine, work)
@@ -158,6 +168,85 @@ async def dp_statistic(statistic: str, request: Request) -> dict:
             "budget": ledger.budget_json(after)}
 
 
+# What a notebook may set of a fine-tune (the device and the rest are the service's).
+FINETUNE_FIELDS = ("epochs", "batch_size", "learning_rate", "max_grad_norm", "max_length", "accountant",
+                   "grad_sample_mode", "train_embeddings", "holdout", "max_records", "canaries_per_repeat",
+                   "canary_candidates", "seed")
+
+
+def parse_finetune(body: Any, max_epochs: int) -> tuple[str, Any, Any, str | None, finetune.FinetuneParams]:
+    """(dataset, epsilon, delta, base, params) of a fine-tune request, or BadInput."""
+    if not isinstance(body, dict):
+        raise BadInput("the request body must be a JSON object")
+    unknown = sorted(set(body) - {"dataset", "epsilon", "delta", "base", *FINETUNE_FIELDS})
+    if unknown:
+        raise BadInput(f"unknown field(s): {', '.join(unknown)}")
+    dataset = body.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise BadInput("name the dataset to fine-tune on")
+    if body.get("epsilon") is None or body.get("delta") is None:
+        raise BadInput("a fine-tune needs epsilon and delta (non-private fine-tunes are for operators only)")
+    base = body.get("base")
+    if base is not None and not isinstance(base, str):
+        raise BadInput("base must be a model name")
+    try:
+        params = finetune.FinetuneParams(epsilon=float(body["epsilon"]), delta=float(body["delta"]),
+                                         **{k: body[k] for k in FINETUNE_FIELDS if k in body})
+        params.validate()
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"bad fine-tune settings: {exc}") from None
+    if params.epochs > max_epochs:
+        raise BadInput(f"at most {max_epochs} epochs")
+    return dataset, body["epsilon"], body["delta"], base, params
+
+
+@router.post("/api/finetune", status_code=202, summary="Queue a DP fine-tune of the project's GPT-2 on a dataset")
+async def finetune_submit(request: Request) -> dict:
+    state: PrivacyState = request.app.state.privacy
+    caller = _caller(request, state)
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise BadInput(f"the request is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        parsed = json.loads(body or b"null")
+    except ValueError:
+        raise BadInput("the request body must be JSON") from None
+    dataset, epsilon, delta, base, params = parse_finetune(parsed, state.settings.finetune_max_epochs)
+    job_id = await run_in_threadpool(
+        jobs.submit, state.engine, caller.access, via="service", dataset=dataset, epsilon=epsilon, delta=delta,
+        base=base, params=params, default_dir=state.settings.default_model_dir)
+    if state.worker is not None:
+        state.worker.wake()
+    return await state.run(lambda s: finetunes.job_json(s, finetunes.get(s, job_id), reports=False))
+
+
+def _own_job(s, caller: Caller, job_id: str):
+    granted = caller.access(s)
+    job = finetunes.get(s, job_id)
+    if job.project_id != granted.project.id:  # another project's job: as if it did not exist
+        raise NotFound(f"unknown fine-tune job {job_id!r}")
+    return job
+
+
+@router.get("/api/finetune", summary="Your project's fine-tune jobs, oldest first")
+async def finetune_list(request: Request) -> list:
+    state: PrivacyState = request.app.state.privacy
+    caller = _caller(request, state)
+
+    def work(s):
+        granted = caller.access(s)
+        return [finetunes.job_json(s, j, reports=False) for j in finetunes.jobs(s, granted.project.slug)]
+
+    return await state.run(work)
+
+
+@router.get("/api/finetune/{job_id}", summary="One fine-tune job: status, progress, model and audit reports")
+async def finetune_show(job_id: str, request: Request) -> dict:
+    state: PrivacyState = request.app.state.privacy
+    caller = _caller(request, state)
+    return await state.run(lambda s: finetunes.job_json(s, _own_job(s, caller, job_id)))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def user_error(_request: Request, exc: UserError):
@@ -189,11 +278,17 @@ def create_app(settings: PrivacySettings, *, identity: Identity | None = None) -
         who = identity
         if who is None and settings.hub_api_url:
             who = HubIdentity(settings.hub_api_url, settings.service_name, cache_seconds=60)
+        worker = None
+        if settings.finetune_worker:
+            worker = jobs.Worker(engine, settings.home, settings.default_model_dir)
+            worker.start()
         app.state.privacy = PrivacyState(settings=settings, engine=engine, identity=who,
-                                         key=receipts.load_or_create_key(settings.receipt_key_file))
+                                         key=receipts.load_or_create_key(settings.receipt_key_file), worker=worker)
         try:
             yield
         finally:
+            if worker is not None:
+                worker.stop()
             engine.dispose()
 
     prefix = settings.prefix

@@ -253,9 +253,15 @@ def prepare_trainable(model, params: FinetuneParams) -> list:
 
 def make_private(model, optimizer, loader, params: FinetuneParams, *, epochs: int):
     """Opacus's engine around the model, optimizer and loader: (engine, model, optimizer, criterion, loader)."""
+    import warnings
+
     from opacus import PrivacyEngine
 
-    engine = PrivacyEngine(accountant=params.accountant)
+    # secure_mode (a cryptographically secure noise generator) needs torchcsprng, which has no wheel
+    # for this torch; the noise comes from torch's default generator, as in Opacus's own examples.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=params.accountant, secure_mode=False)
     criterion = SequenceLoss()
     common = dict(module=model, optimizer=optimizer, data_loader=loader, target_epsilon=params.epsilon,
                   target_delta=params.delta, epochs=epochs, max_grad_norm=params.max_grad_norm,
@@ -270,10 +276,15 @@ def make_private(model, optimizer, loader, params: FinetuneParams, *, epochs: in
 def train_step(model, optimizer, criterion, ids, mask, labels) -> float:
     import torch
 
+    import warnings
+
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1).contiguous()
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1]
     loss = criterion(logits, labels[:, 1:])
-    loss.backward()
+    with warnings.catch_warnings():
+        # Opacus's backward hooks on the first block fire with no input gradient when the embeddings are frozen.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.item())

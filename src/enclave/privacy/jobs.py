@@ -52,10 +52,10 @@ def default_model_dir(home: Path) -> Path:
     return Path(env_str("ENCLAVE_MODEL_DIR") or Path(home) / "demo" / "model")
 
 
-def base_model_dir(session, base: str, home: Path) -> Path:
+def base_model_dir(session, base: str, default_dir: Path) -> Path:
     """A catalog model's directory, or for `default` the gateway's default model."""
     if base == DEFAULT_BASE:
-        return default_model_dir(home)
+        return Path(default_dir)
     return Path(catalog.get_model(session, base).directory)
 
 
@@ -69,7 +69,7 @@ def _transaction(engine: Engine, work: Callable[[Any], Any]) -> Any:
 
 
 def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dataset: str, epsilon: Any, delta: Any,
-           base: str | None, params: finetune.FinetuneParams, home: Path, non_private: bool = False,
+           base: str | None, params: finetune.FinetuneParams, default_dir: Path, non_private: bool = False,
            override_by: str | None = None) -> str:
     """Check and queue a fine-tune; the job's id. `granted_in(session)` is the caller's access."""
     params.validate()
@@ -78,7 +78,7 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
     def decide(s):
         granted = granted_in(s)
         data = ledger.usable_dataset(s, granted.project, dataset)
-        return data.path, base_model_dir(s, base, home)
+        return data.path, base_model_dir(s, base, default_dir)
 
     path, base_dir = _transaction(engine, decide)
     if not (Path(base_dir) / "config.json").is_file():
@@ -100,7 +100,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute(engine: Engine, job_id: str, *, home: Path,
+def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
             on_progress: Callable[[finetune.Progress], None] | None = None) -> dict[str, Any]:
     """Run one queued job to its end; the job's JSON afterwards (done or failed). UserErrors that
     stop it before training (access, budget) fail the job uncharged; they are not raised."""
@@ -111,7 +111,7 @@ def execute(engine: Engine, job_id: str, *, home: Path,
         slug = finetunes.get_project_by_id(s, job.project_id).slug
         started = finetunes.start(s, job_id, worker=worker, model_name=model_name(job_id, slug))
         data = ledger.usable_dataset(s, finetunes.get_project_by_id(s, started.project_id), started.dataset)
-        return (started.model_name, data.path, str(base_model_dir(s, started.base_model, home)),
+        return (started.model_name, data.path, str(base_model_dir(s, started.base_model, default_dir)),
                 finetune.FinetuneParams.from_json(json.loads(started.params)))
 
     try:
@@ -142,11 +142,16 @@ def execute(engine: Engine, job_id: str, *, home: Path,
                      f"({result.records} records + canaries) on {result.device} in {result.seconds:g} s"
                      + (f"; noise multiplier {result.noise_multiplier:.3f}" if result.noise_multiplier else ""))))
     except Exception as exc:  # any failure ends the job; a bug is logged with its trace too
-        if not isinstance(exc, UserError):
+        if not isinstance(exc, (UserError, Stopped)):
             log.exception("fine-tune job %s failed", job_id)
-        message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        message = (exc.message if isinstance(exc, UserError) else str(exc) if isinstance(exc, Stopped)
+                   else f"{type(exc).__name__}: {exc}")
         _transaction(engine, lambda s: finetunes.fail(s, job_id, f"failed: {message}"))
     return _transaction(engine, lambda s: finetunes.job_json(s, finetunes.get(s, job_id)))
+
+
+class Stopped(Exception):
+    """The service is stopping: the running job ends (failed, its charge kept) rather than hold up shutdown."""
 
 
 @dataclasses.dataclass
@@ -155,6 +160,7 @@ class Worker:
 
     engine: Engine
     home: Path
+    default_dir: Path
     poll_seconds: float = 2.0
 
     def __post_init__(self) -> None:
@@ -172,18 +178,23 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _check_stop(self, _progress: finetune.Progress) -> None:
+        if self._stop.is_set():
+            raise Stopped("the privacy service stopped while this job ran")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 job_id = _transaction(self.engine, finetunes.next_queued)
                 if job_id:
-                    execute(self.engine, job_id, home=self.home)
+                    execute(self.engine, job_id, home=self.home, default_dir=self.default_dir,
+                            on_progress=self._check_stop)
                     continue
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("fine-tune worker")

@@ -28,6 +28,16 @@ class PrivacySettings:
     max_dataset_bytes: int = 512 * MIB
     # Bins a histogram may ask for.
     max_bins: int = 1000
+    # DP fine-tuning: the base model when a job names none (the gateway's default model:
+    # $ENCLAVE_MODEL_DIR, else the demo model under home), whether this process runs queued jobs
+    # (one at a time, on a worker thread), and the most epochs a notebook may ask for.
+    model_dir: Path | None = None
+    finetune_worker: bool = True
+    finetune_max_epochs: int = 20
+
+    @property
+    def default_model_dir(self) -> Path:
+        return self.model_dir or self.home / "demo" / "model"
 
     @property
     def prefix(self) -> str:
@@ -46,6 +56,9 @@ class PrivacySettings:
             base_url=env_str("JUPYTERHUB_SERVICE_PREFIX", cls.base_url),
             max_dataset_bytes=env_int("ENCLAVE_PRIVACY_MAX_DATASET_BYTES", cls.max_dataset_bytes),
             max_bins=env_int("ENCLAVE_PRIVACY_MAX_BINS", cls.max_bins),
+            model_dir=Path(env_str("ENCLAVE_MODEL_DIR")) if env_str("ENCLAVE_MODEL_DIR") else None,
+            finetune_worker=env_str("ENCLAVE_PRIVACY_FINETUNE_WORKER", "1") not in ("0", "false", "no"),
+            finetune_max_epochs=env_int("ENCLAVE_PRIVACY_FINETUNE_MAX_EPOCHS", cls.finetune_max_epochs),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)

@@ -1,0 +1,243 @@
+"""DP fine-tuning jobs: bad input is refused before anything is recorded or charged; a job is
+charged once, when it starts; `enclave finetune` trains the demo GPT-2 with Opacus and registers
+the model (served to its project only) with its canary-exposure and membership reports; the
+privacy service queues a notebook's job and its worker runs it, with progress to poll."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from enclave.errors import AccessDenied, BadInput, Conflict, Forbidden, NotFound
+from enclave.privacy import finetune, jobs
+from enclave.privacy.app import create_app
+from enclave.privacy.settings import PrivacySettings
+from enclave.registry import catalog, datasets, finetunes, grants, people, privacy
+from enclave.registry.db import make_engine, session_scope, upgrade
+from enclave.registry.models import FinetuneJob
+from enclave.registry.privacy import BudgetExhausted
+from tests.conftest import OPERATOR
+from tests.demo_fixture import demo_dir  # noqa: F401  (fixture)
+from tests.helpers import approved_project
+from tests.test_cli import InProcessCli
+from tests.test_privacy_service import TOKENS, FakeIdentity
+
+LAB, SCHOLAR, OTHER = "lab", "sofia", "other"
+RECORDS = 60
+P = "/services/privacy"
+# A fine-tune that takes seconds: few records, one epoch, few canaries and candidates.
+QUICK = dict(epochs=1, batch_size=16, max_length=40, max_records=RECORDS, canaries_per_repeat=1,
+             canary_candidates=60, holdout=0.2, learning_rate=1e-3)
+
+
+def _people_csv(path, demo) -> str:
+    """The demo's people records, first RECORDS + a few (the records a job trains on)."""
+    lines = demo.people_csv.read_text(encoding="utf-8").splitlines()[:RECORDS + 11]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def setup_lab(engine, tmp_path, demo_dir):  # noqa: F811
+    """Two approved projects, each with a budget of epsilon 10 and its own dataset."""
+    approved_project(engine, LAB, SCHOLAR)
+    approved_project(engine, OTHER, "bob")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("one line\nanother line\n")
+    with session_scope(engine) as s:
+        grants.set_grant(s, OPERATOR, LAB, epsilon=10.0, delta=1e-3)
+        grants.set_grant(s, OPERATOR, OTHER, epsilon=10.0, delta=1e-3)
+        datasets.register(s, OPERATOR, "people", _people_csv(tmp_path / "people.csv", demo_dir), ["dob", "zip"])
+        datasets.register(s, OPERATOR, "secret", str(secret), [])
+        datasets.allow(s, OPERATOR, "people", LAB)
+        datasets.allow(s, OPERATOR, "secret", OTHER)
+        people.add_person(s, OPERATOR, "clerk", "Clerk", "clerk@example.org", roles=["scholar"])
+    return engine
+
+
+@pytest.fixture
+def lab(engine, tmp_path, demo_dir):  # noqa: F811
+    return setup_lab(engine, tmp_path, demo_dir)
+
+
+@pytest.fixture
+def sqlite_lab(tmp_path, demo_dir):  # noqa: F811
+    """The lab on a fresh SQLite registry only: the tests that train run once, not per database."""
+    url = f"sqlite:///{tmp_path / 'enclave.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    with session_scope(engine) as s:
+        people.add_person(s, OPERATOR, OPERATOR, "Olga Operator", "op@example.org", roles=["operator"],
+                          bootstrap=True)
+    yield setup_lab(engine, tmp_path, demo_dir)
+    engine.dispose()
+
+
+def _submit(engine, demo, *, epsilon=2.0, delta=1e-4, dataset="people", actor=OPERATOR, slug=LAB, **kw):
+    params = finetune.FinetuneParams(epsilon=None if kw.get("non_private") else epsilon, delta=delta, **QUICK)
+    return jobs.submit(engine, lambda s: finetunes.operator_access(s, actor, slug), via="cli", dataset=dataset,
+                       epsilon=epsilon, delta=delta, base=None, params=params, default_dir=demo.model_dir, **kw)
+
+
+def _nothing_recorded(engine) -> None:
+    with session_scope(engine) as s:
+        assert s.exec(select(FinetuneJob)).all() == []
+        assert privacy.ledger_json(s, LAB)["spends"] == 0
+
+
+@pytest.mark.timeout(1800)  # the demo model's first build on a fresh machine
+@pytest.mark.parametrize("bad, error, match", [
+    (dict(epsilon=0), BadInput, "epsilon must be a positive number"),
+    (dict(epsilon=-1), BadInput, "epsilon must be a positive number"),
+    (dict(delta=1 / 40), BadInput, "delta must be below 1/n"),  # 48 training records: 1/48 < 1/40
+    (dict(dataset="nope"), NotFound, "unknown dataset"),
+    (dict(dataset="secret"), AccessDenied, "may not use dataset"),
+    (dict(epsilon=11), BudgetExhausted, "privacy budget exhausted"),
+    (dict(non_private=True), BadInput, "--override-by"),
+    (dict(non_private=True, override_by="clerk"), Forbidden, "operator role"),
+    (dict(override_by=OPERATOR), BadInput, "only goes with --non-private"),
+    (dict(actor="clerk"), Forbidden, "operator role"),
+])
+def test_bad_input_is_refused_and_charges_nothing(lab, demo_dir, bad, error, match):  # noqa: F811
+    with pytest.raises(error, match=match):
+        _submit(lab, demo_dir, **bad)
+    _nothing_recorded(lab)
+
+
+def test_unknown_base_model_is_refused(lab, demo_dir):  # noqa: F811
+    params = finetune.FinetuneParams(epsilon=1.0, delta=1e-4, **QUICK)
+    with pytest.raises(NotFound, match="no model 'gpt-nothing'"):
+        jobs.submit(lab, lambda s: finetunes.operator_access(s, OPERATOR, LAB), via="cli", dataset="people",
+                    epsilon=1.0, delta=1e-4, base="gpt-nothing", params=params, default_dir=demo_dir.model_dir)
+    _nothing_recorded(lab)
+
+
+def test_a_job_is_charged_once_when_it_starts(lab, demo_dir):  # noqa: F811
+    job_id = _submit(lab, demo_dir, epsilon=2.0, delta=1e-4)
+    with session_scope(lab) as s:
+        assert privacy.ledger_json(s, LAB)["spends"] == 0  # queued: nothing charged yet
+        job = finetunes.start(s, job_id, worker="test:1", model_name=jobs.model_name(job_id, LAB))
+        assert job.status == "running" and job.spend_id
+    with session_scope(lab) as s, pytest.raises(Conflict, match="not queued"):
+        finetunes.start(s, job_id, worker="test:2", model_name="again")
+    with session_scope(lab) as s:
+        ledger = privacy.ledger_json(s, LAB)
+        assert ledger["spends"] == 1 and ledger["spent"] == {"epsilon": 2.0, "delta": 1e-4}
+        assert ledger["ledger"][0]["mechanism"] == "dp-sgd"
+        assert ledger["ledger"][0]["query"]["finetune"] == job_id
+        failed = finetunes.fail(s, job_id, "killed")
+        assert failed.status == "failed" and "stays on the ledger" in failed.message
+    with session_scope(lab) as s:
+        assert privacy.ledger_json(s, LAB)["spends"] == 1  # failing neither refunds nor charges again
+
+
+def test_a_job_the_budget_can_no_longer_pay_fails_uncharged(lab, demo_dir, tmp_path):  # noqa: F811
+    job_id = _submit(lab, demo_dir, epsilon=6.0, delta=1e-4)
+    other = _submit(lab, demo_dir, epsilon=6.0, delta=1e-4)  # each fits alone; together they do not
+    with session_scope(lab) as s:
+        finetunes.start(s, job_id, worker="test:1", model_name=jobs.model_name(job_id, LAB))
+    out = jobs.execute(lab, other, home=tmp_path / 'home', default_dir=demo_dir.model_dir)
+    assert out["status"] == "failed" and "privacy budget exhausted" in out["message"] and out["spend"] is None
+    with session_scope(lab) as s:
+        assert privacy.ledger_json(s, LAB)["spent"]["epsilon"] == 6.0
+
+
+@pytest.fixture
+def sqlite_cli(sqlite_lab, tmp_path, monkeypatch, demo_dir):  # noqa: F811
+    """`enclave` in-process on the SQLite lab; the demo model is the default base."""
+    env = {"ENCLAVE_HOME": str(tmp_path / "home"), "ENCLAVE_DB_URL": sqlite_lab.url.render_as_string(hide_password=False),
+           "ENCLAVE_OPERATOR": OPERATOR, "ENCLAVE_MODEL_DIR": str(demo_dir.model_dir)}
+    runner = InProcessCli(env, monkeypatch)
+    runner.engine = sqlite_lab
+    return runner
+
+
+@pytest.mark.timeout(1800)
+def test_cli_finetune_registers_a_model_with_its_exposure_report(sqlite_cli, tmp_path, demo_dir):  # noqa: F811
+    cli = sqlite_cli
+    out = json.loads(cli("finetune", "--project", LAB, "--dataset", "people", "--epsilon", "4", "--delta", "1e-4",
+                         "--epochs", "1", "--batch-size", "16", "--max-length", "40", "--max-records", str(RECORDS),
+                         "--canaries", "1", "--canary-candidates", "60", "--holdout", "0.2", "--device", "cpu",
+                         "--json").stdout)
+    assert out["status"] == "done", out["message"]
+    assert out["progress"]["step"] == out["progress"]["total"] > 0
+    assert 0 < out["progress"]["epsilon_spent"] <= 4.0 + 1e-6
+    assert [row["repeats"] for row in out["exposure"]["table"]] == [1, 4, 16]
+    assert out["exposure"]["candidates"] == 60 and len(out["exposure"]["canaries"]) == 3
+    assert out["membership"]["tool"] == "sacroml" and 0 <= out["membership"]["worst_case"]["auc_mean"] <= 1
+    with session_scope(cli.engine) as s:
+        entry = catalog.get_model(s, out["model"])
+        assert entry.owner_project_id is not None and not entry.non_private and entry.dp_epsilon == 4.0
+        assert (tmp_path / "home" / "models" / "finetunes" / out["model"] / "config.json").is_file()
+        assert entry.directory == out["model_dir"]
+        assert json.loads(entry.report)["finetune_job"] == out["id"]
+        assert [m.name for m in catalog.visible_models(s, OTHER)].count(out["model"]) == 0
+        ledger = privacy.ledger_json(s, LAB)
+        assert ledger["spends"] == 1 and ledger["spent"]["epsilon"] == 4.0
+    shown = cli("finetune", "show", out["id"]).stdout
+    assert "done" in shown and "canary exposure" in shown and "repeats" in shown
+    listed = cli.json("finetune", "list")
+    assert [j["id"] for j in listed] == [out["id"]]
+    cli.fails("finetune", "--project", LAB, "--dataset", "people", "--epsilon", "0", "--delta", "1e-4",
+              match="epsilon must be a positive number")
+    cli.fails("finetune", "--project", LAB, "--dataset", "people", "--non-private", match="--override-by")
+
+
+@pytest.fixture
+def service(sqlite_lab, tmp_path, demo_dir):  # noqa: F811
+    settings = PrivacySettings.for_home(tmp_path / "svc", sqlite_lab.url.render_as_string(hide_password=False),
+                                        model_dir=demo_dir.model_dir)
+    with TestClient(create_app(settings, identity=FakeIdentity()), raise_server_exceptions=False) as client:
+        client.engine = sqlite_lab
+        yield client
+
+
+def _post(web, token="tok-sofia", project=LAB, **body):
+    headers = {"Authorization": f"token {token}", "X-Enclave-Project": project}
+    return web.post(f"{P}/api/finetune", json=body, headers=headers)
+
+
+@pytest.mark.timeout(1800)
+def test_service_queues_a_notebook_job_and_runs_it(service):
+    assert TOKENS["tok-sofia"] == SCHOLAR
+    bad = [(dict(dataset="people", epsilon=0, delta=1e-4), 400, "epsilon must be a positive"),
+           (dict(dataset="people", epsilon=1, delta=0.5), 400, "delta must be below 1/n"),
+           (dict(dataset="nope", epsilon=1, delta=1e-4), 404, "unknown dataset"),
+           (dict(dataset="secret", epsilon=1, delta=1e-4), 403, "may not use dataset"),
+           (dict(dataset="people", epsilon=50, delta=1e-4), 402, "privacy budget exhausted"),
+           (dict(dataset="people", delta=1e-4), 400, "non-private fine-tunes are for operators"),
+           (dict(dataset="people", epsilon=1, delta=1e-4, device="cuda"), 400, "unknown field")]
+    for body, status, match in bad:
+        reply = _post(service, **body)
+        assert reply.status_code == status and match in reply.json()["message"], (body, reply.text)
+    with session_scope(service.engine) as s:
+        assert s.exec(select(FinetuneJob)).all() == [] and privacy.ledger_json(s, LAB)["spends"] == 0
+
+    reply = _post(service, dataset="people", epsilon=3, delta=1e-4, **QUICK)
+    assert reply.status_code == 202, reply.text
+    job = reply.json()
+    assert job["status"] in ("queued", "running") and job["via"] == "service" and job["requested_by"] == SCHOLAR
+    headers = {"Authorization": "token tok-sofia", "X-Enclave-Project": LAB}
+    seen_running = False
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        polled = service.get(f"{P}/api/finetune/{job['id']}", headers=headers).json()
+        seen_running |= polled["status"] == "running" and polled["progress"]["total"] > 0
+        if polled["status"] in ("done", "failed"):
+            break
+        time.sleep(0.5)
+    assert polled["status"] == "done", polled["message"]
+    assert polled["progress"]["step"] == polled["progress"]["total"] and polled["progress"]["epsilon_spent"] <= 3.0001
+    assert polled["exposure"]["table"] and polled["membership"]["tool"] == "sacroml"
+    assert [j["id"] for j in service.get(f"{P}/api/finetune", headers=headers).json()] == [job["id"]]
+    # Another project's member cannot see it.
+    other = service.get(f"{P}/api/finetune/{job['id']}", headers={"Authorization": "token tok-bob",
+                                                                   "X-Enclave-Project": OTHER})
+    assert other.status_code == 404
+    with session_scope(service.engine) as s:
+        ledger = privacy.ledger_json(s, LAB)
+        assert ledger["spends"] == 1 and ledger["ledger"][0]["user"] == SCHOLAR
+        assert catalog.get_model(s, polled["model"]).owner_project_id is not None
