@@ -42,7 +42,7 @@ def test_report_shape_and_json():
 def test_every_check_is_registered_once_with_a_summary():
     names = [c.name for c in checks.CHECKS]
     assert len(names) == len(set(names)) and all(c.summary for c in checks.CHECKS)
-    assert {"file_policy", "archive", "containers", "weight_files", "weight_vectors", "encoded_blobs", "memorisation", "model_signals",
+    assert {"file_policy", "archive", "containers", "weight_files", "weight_vectors", "activations", "encoded_blobs", "memorisation", "model_signals",
             "provenance", "identifiers", "record_linkage", "acro", "tables", "differencing", "egress",
             "dp_receipts"} == set(names)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from enclave.review.scan import fingerprint as fingerprints_mod
 from enclave.review.scan import pii
+from enclave.review.scan.model_dims import ModelDims, ModelDimsError, read_model_dims
 from enclave.review.scan.archives import Budget
 from enclave.review.scan.cache import ScanCache
 from enclave.review.scan.linkage import RecordIndex
@@ -161,6 +162,9 @@ class Env:
     passages_scored: int = 0
     passages_skipped: int = 0
     scoring_failed: bool = False
+    # Activation-like numbers the export's items held so far (`checks.activations`): a dump split
+    # over many files is judged on its sum.
+    activation_numbers: int = 0
 
     def __post_init__(self) -> None:
         self.expansion = Budget(self.policy.archives.max_total_bytes)
@@ -236,6 +240,20 @@ class Env:
             except (fingerprints_mod.FingerprintError, OSError, ValueError) as exc:
                 self.problems.append(f"model {str(model_dir)!r} could not be fingerprinted ({exc}); "
                                      "exported numbers were not compared with its weights")
+        return out
+
+    @functools.cached_property
+    def model_dims(self) -> list[ModelDims]:
+        """The dimensions of the context's models, for recognising their activations."""
+        out = []
+        for model_dir in self.context.model_dirs:
+            if not (Path(model_dir) / "config.json").exists():
+                continue  # not a model's directory: `fingerprints` says so once
+            try:
+                out.append(read_model_dims(Path(model_dir)))
+            except ModelDimsError as exc:
+                self.problems.append(f"model {str(model_dir)!r} has no readable dimensions ({exc}); "
+                                     "arrays shaped like its activations were not looked for")
         return out
 
     def pii_analyzer(self, phone_regions: list[str]) -> pii.Analyzer:

@@ -76,6 +76,16 @@ class WeightsPolicy:
 
 
 @dataclass(frozen=True)
+class ActivationsPolicy:
+    # Arrays shaped like a served model's hook points, or stored under TransformerLens hook names
+    # (`checks.activations`): more than `max_numbers` of them in an export is a dump, at
+    # `dump_severity`; fewer (summary statistics of activations) are shown at `summary_severity`.
+    dump_severity: str
+    summary_severity: str
+    max_numbers: int
+
+
+@dataclass(frozen=True)
 class BlobsPolicy:
     min_base64_chars: int
     min_hex_chars: int
@@ -191,6 +201,7 @@ class Policy:
     files: FilesPolicy
     archives: ArchivesPolicy
     weights: WeightsPolicy
+    activations: ActivationsPolicy
     blobs: BlobsPolicy
     memorisation: MemorisationPolicy
     provenance: ProvenancePolicy
@@ -301,7 +312,7 @@ def _check_ranges(p: Policy, where: str) -> None:
     if not p.version.strip():
         fail("version", "must not be empty")
     # Every *_severity field, wherever it is, must name a severity.
-    for section in (p.files, p.archives, p.weights, p.blobs, p.memorisation, p.memorisation.model, p.linkage,
+    for section in (p.files, p.archives, p.weights, p.activations, p.blobs, p.memorisation, p.memorisation.model, p.linkage,
                     p.tables, p.acro, p.egress):
         for f in dataclasses.fields(section):
             if f.name == "severity" or f.name.endswith("_severity"):
@@ -321,6 +332,7 @@ def _check_ranges(p: Policy, where: str) -> None:
         "weights.min_vector_length": p.weights.min_vector_length, "weights.index_stride": p.weights.index_stride,
         "weights.max_candidates_per_vector": p.weights.max_candidates_per_vector,
         "weights.max_numbers_per_file": p.weights.max_numbers_per_file,
+        "activations.max_numbers": p.activations.max_numbers,
         "blobs.min_base64_chars": p.blobs.min_base64_chars, "blobs.min_hex_chars": p.blobs.min_hex_chars,
         "blobs.entropy_min_chars": p.blobs.entropy_min_chars, "blobs.max_blobs_per_file": p.blobs.max_blobs_per_file,
         "memorisation.ngram_chars": p.memorisation.ngram_chars, "memorisation.index_stride": p.memorisation.index_stride,

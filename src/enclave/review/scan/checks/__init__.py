@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enclave.review.scan.checks import (
     acro_evidence,
+    activations,
     archive,
     containers,
     differencing,
@@ -32,6 +33,7 @@ CHECKS: list[Check] = [
     Check(containers.NAME, "item", containers.check, "PNG chunks, PDF objects and notebook attachments opened fully"),
     Check(weight_files.NAME, "item", weight_files.check, "model weights and tensor files, by magic bytes"),
     Check(weight_vectors.NAME, "item", weight_vectors.check, "exported numbers matching rows or columns of model weights"),
+    Check(activations.NAME, "item", activations.check, "activation dumps: arrays shaped like or named as the models' hook points"),
     Check(encoded_blobs.NAME, "item", encoded_blobs.check, "base64/hex blobs decoded and rescanned; high-entropy runs"),
     Check(memorisation.NAME, "item", memorisation.check, "verbatim overlap with protected text"),
     Check(model_signals.NAME, "item", model_signals.check, "perplexity, zlib, lowercase and window signals under the model"),
