@@ -168,3 +168,20 @@ def test_a_model_whose_config_names_no_width_is_reported_not_fatal(tmp_path):
     report = scan({"a.csv": "x,y\n1.5,2.5\n"}, model_dirs=[broken])
     assert any("no readable dimensions" in f.message for f in of(report, "context", "warn"))
     assert not of(report, "activations")
+
+
+def test_a_notebook_that_asks_for_activations_is_not_a_dump(demo_dir):  # noqa: F811
+    from tests.review_corpus import code_cell, notebook, stream
+
+    cells = notebook(code_cell("acts = ec.activations(prompt, ['blocks.0.hook_resid_pre'])\nlr = 0.001\n",
+                               stream("norm 12.5 at blocks.0.hook_resid_pre\n")))
+    assert not of(scan({"work.ipynb": cells}, **model_dirs(demo_dir)), "activations")
+
+
+def test_a_notebook_output_printing_activations_by_hook_is_a_dump(acts, demo_dir):  # noqa: F811
+    from tests.review_corpus import code_cell, notebook, stream
+
+    printed = "\n".join(f"{h}: {acts[0][h].astype(float).round(4).tolist()}" for h in RESID + MLP)
+    cells = notebook(code_cell("for h in hooks: print(h, acts[h].tolist())", stream(printed)))
+    [found] = of(scan({"work.ipynb": cells}, **model_dirs(demo_dir)), "activations", "block")
+    assert "names TransformerLens hooks" in found.message and found.evidence["arrays"][0]["where"].startswith("cell 1 output 1")

@@ -13,9 +13,12 @@ stored under a TransformerLens hook name (`blocks.3.hook_resid_post`, `hook_embe
 are read from npy, npz and safetensors headers (never their data), from JSON (nested number lists,
 and the gateway's own `{"shape", "data"}` answers), from tables (their numeric columns) and from
 text (blocks of lines with a model width of decimal numbers each, or every decimal number of a
-text that names hooks). Pickles and PyTorch checkpoints cannot be read safely: one that names hooks
-counts its payload as float16 numbers. The weight_files check blocks every tensor file anyway;
-this one says when it holds activations.
+text that names hooks, when there are more than a few). Pickles and PyTorch checkpoints cannot be
+read safely: one that names hooks counts its payload as float16 numbers. The weight_files check
+blocks every tensor file anyway; this one says when it holds activations.
+
+Not recognised: activations in a long table (a row per layer, position, dimension and value)
+without hook names, or flattened into one run of numbers with no rows.
 
 The numbers of every item of an export add up (`Env.activation_numbers`), so a dump split over many
 small files is judged on its sum: past `activations.max_numbers` it is a dump.
@@ -52,6 +55,9 @@ FLOAT16_BYTES = 2  # what the gateway returns; a pickle's payload is counted in 
 MAX_JSON_NODES = 1_000_000  # JSON values walked per item; a bigger document is counted as far as this
 MAX_PICKLE_BYTES = 64 << 20  # of a checkpoint's data.pkl searched for hook names
 MAX_LISTED = 20  # arrays described in a finding's evidence
+# A text that names hooks counts its decimal numbers only from this many: a notebook's code cell
+# that asks for `blocks.0.hook_resid_pre` with a learning rate of 0.001 is not a dump.
+MIN_NAMED_TEXT_NUMBERS = 32
 
 
 @dataclass(frozen=True)
@@ -243,7 +249,7 @@ def _from_text(item: Item, models: list[ModelDims], skip: set[str]) -> list[Foun
         label = f"{segment.label}, " if segment.label else ""
         if HOOK_NAME.search(segment.text):
             count = len(DECIMAL.findall(segment.text))
-            if count:
+            if count >= MIN_NAMED_TEXT_NUMBERS:
                 out.append(Found(f"{label}the whole text", None, count,
                                  "decimal numbers in a text that names TransformerLens hooks"))
             continue
