@@ -17,10 +17,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -f "$pwfile"
     echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
     # A server on the socket only, for the one statement initdb cannot do.
-    "$bin/pg_ctl" -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/run/postgresql" -w -s start
-    PGPASSWORD="$POSTGRES_PASSWORD" "$bin/psql" -h /run/postgresql -U "$POSTGRES_USER" -d postgres -q \
+    "$bin/pg_ctl" -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/tmp" -w -s start
+    PGPASSWORD="$POSTGRES_PASSWORD" "$bin/psql" -h /tmp -U "$POSTGRES_USER" -d postgres -q \
         -c "CREATE DATABASE \"$POSTGRES_DB\" OWNER \"$POSTGRES_USER\""
     "$bin/pg_ctl" -D "$PGDATA" -m fast -w -s stop
     echo "enclave-postgres: initialised $PGDATA (database $POSTGRES_DB, owner $POSTGRES_USER)"
 fi
-exec "$bin/postgres" -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/run/postgresql
+exec "$bin/postgres" -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/tmp

@@ -5,8 +5,8 @@ is (`enclave.hub.image`, whose steps this module calls rather than copies):
 
 - `enclave-postgres:<hash12>`: a Debian bookworm rootfs from debootstrap with Debian's postgresql
   packages, `docker import`ed, and deploy/images/postgres/ on top;
-- `enclave-service:<hash12>`: a bookworm rootfs with python3, Debian's configurable-http-proxy and
-  iptables, a wheelhouse of the pinned closure of `enclave[gateway,review,hub,privacy]` made on the
+- `enclave-service:<hash12>`: a bookworm rootfs with python3, nodejs and iptables, the host's
+  configurable-http-proxy (npm's, pure JavaScript), a wheelhouse of the pinned closure of `enclave[gateway,review,hub,privacy]` made on the
   host (the versions this environment runs, torch's CPU wheel included; `pip download` as for the
   notebook image), and a wheel of this repository; deploy/images/service/ on top;
 - the notebook image itself (`enclave.hub.image.ensure_image`), which the compose hub spawns.
@@ -44,7 +44,9 @@ SERVICE_REPOSITORY = "enclave-service"
 POSTGRES_REPOSITORY = "enclave-postgres"
 DEPLOY_BASE_REPOSITORY = "enclave-deploy-base"
 # What each image's Debian base holds (debootstrap --include); changing a list rebuilds that base.
-SERVICE_PACKAGES = ("python3", "python3-venv", "node-configurable-http-proxy", "iptables")
+# Debian's node-configurable-http-proxy does not install under debootstrap (its node-* dependencies
+# fail to configure there), so the image takes Debian's nodejs and the proxy the host runs (npm).
+SERVICE_PACKAGES = ("python3", "python3-venv", "nodejs", "iptables")
 POSTGRES_PACKAGES = ("postgresql",)
 SERVICE_EXTRAS = ("gateway", "review", "hub", "privacy")
 
@@ -194,6 +196,18 @@ def _source_digest(repo_root: Path) -> list[tuple[str, str]]:
                ("output_review/policy.toml", image._sha256_file(repo_root / "output_review" / "policy.toml"))])
 
 
+def proxy_dir() -> Path:
+    """The configurable-http-proxy package this host runs (npm install -g; pure JavaScript)."""
+    found = shutil.which("configurable-http-proxy")
+    if found is None:
+        raise _image().ImageBuildError("configurable-http-proxy is not installed here (npm install -g "
+                                       "configurable-http-proxy; `make` does it)")
+    package = Path(found).resolve().parents[1]
+    if not (package / "package.json").is_file():
+        raise _image().ImageBuildError(f"{found} is not in an npm package folder")
+    return package
+
+
 def _tag(repository: str, parts: dict) -> tuple[str, str]:
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return f"{repository}:{digest[:_image().HASH_LENGTH]}", digest
@@ -225,7 +239,8 @@ def ensure_service_image(client, repo_root: Path, cache_dir: Path, progress) -> 
     wheelhouse = image.ensure_wheelhouse(requirements, cache_dir, progress)
     tag, digest = _tag(SERVICE_REPOSITORY, {
         "base": base_key(SERVICE_PACKAGES), "context": _context_digest(context_dir),
-        "wheels": sorted(image.wheel_manifest(wheelhouse)), "sources": _source_digest(repo_root)})
+        "wheels": sorted(image.wheel_manifest(wheelhouse)), "sources": _source_digest(repo_root),
+        "proxy": _context_digest(proxy_dir())})
     if image._find_image(client, tag) is not None:
         return tag, False
     base = ensure_base(client, cache_dir, "service", SERVICE_PACKAGES, progress)
@@ -234,6 +249,7 @@ def ensure_service_image(client, repo_root: Path, cache_dir: Path, progress) -> 
         shutil.copytree(context_dir, context, dirs_exist_ok=True)
         shutil.copy2(requirements, context / "requirements.txt")
         shutil.copy2(repo_root / "output_review" / "policy.toml", context / "policy.toml")
+        shutil.copytree(proxy_dir(), context / "configurable-http-proxy", symlinks=True)
         (context / "wheels").mkdir()
         for name, _ in image.wheel_manifest(wheelhouse):
             image._link_or_copy(wheelhouse / name, context / "wheels" / name)
