@@ -201,7 +201,7 @@ def _post(web, token="tok-sofia", project=LAB, **body):
 
 
 @pytest.mark.timeout(1800)
-def test_service_queues_a_notebook_job_and_runs_it(service):
+def test_service_queues_a_notebook_job_and_runs_it(service, monkeypatch):
     assert TOKENS["tok-sofia"] == SCHOLAR
     bad = [(dict(dataset="people", epsilon=0, delta=1e-4), 400, "epsilon must be a positive"),
            (dict(dataset="people", epsilon=1, delta=0.5), 400, "delta must be below 1/n"),
@@ -216,25 +216,28 @@ def test_service_queues_a_notebook_job_and_runs_it(service):
     with session_scope(service.engine) as s:
         assert s.exec(select(FinetuneJob)).all() == [] and privacy.ledger_json(s, LAB)["spends"] == 0
 
-    reply = _post(service, dataset="people", epsilon=3, delta=1e-4, **QUICK)
-    assert reply.status_code == 202, reply.text
-    job = reply.json()
-    assert job["status"] in ("queued", "running") and job["via"] == "service" and job["requested_by"] == SCHOLAR
-    headers = {"Authorization": "token tok-sofia", "X-Enclave-Project": LAB}
-    seen_running = False
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        polled = service.get(f"{P}/api/finetune/{job['id']}", headers=headers).json()
-        seen_running |= polled["status"] == "running" and polled["progress"]["total"] > 0
-        if polled["status"] in ("done", "failed"):
-            break
-        time.sleep(0.5)
+    # The notebook client, over the TestClient's transport: submit, then poll until done.
+    import httpx
+
+    from enclave.client import Config
+    from enclave.client.finetune import finetune as submit, finetune_jobs
+
+    def request(method, url, timeout=None, **kwargs):  # the TestClient takes no timeout
+        return service.request(method, url.replace("http://privacy", ""), **kwargs)
+
+    monkeypatch.setattr(httpx, "request", request)
+    monkeypatch.setenv("ENCLAVE_PRIVACY_URL", f"http://privacy{P}")
+    config = Config(token="tok-sofia", project=LAB)
+    job = submit("people", epsilon=3, delta=1e-4, config=config, **QUICK)
+    assert job.record["status"] in ("queued", "running") and job.record["via"] == "service"
+    assert job.record["requested_by"] == SCHOLAR
+    polled = job.wait(poll_seconds=0.5, timeout=900, progress=False)
     assert polled["status"] == "done", polled["message"]
     assert polled["progress"]["step"] == polled["progress"]["total"] and polled["progress"]["epsilon_spent"] <= 3.0001
     assert polled["exposure"]["table"] and polled["membership"]["tool"] == "sacroml"
-    assert [j["id"] for j in service.get(f"{P}/api/finetune", headers=headers).json()] == [job["id"]]
+    assert [j["id"] for j in finetune_jobs(config)] == [job.id]
     # Another project's member cannot see it.
-    other = service.get(f"{P}/api/finetune/{job['id']}", headers={"Authorization": "token tok-bob",
+    other = service.get(f"{P}/api/finetune/{job.id}", headers={"Authorization": "token tok-bob",
                                                                    "X-Enclave-Project": OTHER})
     assert other.status_code == 404
     with session_scope(service.engine) as s:
