@@ -7,8 +7,8 @@ is (`enclave.hub.image`, whose steps this module calls rather than copies):
   packages, `docker import`ed, and deploy/images/postgres/ on top;
 - `enclave-service:<hash12>`: a bookworm rootfs with python3, nodejs and iptables, the host's
   configurable-http-proxy (npm's, pure JavaScript), a wheelhouse of the pinned closure of `enclave[gateway,review,hub,privacy]` made on the
-  host (the versions this environment runs, torch's CPU wheel included; `pip download` as for the
-  notebook image), and a wheel of this repository; deploy/images/service/ on top;
+  host (the versions this environment runs, torch's CPU wheel included; `pip wheel`, which also
+  builds the few packages published as source only), and a wheel of this repository; deploy/images/service/ on top;
 - the notebook image itself (`enclave.hub.image.ensure_image`), which the compose hub spawns.
 
 Each tag's hash covers everything that goes into the image (Dockerfile and files, base packages,
@@ -182,6 +182,34 @@ def service_requirements(repo_root: Path, extras: tuple[str, ...] = SERVICE_EXTR
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
+def ensure_service_wheelhouse(requirements: Path, cache_dir: Path, progress) -> Path:
+    """The cached wheelhouse for the service image's pins: `pip wheel` on this host (same Debian
+    release and machine as the image), which takes published wheels and builds the few packages
+    published as source only (fpdf, say); the notebook image's `ensure_wheelhouse` takes wheels only."""
+    image = _image()
+    wheelhouse = cache_dir / f"service-wheels-{image.requirements_key(requirements)}"
+    if (wheelhouse / "SHA256SUMS").is_file():
+        return wheelhouse
+    partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix="service-wheels-partial-"))
+    try:
+        progress(f"making the service wheelhouse for {requirements.name} (pip wheel)")
+        started = time.monotonic()
+        image._run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "-w", str(partial), "-r", str(requirements)], "pip wheel (service wheelhouse)")
+        manifest = [f"{image._sha256_file(w)}  {w.name}" for w in sorted(partial.glob("*.whl"))]
+        if not manifest:
+            raise image.ImageBuildError("pip wheel produced no wheels")
+        (partial / "SHA256SUMS").write_text("\n".join(manifest) + "\n")
+        if wheelhouse.exists():
+            shutil.rmtree(wheelhouse)
+        os.replace(partial, wheelhouse)
+        progress(f"service wheelhouse ready in {time.monotonic() - started:.0f} s: {len(manifest)} wheels")
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+    return wheelhouse
+
+
 # --- images ----------------------------------------------------------------------------------------
 
 def _context_digest(directory: Path) -> list[tuple[str, str]]:
@@ -236,7 +264,7 @@ def ensure_service_image(client, repo_root: Path, cache_dir: Path, progress) -> 
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not requirements.is_file():
         requirements.write_text(pins)
-    wheelhouse = image.ensure_wheelhouse(requirements, cache_dir, progress)
+    wheelhouse = ensure_service_wheelhouse(requirements, cache_dir, progress)
     tag, digest = _tag(SERVICE_REPOSITORY, {
         "base": base_key(SERVICE_PACKAGES), "context": _context_digest(context_dir),
         "wheels": sorted(image.wheel_manifest(wheelhouse)), "sources": _source_digest(repo_root),
