@@ -108,6 +108,7 @@ def test_two_models_at_two_stages_for_two_tiers_and_a_demotion_bites_next_call(e
                 catalog.demote(s, actor=OPERATOR, name="small", to_stage="partner", reason="review")
             assert _generate(lab).status_code == 403
             assert lab.get("/v1/models").json()["models"] == []
+            assert lab.get("/v1/usage").status_code == 200  # the allowance is still the project's to read
             assert _generate(deep).status_code == 200
             # /v1/model still says which model is the default, as before the catalog.
             assert lab.get("/v1/model").json()["name"] == tiny_model_dir.name

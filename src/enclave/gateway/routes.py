@@ -93,19 +93,28 @@ async def models(granted: Access = Depends(get_access), state: GatewayState = De
     return ModelList(project=granted.project.slug, tier=granted.grant.tier, models=found)
 
 
+async def _described(state: GatewayState, granted: Access, model: str | None) -> tuple[str, Engine]:
+    """The model whose shape a read-only endpoint describes: a named one if the project may use it,
+    else the default (its hook names and sizes are public for any GPT-2, whatever its stage)."""
+    if model is None:
+        return state.engine.model_info()["name"], state.engine
+    choice, engine = await state.served(granted, model)
+    return choice.name, engine
+
+
 @router.get("/v1/hooks", response_model=HookPoints, summary="The hook points /v1/activations serves")
 async def hook_points(model: str | None = None, granted: Access = Depends(get_access),
                       state: GatewayState = Depends(get_state)) -> HookPoints:
-    choice, engine = await state.served(granted, model)
+    name, engine = await _described(state, granted, model)
     dims = engine.dimensions()
-    return HookPoints(model=choice.name, n_layer=dims["n_layer"], d_model=dims["d_model"],
+    return HookPoints(model=name, n_layer=dims["n_layer"], d_model=dims["d_model"],
                       n_head=dims["n_head"], d_mlp=dims["d_mlp"], hooks=hooks.names(dims["n_layer"]))
 
 
 @router.get("/v1/usage", summary="The caller's remaining allowance, tier and extraction bound")
 async def usage(model: str | None = None, granted: Access = Depends(get_access),
                 state: GatewayState = Depends(get_state)) -> dict:
-    _, engine = await state.served(granted, model)
+    _, engine = await _described(state, granted, model)
     dims = engine.dimensions()
     bound = tiers.extraction_bound(granted.grant, d_model=dims["d_model"], d_mlp=dims["d_mlp"], vocab=dims["vocab"],
                                    context=dims["context"])
