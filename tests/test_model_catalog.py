@@ -297,3 +297,34 @@ def cli_engine(cli):
     from enclave.registry.db import make_engine
 
     return make_engine(cli.env["ENCLAVE_DB_URL"])
+
+
+# --- the demo's models ----------------------------------------------------------------------------
+
+def test_the_larger_demo_model_is_gpt2_124m_sized_and_cached():
+    from enclave.demo import large
+    from enclave.envsettings import cache_dir
+
+    folder = large.build_large_demo(cache_dir("demo-large-model"))  # seconds the first time, then cached
+    manifest = large.read_manifest(folder)
+    assert manifest["n_parameters"] == 124_439_808 == catalog.fingerprint(folder)[1]
+    assert 10.0 < manifest["eval_loss"] < 11.5  # chance level: ln 50,257 = 10.8
+    assert large.build_large_demo(folder) == folder and large.read_manifest(folder) == manifest
+    card = demo_model_cards({"final_loss": 0.5, "n_parameters": 1, "steps": 1}, manifest)["gpt2-124m-random"]
+    assert model_card.lint_card(card) == [] and "124,439,808" in card
+
+
+def test_seeding_the_demo_models_is_idempotent(registry, model_dir, tmp_path):
+    from enclave.demo.seed import DEMO_MODEL, LARGE_MODEL, seed_demo_models
+
+    wide = build_tiny_model(tmp_path / "wide", n_embd=96, seed=1)
+    manifests = ({"final_loss": 0.5, "n_parameters": 3, "steps": 1},
+                 {"eval_loss": 10.8, "eval_perplexity": 49000.0, "n_parameters": 5})
+    first = seed_demo_models(registry, model_dir, wide, *manifests)
+    assert f"onboarded model {DEMO_MODEL} at stage general" in first[0]
+    assert any(f"onboarded model {LARGE_MODEL} at stage partner" in line for line in first)
+    again = seed_demo_models(registry, model_dir, wide, *manifests)
+    assert not any("onboarded" in line for line in again)
+    with session_scope(registry) as s:
+        assert [e.name for e in catalog.visible_models(s, "lab")] == [DEMO_MODEL]  # score tier
+        assert [e.name for e in catalog.visible_models(s, "deep")] == [DEMO_MODEL, LARGE_MODEL]  # internals
