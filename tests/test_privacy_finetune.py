@@ -16,7 +16,7 @@ from enclave.errors import AccessDenied, BadInput, Conflict, Forbidden, NotFound
 from enclave.privacy import finetune, jobs
 from enclave.privacy.app import create_app
 from enclave.privacy.settings import PrivacySettings
-from enclave.registry import catalog, datasets, finetunes, grants, people, privacy
+from enclave.registry import audit, catalog, datasets, finetunes, grants, people, privacy
 from enclave.registry.db import make_engine, session_scope, upgrade
 from enclave.registry.models import FinetuneJob
 from enclave.registry.privacy import BudgetExhausted
@@ -184,6 +184,24 @@ def test_cli_finetune_registers_a_model_with_its_exposure_report(sqlite_cli, tmp
     cli.fails("finetune", "--project", LAB, "--dataset", "people", "--epsilon", "0", "--delta", "1e-4",
               match="epsilon must be a positive number")
     cli.fails("finetune", "--project", LAB, "--dataset", "people", "--non-private", match="--override-by")
+
+
+@pytest.mark.timeout(1800)
+def test_a_non_private_fine_tune_needs_an_override_and_is_marked_everywhere(sqlite_lab, demo_dir, tmp_path):  # noqa: F811
+    job_id = _submit(sqlite_lab, demo_dir, epsilon=None, delta=None, non_private=True, override_by=OPERATOR)
+    out = jobs.execute(sqlite_lab, job_id, home=tmp_path / "home", default_dir=demo_dir.model_dir)
+    assert out["status"] == "done", out["message"]
+    assert out["non_private"] and out["override_by"] == OPERATOR and out["epsilon"] is None and out["spend"] is None
+    assert out["progress"]["epsilon_spent"] is None and out["exposure"]["table"]
+    with session_scope(sqlite_lab) as s:
+        assert privacy.ledger_json(s, LAB)["spends"] == 0  # nothing a finite epsilon could describe
+        entry = catalog.get_model(s, out["model"])
+        assert entry.non_private and entry.dp_epsilon is None and "without differential privacy" in entry.summary
+        assert json.loads(entry.report)["override_by"] == OPERATOR
+        events = [(e.action, e.actor) for e in audit.iter_events(s) if e.subject == f"finetune:{job_id}"]
+    assert ("finetune.non_private_override", OPERATOR) in events
+    assert [a for a, _ in events] == ["finetune.create", "finetune.non_private_override", "finetune.start",
+                                      "finetune.done"]
 
 
 @pytest.fixture
