@@ -54,9 +54,11 @@ def finetune_run(
     Charged to the project's privacy ledger when training starts (kept if it fails)."""
     if ctx.invoked_subcommand is not None:
         return
-    if not project or not dataset:
+    if project is None and dataset is None:
         typer.echo(ctx.get_help())
-        raise typer.Exit(0 if project is None and dataset is None else 2)
+        raise typer.Exit(0)
+    if not project or not dataset:
+        raise BadInput("give both --project SLUG and --dataset NAME")
     if non_private:
         if epsilon is not None:
             raise BadInput("--non-private trains without DP: leave out --epsilon")
@@ -71,7 +73,8 @@ def finetune_run(
     home = enclave_home()
     with engine() as db:
         job_id = jobs.submit(db, lambda s: finetunes.operator_access(s, as_, project), via="cli", dataset=dataset,
-                             epsilon=epsilon, delta=delta, base=base, params=params, home=home,
+                             epsilon=epsilon, delta=delta, base=base, params=params,
+                             default_dir=jobs.default_model_dir(home),
                              non_private=non_private, override_by=override_by)
         if not as_json:
             typer.echo(f"fine-tune job {job_id}: project {project}, dataset {dataset}, "
@@ -79,7 +82,8 @@ def finetune_run(
                           else f"epsilon {epsilon:g}, delta {delta:g}"), err=True)
         bar = _ProgressBar(disabled=as_json)
         try:
-            out = jobs.execute(db, job_id, home=home, on_progress=bar.update)
+            out = jobs.execute(db, job_id, home=home, default_dir=jobs.default_model_dir(home),
+                               on_progress=bar.update)
         finally:
             bar.close()
     if as_json:
