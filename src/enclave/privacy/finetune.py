@@ -296,7 +296,9 @@ def run(base_dir: str | Path, records: Sequence[str], params: FinetuneParams, ou
     and audit it. `on_progress` is called after each step (cheaply: epsilon is asked of the
     accountant about every 5% of the run)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress (the CLI's bar, the job row) is the one to show
     params.validate()
     started = time.monotonic()
     device = resolve_device(params.device)
