@@ -147,10 +147,8 @@ def get_model(session: Session, name: str) -> ModelEntry:
 def find_by_directory(session: Session, directory: str | Path) -> ModelEntry | None:
     """The catalog model (not a project's own) served from `directory`, if one is."""
     wanted = str(Path(directory).expanduser().resolve())
-    for entry in session.exec(select(ModelEntry).where(ModelEntry.owner_project_id.is_(None))).all():
-        if entry.directory == wanted:
-            return entry
-    return None
+    return session.exec(select(ModelEntry).where(ModelEntry.owner_project_id.is_(None),
+                                                 ModelEntry.directory == wanted).order_by(ModelEntry.id)).first()
 
 
 def list_models(session: Session) -> list[ModelEntry]:
