@@ -253,7 +253,7 @@ def test_service_queues_a_notebook_job_and_runs_it(service, monkeypatch):
     assert polled["status"] == "done", polled["message"]
     assert polled["progress"]["step"] == polled["progress"]["total"] and polled["progress"]["epsilon_spent"] <= 3.0001
     assert polled["exposure"]["table"] and polled["membership"]["tool"] == "sacroml"
-    assert [j["id"] for j in finetune_jobs(config)] == [job.id]
+    assert [j["id"] for j in finetune_jobs(config)] == [job.id] and "model_dir" not in polled
     # Another project's member cannot see it.
     other = service.get(f"{P}/api/finetune/{job.id}", headers={"Authorization": "token tok-bob",
                                                                    "X-Enclave-Project": OTHER})

@@ -217,7 +217,13 @@ async def finetune_submit(request: Request) -> dict:
         base=base, params=params, default_dir=state.settings.default_model_dir)
     if state.worker is not None:
         state.worker.wake()
-    return await state.run(lambda s: finetunes.job_json(s, finetunes.get(s, job_id), reports=False))
+    return await state.run(lambda s: _for_notebook(finetunes.job_json(s, finetunes.get(s, job_id), reports=False)))
+
+
+def _for_notebook(record: dict) -> dict:
+    """A job as a notebook sees it: not where the weights lie on the enclave's disks."""
+    record.pop("model_dir", None)
+    return record
 
 
 def _own_job(s, caller: Caller, job_id: str):
@@ -235,7 +241,7 @@ async def finetune_list(request: Request) -> list:
 
     def work(s):
         granted = caller.access(s)
-        return [finetunes.job_json(s, j, reports=False) for j in finetunes.jobs(s, granted.project.slug)]
+        return [_for_notebook(finetunes.job_json(s, j, reports=False)) for j in finetunes.jobs(s, granted.project.slug)]
 
     return await state.run(work)
 
@@ -244,7 +250,7 @@ async def finetune_list(request: Request) -> list:
 async def finetune_show(job_id: str, request: Request) -> dict:
     state: PrivacyState = request.app.state.privacy
     caller = _caller(request, state)
-    return await state.run(lambda s: finetunes.job_json(s, _own_job(s, caller, job_id)))
+    return await state.run(lambda s: _for_notebook(finetunes.job_json(s, _own_job(s, caller, job_id))))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -141,7 +141,10 @@ def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
             message=(f"trained {result.steps} steps on {result.training_examples} examples "
                      f"({result.records} records + canaries) on {result.device} in {result.seconds:g} s"
                      + (f"; noise multiplier {result.noise_multiplier:.3f}" if result.noise_multiplier else ""))))
-    except Exception as exc:  # any failure ends the job; a bug is logged with its trace too
+    except BaseException as exc:  # any failure ends the job; a bug is logged with its trace too
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # Ctrl-C in `enclave finetune`: end it, then stop
+            _transaction(engine, lambda s: finetunes.fail(s, job_id, "interrupted"))
+            raise
         if not isinstance(exc, (UserError, Stopped)):
             log.exception("fine-tune job %s failed", job_id)
         message = (exc.message if isinstance(exc, UserError) else str(exc) if isinstance(exc, Stopped)
