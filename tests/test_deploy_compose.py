@@ -140,14 +140,19 @@ def _readable_copy(source: Path, target: Path) -> Path:
 
 
 def _healthy(client, stack: Stack, services: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    ready: set[str] = set()
     while True:
         states = {}
         for service in services:
             container = stack.container(client, service)
             container.reload()
             states[service] = (container.status, (container.attrs["State"].get("Health") or {}).get("Status"))
-        if all(status == "running" and health in (None, "healthy") for status, health in states.values()):
+            if service not in ready and states[service][0] == "running" and states[service][1] in (None, "healthy"):
+                ready.add(service)
+                _report(f"{service} healthy after up -d", time.monotonic() - started)
+        if ready == set(services):
             return
         assert not any(status == "exited" for status, _ in states.values()), f"{states}\n{stack.logs()}"
         assert time.monotonic() < deadline, f"not healthy in {timeout:.0f} s: {states}\n{stack.logs()}"
@@ -283,10 +288,12 @@ def test_compose_stack_walk(docker_client, stack):
             assert time.monotonic() < deadline, f"alice's notebook did not start\n{stack.logs()}"
             time.sleep(1)
         _report("notebook spawn (login to ready)", time.monotonic() - started)
-        # Her browser reaches her server through the proxy (counted on the hub's side).
-        browser.get("/user/alice/files/nothing.txt")  # the OAuth round and the server's own _xsrf cookie
+        # Her browser opens the server (through the hub's OAuth), as JupyterLab would, then its API.
+        page = browser.get("/user/alice/lab")
+        assert page.status_code == 200 and "/user/alice/" in str(page.url), f"{page.status_code} {page.url}"
         server_xsrf = browser.cookies.get("_xsrf", path="/user/alice/") or ""
-        assert browser.get("/user/alice/api/status", headers={"X-XSRFToken": server_xsrf}).status_code == 200
+        status = browser.get("/user/alice/api/status", headers={"X-XSRFToken": server_xsrf})
+        assert status.status_code == 200, f"{status.status_code} {status.url} {status.text[:2000]}\n{stack.logs()}"
 
     notebooks = [c for c in docker_client.containers.list(filters={"label": "enclave.user=alice"})
                  if values["ENCLAVE_NETWORK"] in c.attrs["NetworkSettings"]["Networks"]]
