@@ -36,7 +36,7 @@ def wide_model_dir(tmp_path_factory):
 def _onboard(db, name, directory, stage):
     with session_scope(db) as s:
         catalog.onboard(s, actor=OPERATOR, name=name, directory=directory, card=CARD, checklist=CHECKLIST,
-                        stage=stage)
+                        stage=stage, cosigned_by=None if stage == "internal" else people.SYSTEM_ACTOR)
 
 
 def _second_project(gw, tier: str) -> str:

@@ -55,13 +55,31 @@ def registry(engine):
 def _onboard(engine, model_dir, name="m1", stage="internal", now=None):
     with session_scope(engine) as s:
         return catalog.onboard(s, actor=OPERATOR, name=name, directory=model_dir, card=CARD, checklist=CHECKLIST,
-                               stage=stage, now=now)
+                               stage=stage, now=now, cosigned_by=None if stage == "internal" else SECOND)
 
 
 def _events(engine, action):
     with session_scope(engine) as s:
         return [json.loads(e.details) | {"actor": e.actor, "subject": e.subject}
                 for e in s.exec(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)).all()]
+
+
+def test_onboarding_beyond_internal_needs_a_second_operator(registry, model_dir):
+    """Starting a model at a later stage skips staged release: one operator alone cannot."""
+    with session_scope(registry) as s, pytest.raises(Refused, match="second operator"):
+        catalog.onboard(s, actor=OPERATOR, name="m1", directory=model_dir, card=CARD, checklist=CHECKLIST,
+                        stage="general")
+    with session_scope(registry) as s, pytest.raises(Refused, match="cannot cosign their own"):
+        catalog.onboard(s, actor=OPERATOR, name="m1", directory=model_dir, card=CARD, checklist=CHECKLIST,
+                        stage="general", cosigned_by=OPERATOR)
+    with session_scope(registry) as s, pytest.raises(Forbidden):
+        catalog.onboard(s, actor=OPERATOR, name="m1", directory=model_dir, card=CARD, checklist=CHECKLIST,
+                        stage="general", cosigned_by="sam")  # a scholar
+    with session_scope(registry) as s:
+        assert catalog.find_model(s, "m1") is None
+    _onboard(registry, model_dir, "m1", stage="general")
+    [event] = _events(registry, "model.onboard")
+    assert event["stage"] == "general" and event["cosigned_by"] == SECOND
 
 
 def test_onboarding_records_the_weights_digest_and_the_review_fingerprints_them(registry, model_dir):
@@ -266,13 +284,19 @@ def test_cli_lint_onboard_promote_sign_demote_history(cli, model_dir, tmp_path):
     assert "onboarded m1 at stage internal" in out
     listed = cli.json("model", "list")
     assert [(m["name"], m["stage"]) for m in listed] == [("m1", "internal")]
+    # Straight to general: a second operator, with her own password, or nothing happens.
+    public = [*onboard[:4], "m0", *onboard[5:], "--stage", "general", "--as", OPERATOR, "--password-file", op_pw]
+    cli.fails(*public, match="needs a second operator's sign-off")
+    cli.fails(*public, "--cosign", SECOND, "--cosign-password-file", op_pw, match="needs olga's own password")
+    assert "onboarded m0 at stage general" in cli(*public, "--cosign", SECOND, "--cosign-password-file",
+                                                  olga_pw).stdout
     shown = cli.json("model", "show", "m1")
     assert shown["checklist_signed_by"] == OPERATOR and shown["card_meta"]["license"] == "apache-2.0"
 
     evidence = tmp_path / "eval.md"
     evidence.write_text("# Evaluation\nno leaks found\n")
     promote = ["model", "promote", "m1", "--to", "partner", "--evidence", str(evidence)]
-    # The shipped policy has no [release] table: the default 14 days applies.
+    # The shipped policy says 14 days at a stage.
     cli.fails(*promote, "--as", OPERATOR, "--password-file", op_pw, match="needs 14 days at a stage")
     policy = tmp_path / "policy.toml"
     policy.write_text("[release]\nmin_days_at_stage = 0\n")
@@ -290,7 +314,7 @@ def test_cli_lint_onboard_promote_sign_demote_history(cli, model_dir, tmp_path):
     assert [e["event"] for e in cli.json("model", "history", "m1")] == ["onboard", "proposed", "promote", "incident",
                                                                         "demote"]
     failed = _events(cli_engine(cli), "model.login_failed")
-    assert len(failed) == 3 and {e["password_given"] for e in failed} == {True, False}
+    assert len(failed) == 4 and {e["password_given"] for e in failed} == {True, False}  # one a cosigner
 
 
 def cli_engine(cli):

@@ -10,19 +10,18 @@ incidents need only `--as`: they make the enclave safer, and must be quick.
 
 from __future__ import annotations
 
-import getpass
 import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from enclave.cli import login
 from enclave.cli.output import AsJson, AsUser, print_json, print_rows
 from enclave.cli.session import engine, registry
 from enclave.demo.model import DemoPaths, build_demo
-from enclave.envsettings import enclave_home, env_str
+from enclave.envsettings import enclave_home
 from enclave.errors import BadInput, Forbidden, Unauthenticated
 from enclave.registry import audit, catalog, model_card
 from enclave.registry.db import session_scope
@@ -32,6 +31,7 @@ app = typer.Typer(help="Models: the catalog (onboard, lint, promote, sign, demot
                   no_args_is_help=True)
 
 PASSWORD_ENV = "ENCLAVE_OPERATOR_PASSWORD"
+COSIGN_PASSWORD_ENV = "ENCLAVE_COSIGNER_PASSWORD"
 POLICY_ENV = "ENCLAVE_REVIEW_POLICY"
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The model's name in the catalog.")]
 Stage = Annotated[str, typer.Option("--to", help=f"Target stage: {', '.join(catalog.STAGES)}.")]
@@ -63,31 +63,16 @@ def model_build_demo(
 
 # --- the operator's own password ------------------------------------------------------------------
 
-def _password(actor: str, password_file: Path | None) -> str | None:
-    """The operator's password: from the file, the environment, or a prompt without echo (only on a
-    terminal: a script that gives none is refused rather than left waiting)."""
-    from enclave.cli.review import _read_password_file
-
-    if password_file is not None:
-        return _read_password_file(password_file)
-    given = env_str(PASSWORD_ENV)
-    if given:
-        return given
-    if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass(f"password for {actor} (as for the hub login): ")
-    return None
-
-
-def _operator_login(eng, actor: str | None, password_file: Path | None, doing: str) -> tuple[str, str]:
+def _operator_login(eng, actor: str | None, password_file: Path | None, doing: str,
+                    env_name: str = PASSWORD_ENV, option: str = "--password-file") -> tuple[str, str]:
     """(actor, how they authenticated), once `actor`'s own password checks out; otherwise refused,
     and the attempt recorded on its own (committed even though nothing else happens)."""
-    from enclave.cli.review import _os_user
     from enclave.registry import credentials
 
     if not actor:
         raise Forbidden("who is acting? pass --as USER or set ENCLAVE_OPERATOR")
-    password = _password(actor, password_file)
-    via = f"password, cli, os user {_os_user()}"
+    password = login.password(actor, password_file, env_name, option)
+    via = f"password, cli, os user {login.os_user()}"
     with session_scope(eng) as s:
         ok = bool(password) and credentials.check_password(s, actor, password)
     if ok:
@@ -96,7 +81,7 @@ def _operator_login(eng, actor: str | None, password_file: Path | None, doing: s
         audit.append(s, actor=SYSTEM_ACTOR, action="model.login_failed", subject=f"person:{actor}",
                      details={"doing": doing, "via": via, "password_given": bool(password)})
     raise Unauthenticated(f"{doing} needs {actor}'s own password (the one their hub login takes): type it when "
-                          f"asked on a terminal, or give --password-file or ${PASSWORD_ENV}; nothing was done")
+                          f"asked on a terminal, or give {option} or ${env_name}; nothing was done")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -179,7 +164,14 @@ def model_onboard(
     card: Annotated[Path, typer.Option("--card", dir_okay=False, help="Its model card (Markdown with YAML front matter).")],
     checklist: Annotated[Path, typer.Option("--checklist", dir_okay=False,
                                             help="The answered risk checklist (TOML; see `checklist-template`).")],
-    stage: Annotated[str, typer.Option("--stage", help=f"Starting stage: {', '.join(catalog.STAGES)}.")] = "internal",
+    stage: Annotated[str, typer.Option("--stage", help=f"Starting stage: {', '.join(catalog.STAGES)}; beyond "
+                                                       "internal needs --cosign.")] = "internal",
+    cosign: Annotated[Optional[str], typer.Option(
+        "--cosign", metavar="OPERATOR",
+        help="A second operator who signs off a start beyond internal (staged release skipped).")] = None,
+    cosign_password_file: Annotated[Optional[Path], typer.Option(
+        "--cosign-password-file", metavar="FILE", dir_okay=False,
+        help=f"The cosigner's password file (mode 0600). Without it: ${COSIGN_PASSWORD_ENV}, else a prompt.")] = None,
     as_: AsUser = None,
     password_file: PasswordFile = None,
 ) -> None:
@@ -189,9 +181,15 @@ def model_onboard(
     card_text, checklist_text = _text(card, "model card"), _text(checklist, "checklist")
     with engine() as eng:
         actor, via = _operator_login(eng, as_, password_file, f"onboarding model {name!r}")
+        cosigner, cosign_via = None, ""
+        if cosign:
+            cosigner, cosign_via = _operator_login(eng, cosign, cosign_password_file,
+                                                   f"cosigning the onboarding of {name!r} at {stage!r}",
+                                                   COSIGN_PASSWORD_ENV, "--cosign-password-file")
         with session_scope(eng) as s:
             entry = catalog.onboard(s, actor=actor, name=name, directory=directory, card=card_text,
-                                    checklist=checklist_text, stage=stage, via=via)
+                                    checklist=checklist_text, stage=stage, via=via, cosigned_by=cosigner,
+                                    cosign_via=cosign_via)
             record = catalog.model_json(entry)
     typer.echo(f"onboarded {record['name']} at stage {record['stage']}: {record['parameters']:,} parameters, "
                f"weights sha256 {record['weights_sha256']}")

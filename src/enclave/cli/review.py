@@ -14,20 +14,16 @@ The review service's modules come with the [review] extra, so each command impor
 """
 from __future__ import annotations
 
-import getpass
-import os
-import stat
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from enclave.cli import login
 from enclave.cli.output import AsJson, AsUser, print_json, print_rows
 from enclave.cli.scan import scan_command
 from enclave.cli.session import engine, registry
-from enclave.envsettings import env_str
-from enclave.errors import BadInput, Forbidden, Unauthenticated
+from enclave.errors import Forbidden, Unauthenticated
 from enclave.registry.clock import iso
 from enclave.registry.db import session_scope
 
@@ -142,42 +138,8 @@ def review_show(request_id: RequestId, as_: AsReviewer = None, as_json: AsJson =
         typer.echo(f"comment ({c['visibility']}) {c['author']}: {c['body']}")
 
 
-def _read_password_file(path: Path) -> str:
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise BadInput(f"--password-file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise BadInput(f"--password-file {path} is readable by others (mode {info.st_mode & 0o777:o}): "
-                           f"chmod 600 {path}")
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as exc:
-        raise BadInput(f"cannot read --password-file {path}: {exc.strerror}") from None
-
-
 def _password(actor: str, password_file: Path | None) -> str | None:
-    """The reviewer's password: from the file, the environment, or a prompt without echo (only on
-    a terminal: a script that gives none is refused rather than left waiting)."""
-    if password_file is not None:
-        return _read_password_file(password_file)
-    given = env_str(PASSWORD_ENV)
-    if given:
-        return given
-    if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass(f"password for {actor} (as for the hub login): ")
-    return None
-
-
-def _os_user() -> str:
-    """Who ran the command, as the operating system says (recorded with the decision or the failed
-    attempt, so an operator trying reviewers' names is traceable)."""
-    try:
-        import pwd
-
-        return f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
-    except (ImportError, KeyError):
-        return f"uid {getattr(os, 'getuid', lambda: '?')()}"
+    return login.password(actor, password_file, PASSWORD_ENV)
 
 
 def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen: list[str] | None,
@@ -187,12 +149,13 @@ def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen
     actor = _need_actor(actor)
     seen = _seen(seen)
     password = _password(actor, password_file)
-    via = f"cli, os user {_os_user()}"
+    via = f"cli, os user {login.os_user()}"
     with engine() as eng:
         try:
             # A missing password is refused and recorded like a wrong one: naming a reviewer
             # without their credential is an attempt too.
-            login = service.password_login(eng, actor, password, request_id=request_id, decision=decision, via=via)
+            reviewer = service.password_login(eng, actor, password, request_id=request_id, decision=decision,
+                                              via=via)
         except Unauthenticated:
             if password:
                 raise
@@ -200,7 +163,7 @@ def _decide(request_id: str, actor: str | None, decision: str, reason: str, seen
                                   f"type it when asked on a terminal, or give --password-file or ${PASSWORD_ENV}; "
                                   "nothing was decided") from None
         with session_scope(eng) as s:
-            result = service.decide(s, actor, request_id, decision, reason, seen=seen, login=login)
+            result = service.decide(s, actor, request_id, decision, reason, seen=seen, login=reviewer)
         if decision != "approve":
             typer.echo(f"{request_id}: {result.request.state.replace('_', ' ')}")
             return

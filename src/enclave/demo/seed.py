@@ -163,7 +163,8 @@ def seed_demo_models(engine: Engine, demo_model_dir, large_model_dir, demo_manif
             entry = catalog.find_model(s, name)
             if entry is None:
                 entry = catalog.onboard(s, actor=actor, name=name, directory=directory, card=cards[name],
-                                        checklist=checklist, stage=stage)
+                                        checklist=checklist, stage=stage, cosigned_by=people.SYSTEM_ACTOR,
+                                        cosign_via="the demo's own seeding (enclave up)")
                 report.append(f"onboarded model {name} at stage {stage} ({entry.parameters:,} parameters)")
             elif entry.directory != str(Path(directory).resolve()):
                 report.append(f"model {name} in the catalog is served from {entry.directory}, not {directory}")

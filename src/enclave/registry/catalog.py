@@ -36,7 +36,7 @@ from enclave.registry.lifecycle import require_live
 from enclave.registry.models import (
     Grant, ModelEntry, ModelIncident, ModelPromotion, ModelStageStep, Project,
 )
-from enclave.registry.people import require_role
+from enclave.registry.people import SYSTEM_ACTOR, require_role
 from enclave.registry.projects import get_project
 
 STAGES = ("internal", "partner", "gated", "general")  # least released first
@@ -231,15 +231,30 @@ def _first_errors(what: str, findings: list[model_card.Finding]) -> str:
 
 
 def onboard(session: Session, *, actor: str, name: str, directory: str | Path, card: str, checklist: str,
-            stage: str = "internal", via: str = "", now: dt.datetime | None = None) -> ModelEntry:
+            stage: str = "internal", via: str = "", cosigned_by: str | None = None, cosign_via: str = "",
+            now: dt.datetime | None = None) -> ModelEntry:
     """Add a catalog model: its card must lint clean and its checklist be fully answered (the actor,
     an operator, signs it off); its weights are fingerprinted. The caller checks beforehand that
     the directory loads as a model (the gateway's check). `via` says how the operator
-    authenticated (recorded with the sign-off)."""
+    authenticated (recorded with the sign-off).
+
+    A model starts at `internal`. Starting it further along (a model already public elsewhere)
+    skips staged release, so it takes what a promotion takes: a second, different operator's
+    sign-off (`cosigned_by`, authenticated by the caller; `cosign_via` says how). Only the demo's
+    own seeding cosigns as the enclave itself (SYSTEM_ACTOR, a name no person can hold)."""
     require_role(session, actor)
     now = now or utcnow()
     _check_name(session, name)
     _check_stage(stage)
+    if stage != STAGES[0]:
+        if not cosigned_by:
+            raise Refused(f"onboarding {name!r} straight to the {stage!r} stage skips staged release: it needs a "
+                          f"second operator's sign-off (--cosign OPERATOR), or onboard at {STAGES[0]!r} and promote")
+        if cosigned_by == actor:
+            raise Refused(f"{actor!r} cannot cosign their own onboarding of {name!r} at {stage!r}: "
+                          "a second, different operator must")
+        if cosigned_by != SYSTEM_ACTOR:
+            require_role(session, cosigned_by)
     card_findings = model_card.lint_card(card)
     if model_card.errors(card_findings):
         raise BadInput(_first_errors("model card", card_findings) + " (run `enclave model lint CARD`)")
@@ -266,7 +281,8 @@ def onboard(session: Session, *, actor: str, name: str, directory: str | Path, c
                  details={"directory": str(folder), "weights_sha256": digest, "parameters": parameters,
                           "stage": stage, "card_sha256": audit.sha256_text(card),
                           "checklist_sha256": audit.sha256_text(checklist), "base_model": entry.base_model,
-                          **({"auth": via} if via else {})})
+                          **({"auth": via} if via else {}),
+                          **({"cosigned_by": cosigned_by, "cosign_auth": cosign_via} if cosigned_by else {})})
     return entry
 
 

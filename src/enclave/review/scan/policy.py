@@ -196,6 +196,14 @@ class WorkflowPolicy:
 
 
 @dataclass(frozen=True)
+class ReleasePolicy:
+    # Staged release of models (`enclave model promote`, read by the CLI through the registry's
+    # catalog): the least time a model spends at a stage before it may be promoted. Not a check of
+    # the airlock's, but the same risk appetite, so it is kept in the same versioned file.
+    min_days_at_stage: float
+
+
+@dataclass(frozen=True)
 class Policy:
     version: str
     files: FilesPolicy
@@ -212,6 +220,7 @@ class Policy:
     egress: EgressPolicy
     workflow: WorkflowPolicy
     dp: DpPolicy
+    release: ReleasePolicy
     # Where it came from, for manifests; not keys of the file.
     sha256: str = dataclasses.field(default="", compare=False)
     path: str = dataclasses.field(default="", compare=False)
@@ -318,6 +327,8 @@ def _check_ranges(p: Policy, where: str) -> None:
             if f.name == "severity" or f.name.endswith("_severity"):
                 if getattr(section, f.name) not in SEVERITIES:
                     fail(f.name, f"must be one of {', '.join(SEVERITIES)}")
+    if p.release.min_days_at_stage < 0:
+        fail("release.min_days_at_stage", "must be a number of days >= 0")
     for entity, value in p.identifiers.entities.items():
         if value not in SEVERITIES:
             fail(f"identifiers.entities.{entity}", f"must be one of {', '.join(SEVERITIES)}")
