@@ -61,6 +61,22 @@ def token_probabilities(model, tokenizer, texts: Sequence[str], *, device: str =
     return out
 
 
+def _sacroml():
+    """sacroml's pieces, imported without letting its modules' `logging.basicConfig(level=INFO)`
+    reconfigure the logging of the process that imports them (the CLI, the privacy service)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from sacroml import metrics
+        from sacroml.attacks.target import Target
+        from sacroml.attacks.worst_case_attack import WorstCaseAttack
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    return metrics, Target, WorstCaseAttack
+
+
 def _features(probabilities: list[list[float]], width: int):
     import numpy as np
 
@@ -76,9 +92,8 @@ def attack(model, tokenizer, members: Sequence[str], non_members: Sequence[str],
     """sacroml's worst-case attack and the loss-threshold attack on `members` (training records)
     against `non_members` (records of the same dataset held out of training)."""
     import numpy as np
-    from sacroml import metrics
-    from sacroml.attacks.target import Target
-    from sacroml.attacks.worst_case_attack import WorstCaseAttack
+
+    metrics, Target, WorstCaseAttack = _sacroml()
 
     if len(members) < 10 or len(non_members) < 10:
         return {"skipped": f"too few records for an attack ({len(members)} members, {len(non_members)} held out)"}
