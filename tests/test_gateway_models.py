@@ -151,3 +151,27 @@ def test_weights_changed_since_onboarding_are_not_served(engine, tiny_model_dir,
         refused = _generate(lab, "copied")
         assert refused.status_code == 503 and "changed since it was onboarded" in refused.json()["message"]
         assert _generate(lab).status_code == 200
+
+
+def test_the_notebook_client_names_models(engine, tiny_model_dir, wide_model_dir, monkeypatch):
+    """`enclave.client` lists the project's models and sends `model=` on every kind of call."""
+    from enclave import client
+    from enclave.client import EnclaveError
+
+    _onboard(engine, "small", tiny_model_dir, "general")
+    _onboard(engine, "wide", wide_model_dir, "partner")
+    with serve(engine, tiny_model_dir, grant={"tier": "internals"}) as gw:
+        monkeypatch.setenv("ENCLAVE_GATEWAY_URL", gw.url)
+        monkeypatch.setenv("JUPYTERHUB_API_TOKEN", gw.key)
+        listed = client.models()
+        assert listed.tier == "internals" and [m["name"] for m in listed.models] == ["small", "wide"]
+        assert client.generate("The census", max_new_tokens=2, model="wide").usage["completion_tokens"] == 2
+        assert len(client.score("Hello world", model="wide").tokens) == 2
+        assert len(client.next_token("Hello", top_k=2, model="wide")) == 2
+        assert client.hooks(model="wide").d_model == WIDE and client.hooks().d_model == 64
+        assert client.activations("Hi", "blocks.0.hook_resid_pre", model="wide")["blocks.0.hook_resid_pre"].shape[-1] \
+            == WIDE
+        assert client.usage(model="wide").extraction["mlp_regression"]["matrix"].endswith(f"({4 * WIDE} x {WIDE})")
+        with pytest.raises(EnclaveError) as refused:
+            client.generate("The census", max_new_tokens=2, model="gpt2-xl")
+        assert (refused.value.status, refused.value.code) == (400, "unknown_model")
