@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from enclave.errors import AccessDenied, BadInput, Conflict, Forbidden, NotFound
+from enclave.errors import AccessDenied, BadInput, Conflict, Forbidden, NotFound, Refused
 from enclave.privacy import finetune, jobs
 from enclave.privacy.app import create_app
 from enclave.privacy.settings import PrivacySettings
@@ -48,7 +48,7 @@ def setup_lab(engine, tmp_path, demo_dir):  # noqa: F811
     secret = tmp_path / "secret.txt"
     secret.write_text("one line\nanother line\n")
     with session_scope(engine) as s:
-        grants.set_grant(s, OPERATOR, LAB, epsilon=10.0, delta=1e-3)
+        grants.set_grant(s, OPERATOR, LAB, epsilon=10.0, delta=1e-3, tier="finetune")
         grants.set_grant(s, OPERATOR, OTHER, epsilon=10.0, delta=1e-3)
         datasets.register(s, OPERATOR, "people", _people_csv(tmp_path / "people.csv", demo_dir), ["dob", "zip"])
         datasets.register(s, OPERATOR, "secret", str(secret), [])
@@ -100,6 +100,7 @@ def _nothing_recorded(engine) -> None:
     (dict(non_private=True, override_by="clerk"), Forbidden, "operator role"),
     (dict(override_by=OPERATOR), BadInput, "only goes with --non-private"),
     (dict(actor="clerk"), Forbidden, "operator role"),
+    (dict(slug=OTHER, dataset="secret"), Refused, "needs the 'finetune' tier; project 'other' has the 'score'"),
 ])
 def test_bad_input_is_refused_and_charges_nothing(lab, demo_dir, bad, error, match):  # noqa: F811
     with pytest.raises(error, match=match):
@@ -143,6 +144,16 @@ def test_a_job_the_budget_can_no_longer_pay_fails_uncharged(lab, demo_dir, tmp_p
     assert out["status"] == "failed" and "privacy budget exhausted" in out["message"] and out["spend"] is None
     with session_scope(lab) as s:
         assert privacy.ledger_json(s, LAB)["spent"]["epsilon"] == 6.0
+
+
+def test_a_job_whose_tier_was_lowered_while_queued_fails_uncharged(lab, demo_dir, tmp_path):  # noqa: F811
+    job_id = _submit(lab, demo_dir, epsilon=1.0, delta=1e-4)
+    with session_scope(lab) as s:
+        grants.set_grant(s, OPERATOR, LAB, tier="internals")
+    out = jobs.execute(lab, job_id, home=tmp_path / "home", default_dir=demo_dir.model_dir)
+    assert out["status"] == "failed" and "needs the 'finetune' tier" in out["message"] and out["spend"] is None
+    with session_scope(lab) as s:
+        assert privacy.ledger_json(s, LAB)["spends"] == 0
 
 
 @pytest.fixture
@@ -228,6 +239,9 @@ def test_service_queues_a_notebook_job_and_runs_it(service, monkeypatch):
            (dict(dataset="people", epsilon=50, delta=1e-4), 402, "privacy budget exhausted"),
            (dict(dataset="people", delta=1e-4), 400, "non-private fine-tunes are for operators"),
            (dict(dataset="people", epsilon=1, delta=1e-4, device="cuda"), 400, "unknown field")]
+    refused = service.post(f"{P}/api/finetune", json=dict(dataset="secret", epsilon=1, delta=1e-4),
+                           headers={"Authorization": "token tok-bob", "X-Enclave-Project": OTHER})
+    assert refused.status_code == 403 and refused.json()["error"] == "tier_required", refused.text
     for body, status, match in bad:
         reply = _post(service, **body)
         assert reply.status_code == status and match in reply.json()["message"], (body, reply.text)

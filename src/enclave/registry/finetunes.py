@@ -30,11 +30,12 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from enclave.errors import BadInput, Conflict, NotFound
+from enclave.errors import BadInput, Conflict, NotFound, Refused
 from enclave.registry import audit, catalog
 from enclave.registry import privacy as ledger
 from enclave.registry.access import Access, resolve
 from enclave.registry.clock import iso, utcnow
+from enclave.registry.grants import TIERS
 from enclave.registry.lifecycle import status_of
 from enclave.registry.models import (
     Dataset, FinetuneJob, FinetuneStatus, Grant, Project, ProjectStatus, Role,
@@ -44,6 +45,23 @@ from enclave.registry.projects import get_project
 
 MECHANISM = "dp-sgd"
 VIA = ("cli", "service")
+TIER = "finetune"  # the grant tier that includes DP fine-tuning (DESIGN §2a)
+
+
+class TierRequired(Refused):
+    """The project's grant tier does not include fine-tuning (HTTP 403)."""
+
+    code = "tier_required"
+
+
+def require_tier(granted: Access) -> None:
+    """Refuse a project whose grant's tier is below `finetune`, naming the tier needed."""
+    tier = granted.grant.tier
+    if TIERS.index(tier) < TIERS.index(TIER):
+        slug = granted.project.slug
+        raise TierRequired(f"fine-tuning needs the {TIER!r} tier; project {slug!r} has the {tier!r} tier "
+                           f"(tiers, least first: {', '.join(TIERS)}). An operator can raise it: "
+                           f"enclave grant set {slug} --tier {TIER}")
 
 
 def _subject(job: FinetuneJob) -> str:
@@ -74,6 +92,7 @@ def create(session: Session, granted: Access, *, via: str, dataset: str, base_mo
         raise BadInput(f"unknown origin {via!r}")
     now = now or utcnow()
     project = granted.project
+    require_tier(granted)
     data: Dataset = ledger.usable_dataset(session, project, dataset)
     if non_private:
         if via != "cli":
@@ -139,6 +158,7 @@ def start(session: Session, job_id: str, *, worker: str, model_name: str,
         raise Conflict(f"fine-tune job {job_id!r} is not queued")
     job = get(session, job_id)
     granted = _access_at_start(session, job)
+    require_tier(granted)  # lowered while the job waited: it does not start
     dataset = ledger.usable_dataset(session, granted.project, job.dataset)
     if not job.non_private:
         spend = ledger.charge(session, granted, dataset, mechanism=MECHANISM,
