@@ -18,7 +18,9 @@ iptables -w -A "$guard" -p tcp --sport 8888 -j "$egress"
 iptables -w -A "$guard" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 iptables -w -A "$guard" -p tcp --dport "$ENCLAVE_HUB_PORT" -j ACCEPT
 iptables -w -A "$guard" -j DROP
-iptables -w -C INPUT -s "$ENCLAVE_SUBNET" -j "$guard" 2>/dev/null || iptables -w -I INPUT 1 -s "$ENCLAVE_SUBNET" -j "$guard"
+# Not what the hub sends itself (JupyterHub checks its proxy at this container's own addresses).
+iptables -w -C INPUT -s "$ENCLAVE_SUBNET" ! -i lo -j "$guard" 2>/dev/null \
+    || iptables -w -I INPUT 1 -s "$ENCLAVE_SUBNET" ! -i lo -j "$guard"
 mkdir -p "${ENCLAVE_HUB_STATE:=/var/lib/enclave-hub}"
 cd "$ENCLAVE_HUB_STATE"
 exec jupyterhub -f /etc/enclave/jupyterhub_config.py "$@"
