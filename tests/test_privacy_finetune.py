@@ -6,7 +6,6 @@ privacy service queues a notebook's job and its worker runs it, with progress to
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from fastapi.testclient import TestClient

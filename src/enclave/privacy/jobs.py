@@ -117,7 +117,8 @@ def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
     try:
         name, data_path, base_dir, params = _transaction(engine, start)
     except UserError as exc:
-        _transaction(engine, lambda s: finetunes.fail(s, job_id, f"not started: {exc.message}"))
+        reason = f"not started: {exc.message}"
+        _transaction(engine, lambda s: finetunes.fail(s, job_id, reason))
         return _transaction(engine, lambda s: finetunes.job_json(s, finetunes.get(s, job_id)))
 
     last_write = [0.0]
