@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -185,7 +186,7 @@ def stack(docker_client, images, tiny_model_dir, tmp_path):  # noqa: F811
         started = time.monotonic()
         stack.compose("up", "-d")
         _report("docker-compose up -d", time.monotonic() - started)
-        _healthy(docker_client, stack, ["db", "hub", "gateway", "review"], timeout=240)
+        _healthy(docker_client, stack, ["db", "hub", "gateway", "review", "privacy"], timeout=240)
         _report("up until every service is healthy", time.monotonic() - started)
         yield stack
     finally:
@@ -232,7 +233,8 @@ def reach(host, port):
         return False
 
 hub = os.environ["JUPYTERHUB_API_URL"].split("//")[1].split(":")[0]
-out["reach"] = {"hub_api": reach(hub, 8081), "proxy_public": reach(hub, 8000), "proxy_api": reach(hub, 8003)}
+out["reach"] = {"hub_api": reach(hub, 8081), "proxy_public": reach(hub, 8000), "proxy_api": reach(hub, 8003),
+                "host_port": reach(os.environ["HOST_ADDRESS"], int(os.environ["HOST_PORT"]))}
 try:
     socket.getaddrinfo("db", 5432)
     out["resolves_db"] = True
@@ -251,7 +253,7 @@ def test_compose_stack_walk(docker_client, stack):
 
     # The model: read-only in the gateway, nowhere else. Ports: the proxy's only, on loopback.
     model_dir = values["ENCLAVE_MODEL_DIR"]
-    for service in ("db", "hub", "gateway", "review", "privacy"):
+    for service in ("db", "hub", "gateway", "review", "privacy", "host-firewall"):
         container = stack.container(docker_client, service)
         mounts = [m for m in container.attrs["Mounts"] if m.get("Source") == model_dir]
         published = {port: bindings for port, bindings in (container.attrs["NetworkSettings"]["Ports"] or {}).items()
@@ -302,15 +304,23 @@ def test_compose_stack_walk(docker_client, stack):
     assert set(notebook.attrs["NetworkSettings"]["Networks"]) == {values["ENCLAVE_NETWORK"]}
     assert notebook.attrs["HostConfig"]["ReadonlyRootfs"] is True
 
-    # From inside the notebook: the gateway, an export, and what it cannot reach.
-    code, output = notebook.exec_run(["python", "-c", IN_NOTEBOOK], user="1000:1000")
+    # From inside the notebook: the gateway, an export, and what it cannot reach (a port this host
+    # listens on, at the enclave bridge's own address, among them).
+    bridge = values["ENCLAVE_BRIDGE"]
+    rules = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True).stdout
+    assert f"-A INPUT -i {bridge} -j ENC-CIN-{bridge}" in rules, rules
+    host_address = network.attrs["IPAM"]["Config"][0].get("Gateway") or values["ENCLAVE_SUBNET"].rsplit(".", 1)[0] + ".1"
+    with socket.create_server(("0.0.0.0", 0)) as listener:
+        socket.create_connection((host_address, listener.getsockname()[1]), timeout=2).close()  # it listens there
+        code, output = notebook.exec_run(["python", "-c", IN_NOTEBOOK], user="1000:1000", environment={
+            "HOST_ADDRESS": host_address, "HOST_PORT": str(listener.getsockname()[1])})
     text = output.decode(errors="replace")
     assert code == 0, f"{text}\n{stack.logs()}"
     result = json.loads(text.split("RESULT ", 1)[1])
     assert result["env"]["ENCLAVE_GATEWAY_URL"] == f"http://{values['ENCLAVE_COMPOSE_GATEWAY_IP']}:8001"
     assert result["env"]["ENCLAVE_PROJECT"] == PROJECT_SLUG
     assert isinstance(result["generated"], str)
-    assert result["reach"] == {"hub_api": True, "proxy_public": False, "proxy_api": False}
+    assert result["reach"] == {"hub_api": True, "proxy_public": False, "proxy_api": False, "host_port": False}
     assert result["resolves_db"] is False
     export_id = result["export"]["id"]
 

@@ -298,6 +298,25 @@ def ensure_service_image(client, repo_root: Path, cache_dir: Path, progress) -> 
     return tag, True
 
 
+def prune_old_images(client, repository: str, keep: int, progress) -> None:
+    """Untag all but the `keep` newest images of `repository`, so rebuilds do not pile up; one a
+    container still uses stays (Docker refuses), as with the notebook image."""
+    from docker.errors import APIError
+
+    images = sorted(client.images.list(name=repository), key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
+    removed = 0
+    for old in images[keep:]:
+        for tag in old.tags:
+            if tag.startswith(f"{repository}:"):
+                try:
+                    client.images.remove(tag)
+                    removed += 1
+                except APIError:
+                    pass
+    if removed:
+        progress(f"removed {removed} older {repository} image tag(s), keeping the newest {keep}")
+
+
 def build_images(repo_root: Path | None = None, cache_dir: Path | None = None, progress=None) -> DeployImages:
     """Find or build the compose stack's three images (see the module docstring)."""
     image = _image()
@@ -311,6 +330,9 @@ def build_images(repo_root: Path | None = None, cache_dir: Path | None = None, p
         with image._build_lock(cache_dir):
             postgres, postgres_built = ensure_postgres_image(client, repo_root, cache_dir, progress)
             service, service_built = ensure_service_image(client, repo_root, cache_dir, progress)
+            for repository, built_now in ((POSTGRES_REPOSITORY, postgres_built), (SERVICE_REPOSITORY, service_built)):
+                if built_now:
+                    prune_old_images(client, repository, image.KEEP_IMAGES, progress)
     finally:
         client.close()
     built = [tag for tag, yes in ((notebook.tag, notebook.built), (postgres, postgres_built), (service, service_built))
