@@ -175,3 +175,36 @@ def test_the_notebook_client_names_models(engine, tiny_model_dir, wide_model_dir
         with pytest.raises(EnclaveError) as refused:
             client.generate("The census", max_new_tokens=2, model="gpt2-xl")
         assert (refused.value.status, refused.value.code) == (400, "unknown_model")
+
+
+def test_a_tier_for_one_model_differs_from_the_grants(engine, tiny_model_dir, wide_model_dir):
+    """Tiers are per project and model: internals on one model, sample on another, the grant's
+    tier for the rest; each refusal names the model and the tier it needs."""
+    _onboard(engine, "small", tiny_model_dir, "general")
+    _onboard(engine, "wide", wide_model_dir, "partner")
+    with serve(engine, tiny_model_dir, grant={"tier": "score"}) as gw, gw.client() as lab:
+        assert [m["name"] for m in lab.get("/v1/models").json()["models"]] == ["small"]
+        with gw.registry() as s:
+            assert grants.set_model_tier(s, OPERATOR, PROJECT, "wide", "internals") == "internals"
+            assert grants.set_model_tier(s, OPERATOR, PROJECT, "small", "sample") == "sample"
+        listed = {m["name"]: m["tier"] for m in lab.get("/v1/models").json()["models"]}
+        assert listed == {"small": "sample", "wide": "internals"}
+        got = lab.post("/v1/activations", json={"model": "wide", "prompt": "Hi", "hooks": ["blocks.0.hook_resid_pre"]})
+        assert got.status_code == 200
+        refused = lab.post("/v1/score", json={"text": "Hello world"})  # the default model, small: sample only
+        assert refused.status_code == 403 and refused.json()["error"] == "tier_required"
+        assert "has the 'sample' tier for model 'small'" in refused.json()["message"]
+        assert "--model small --tier score" in refused.json()["message"]
+        assert _generate(lab).status_code == 200
+        usage = lab.get("/v1/usage", params={"model": "wide"}).json()
+        assert (usage["tier"], usage["model_tier"]) == ("score", "internals")
+        assert usage["model_tiers"] == {"small": "sample", "wide": "internals"}
+        assert usage["extraction"]["mlp_regression"]["pairs_per_day"] > 0
+
+        with gw.registry() as s:
+            grants.set_model_tier(s, OPERATOR, PROJECT, "wide", grants.INHERIT)
+            events = s.exec(select(AuditEvent).where(AuditEvent.action == "grant.model_tier")).all()
+        assert [(json.loads(e.details)["model"], json.loads(e.details)["to"]) for e in events] == [
+            ("wide", "internals"), ("small", "sample"), ("wide", None)]
+        refused = _generate(lab, "wide")  # back to the grant's score tier: partner is out of sight
+        assert refused.status_code == 403 and refused.json()["error"] == "model_not_released"

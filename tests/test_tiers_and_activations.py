@@ -105,6 +105,17 @@ def test_the_cli_sets_a_tier_and_an_activation_budget(engine, monkeypatch):
     assert code == 0 and "tier=internals" in text and "activations_per_day=2M" in text
     code, text = cli("grant", "set", "pt", "--tier", "root")
     assert code != 0 and "tier must be one of sample, score, internals, finetune" in text and "Traceback" not in text
+    # A tier for one model alone; --model takes --tier and nothing else.
+    code, text = cli("grant", "set", "pt", "--model", "gpt2-124m-random", "--tier", "sample")
+    assert code == 0 and "tier sample for model gpt2-124m-random" in text
+    code, text = cli("grant", "show", "pt")
+    assert "model_tiers: {'gpt2-124m-random': 'sample'}" in text and "tier: internals" in text
+    code, text = cli("grant", "set", "pt", "--model", "gpt2-124m-random", "--tier", "inherit")
+    assert code == 0 and "tier internals for model gpt2-124m-random" in text
+    code, text = cli("grant", "set", "pt", "--model", "gpt2-124m-random", "--tier", "score", "--rpm", "5")
+    assert code != 0 and "give --tier and nothing else" in text and "Traceback" not in text
+    code, text = cli("grant", "set", "pt", "--model", "bad name!", "--tier", "score")
+    assert code != 0 and "bad model name" in text
 
 
 @pytest.fixture

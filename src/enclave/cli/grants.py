@@ -8,6 +8,7 @@ import typer
 
 from enclave.cli.output import AsJson, AsUser, Slug, print_json
 from enclave.cli.session import registry
+from enclave.errors import BadInput
 from enclave.registry import grants
 
 app = typer.Typer(help="What a project may consume: tokens, rate, privacy budget, compute, exports.", no_args_is_help=True)
@@ -31,9 +32,19 @@ def grant_set(
     work_bytes: Annotated[Optional[str], typer.Option("--work-bytes", help="Size limit of each member's work volume, e.g. 2G.")] = None,
     tier: Annotated[Optional[str], typer.Option("--tier", help=f"What the model API allows: {', '.join(grants.TIERS)} (each includes the ones before it; new grants get {grants.DEFAULT_TIER}).")] = None,
     activation_bytes_per_day: Annotated[Optional[str], typer.Option("--activation-bytes-per-day", help="Bytes of activations (float16) the project may read per UTC day at the internals tier, e.g. 16M.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", metavar="NAME", help=f"With --tier (and nothing else): the project's tier for this model alone; {grants.INHERIT} gives it the grant's tier again.")] = None,
     as_: AsUser = None,
 ) -> None:
     """Create or change a project's grant; unset fields keep their values."""
+    if model is not None:
+        others = [tokens, tokens_per_day, rpm, max_tokens_per_request, epsilon, delta, cpu, mem, session_hours,
+                  export_bytes, logprob_calls_per_day, view_bytes_per_day, work_bytes, activation_bytes_per_day]
+        if tier is None or any(v is not None for v in others):
+            raise BadInput("--model sets the project's tier for one model: give --tier and nothing else with it")
+        with registry() as s:
+            now = grants.set_model_tier(s, as_, slug, model, tier)
+        typer.echo(f"grant for {slug}: tier {now} for model {model}")
+        return
     with registry() as s:
         grant = grants.set_grant(
             s, as_, slug, tokens_total=tokens, tokens_per_day=tokens_per_day, requests_per_minute=rpm,
@@ -53,9 +64,10 @@ def grant_set(
 
 @app.command("show")
 def grant_show(slug: Slug, as_json: AsJson = False) -> None:
-    """Show a project's grant."""
+    """Show a project's grant (with its tiers for particular models, where they differ)."""
     with registry() as s:
-        record = grants.grant_json(grants.get_grant(s, slug))
+        grant = grants.get_grant(s, slug)
+        record = {**grants.grant_json(grant), "model_tiers": grants.model_tiers(s, grant.project_id)}
     if as_json:
         print_json(record)
     else:

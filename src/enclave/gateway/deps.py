@@ -42,6 +42,7 @@ from sqlalchemy.engine import Engine as DbEngine
 
 from enclave.errors import Conflict, UserError
 from enclave.gateway import quota, refusals, tiers
+from enclave.registry import grants
 from enclave.gateway.auth import Caller, authorize, identify
 from enclave.gateway.engine import Engine, QueueFull
 from enclave.gateway.http_errors import ClientGone
@@ -149,9 +150,18 @@ class GatewayState:
             return Choice(name, self.settings.model_dir)
         return self.models.choose(session, granted.project, requested)
 
-    async def served(self, granted: Access, requested: str | None) -> tuple[Choice, Engine]:
-        """The model a call of `granted` gets, and the engine that runs it (loaded on first use)."""
-        choice = await self.run(lambda session: self.choose(session, granted, requested))
+    async def served(self, granted: Access, requested: str | None,
+                     endpoint: str | None = None) -> tuple[Choice, Engine]:
+        """The model a call of `granted` gets, and the engine that runs it (loaded on first use).
+        With `endpoint`, refused first (before any model is loaded) unless the project's tier for
+        that model includes the endpoint."""
+        def decide(session) -> tuple[Choice, str]:
+            choice = self.choose(session, granted, requested)
+            return choice, grants.tier_for(session, granted.grant, choice.name)
+
+        choice, tier = await self.run(decide)
+        if endpoint is not None:
+            tiers.require(tier, endpoint, granted.project.slug, model=choice.name)
         if self.models is None:
             return choice, self.engine
         return choice, await self.models.engine(choice)
@@ -217,17 +227,12 @@ class MeteredCall:
         self.request, self.state, self.credentials, self.decided = request, state, credentials, decided
         self.choice: Choice | None = None
 
-    async def model(self, requested: str | None) -> tuple[str, Engine]:
+    async def model(self, requested: str | None, endpoint: str) -> tuple[str, Engine]:
         """The name and engine of the model this call asked for (None: the default), if the
-        project may use it now; the admission asks the registry again, in its transaction."""
-        self.choice, engine = await self.state.served(self.decided, requested)
+        project may use it now and its tier for that model includes `endpoint` (refused before
+        any tokenising or loading); the admission asks the registry again, in its transaction."""
+        self.choice, engine = await self.state.served(self.decided, requested, endpoint)
         return self.choice.name, engine
-
-    def require_tier(self, endpoint: str) -> None:
-        """Refuse at once (before any tokenising) an endpoint above the tier of the grant the
-        registry just decided on; `quota.reserve` checks again in the admission transaction."""
-        if self.decided is not None:
-            tiers.require(self.decided.grant.tier, endpoint, self.decided.project.slug)
 
     async def __call__(self, endpoint: str, prompt: str, prompt_tokens: int, worst_case: int,
                        run: Callable[[Access], Awaitable[tuple[Any, Any, int]]],
@@ -251,7 +256,8 @@ class MeteredCall:
                     raise Conflict(f"model {self.choice.name!r} changed while the call was admitted: try again")
             ticket = quota.reserve(session, granted, endpoint, worst_case, completion_tokens=completion_cap,
                                    max_new_tokens=max_new_tokens, instance_id=self.state.instance_id,
-                                   activation_bytes=activation_bytes)
+                                   activation_bytes=activation_bytes,
+                                   model=self.choice.name if self.choice is not None else None)
             return caller, granted, ticket
 
         caller, granted, ticket = await self.state.run(admit)

@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 
 from enclave.errors import BadInput, QuotaExhausted, RateLimited
 from enclave.gateway import tiers
-from enclave.registry import audit
+from enclave.registry import audit, grants
 from enclave.registry.access import Access
 from enclave.registry.clock import iso, utcnow
 from enclave.registry.db import is_postgres
@@ -108,7 +108,7 @@ def probability_bearing(endpoint: str, completion_tokens: int, max_new_tokens: i
 
 def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens: int, *,
             completion_tokens: int = 0, max_new_tokens: int | None = None, instance_id: str | None = None,
-            activation_bytes: int = 0, now: dt.datetime | None = None) -> Ticket:
+            activation_bytes: int = 0, model: str | None = None, now: dt.datetime | None = None) -> Ticket:
     """Check the grant and hold `worst_case_tokens` for this call, or refuse it: TierRequired (the
     endpoint is above the grant's tier), RequestTooLarge, RateLimited (with `retry_after`),
     QuotaExhausted (DailyQuotaExhausted, with `retry_after`, for what renews tomorrow).
@@ -120,12 +120,13 @@ def reserve(session: Session, granted: Access, endpoint: str, worst_case_tokens:
     `completion_tokens` is the most the call may generate (all samples), checked against the
     per-request cap; `max_new_tokens` the most per sample, when the caller knows it (else
     `completion_tokens` stands for it): a one-token generation is probability-bearing.
-    `instance_id` is the gateway instance that will settle the call (`register_instance`).
+    `instance_id` is the gateway instance that will settle the call (`register_instance`);
+    `model` the model it runs, whose tier for the project may differ from the grant's.
     """
     now = now or utcnow()
     bears_probabilities = probability_bearing(endpoint, completion_tokens, max_new_tokens)
     grant, project = granted.grant, granted.project
-    tiers.require(grant.tier, endpoint, project.slug)
+    tiers.require(grants.tier_for(session, grant, model), endpoint, project.slug, model=model)
     if activation_bytes > grant.activation_bytes_per_day:
         raise RequestTooLarge(f"this call returns {activation_bytes} bytes of activations, more than this grant's "
                               f"{grant.activation_bytes_per_day} bytes per day: ask for fewer hooks or positions")
@@ -323,6 +324,8 @@ def usage(session: Session, granted: Access, now: dt.datetime | None = None) -> 
                                 "remaining": max(0, grant.logprob_calls_per_day - day.logprob_calls)},
         "max_tokens_per_request": grant.max_tokens_per_request,
         "tier": grant.tier,
+        # Models for which the project's tier differs from its grant's.
+        "model_tiers": grants.model_tiers(session, project.id),
         "activation_bytes_today": {"limit": grant.activation_bytes_per_day, "used": day.activation_bytes,
                                    "remaining": max(0, grant.activation_bytes_per_day - day.activation_bytes)},
     }

@@ -38,7 +38,7 @@ from enclave.gateway.schemas import (
     LOGPROB_DECIMALS, Activation, ActivationsRequest, ActivationsResponse, Choice, GenerateRequest, GenerateResponse,
     HookPoints, ListedModel, ModelInfo, ModelList, NextTokenRequest, NextTokenResponse, ScoreRequest, ScoreResponse, TokenLogprob, TokenProbability, Usage,
 )
-from enclave.registry import catalog
+from enclave.registry import catalog, grants
 from enclave.registry.access import Access
 
 router = APIRouter()
@@ -81,11 +81,13 @@ async def models(granted: Access = Depends(get_access), state: GatewayState = De
             # The default model outside the catalog: served to every project, as before the catalog.
             info = state.engine.model_info()
             out.append(ListedModel(name=info["name"], stage=None, parameters=info["parameters"], default=True,
+                                   tier=grants.tier_for(session, granted.grant, info["name"]),
                                    summary="The gateway's default model (not in the model catalog)."))
         for entry in catalog.visible_models(session, granted.project):
             out.append(ListedModel(name=entry.name, stage=entry.stage, summary=entry.summary,
                                    parameters=entry.parameters, base_model=entry.base_model,
                                    own=entry.owner_project_id is not None,
+                                   tier=grants.tier_for(session, granted.grant, entry.name),
                                    default=default is not None and default.id == entry.id))
         return out
 
@@ -114,12 +116,17 @@ async def hook_points(model: str | None = None, granted: Access = Depends(get_ac
 @router.get("/v1/usage", summary="The caller's remaining allowance, tier and extraction bound")
 async def usage(model: str | None = None, granted: Access = Depends(get_access),
                 state: GatewayState = Depends(get_state)) -> dict:
-    _, engine = await _described(state, granted, model)
+    name, engine = await _described(state, granted, model)
     dims = engine.dimensions()
-    bound = tiers.extraction_bound(granted.grant, d_model=dims["d_model"], d_mlp=dims["d_mlp"], vocab=dims["vocab"],
-                                   context=dims["context"])
-    return await state.run(lambda session: {"user": granted.person.username, **quota.usage(session, granted),
-                                            "extraction": bound})
+
+    def report(session) -> dict:
+        tier = grants.tier_for(session, granted.grant, name)
+        bound = tiers.extraction_bound(granted.grant, d_model=dims["d_model"], d_mlp=dims["d_mlp"],
+                                       vocab=dims["vocab"], context=dims["context"], tier=tier)
+        return {"user": granted.person.username, **quota.usage(session, granted), "model": name,
+                "model_tier": tier, "extraction": bound}
+
+    return await state.run(report)
 
 
 def _tokenise(engine: Engine, text: str, new_tokens: int, *, score: bool = False) -> list[int]:
@@ -140,8 +147,7 @@ async def tokenise(engine: Engine, text: str, new_tokens: int = 0, *, score: boo
 
 @router.post("/v1/generate", response_model=GenerateResponse, summary="Continue a prompt")
 async def generate(body: GenerateRequest, metered: MeteredCall = Depends(get_metered_call)) -> GenerateResponse:
-    metered.require_tier("generate")
-    _, engine = await metered.model(body.model)
+    _, engine = await metered.model(body.model, "generate")
     try:
         params = SamplingParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k,
                                 top_p=body.top_p, seed=body.seed, stop=list(body.stop), ignore_eos=body.ignore_eos)
@@ -182,8 +188,7 @@ def _scored(engine: Engine, ids: list[int], logprobs: list[float]) -> dict:
 
 @router.post("/v1/score", response_model=ScoreResponse, summary="Log-probabilities of a text's own tokens")
 async def score(body: ScoreRequest, metered: MeteredCall = Depends(get_metered_call)) -> ScoreResponse:
-    metered.require_tier("score")
-    _, engine = await metered.model(body.model)
+    _, engine = await metered.model(body.model, "score")
     ids = await tokenise(engine, body.text, score=True)
 
     async def run(_granted: Access):
@@ -203,8 +208,7 @@ def _top(engine: Engine, top: list[tuple[int, float]]) -> dict:
 
 @router.post("/v1/next-token", response_model=NextTokenResponse, summary="The most likely next tokens (at most 5)")
 async def next_token(body: NextTokenRequest, metered: MeteredCall = Depends(get_metered_call)) -> NextTokenResponse:
-    metered.require_tier("next-token")
-    _, engine = await metered.model(body.model)
+    _, engine = await metered.model(body.model, "next-token")
     ids = await tokenise(engine, body.prompt)
 
     async def run(_granted: Access):
@@ -231,8 +235,7 @@ def _encoded(tensors: dict) -> tuple[dict[str, Activation], dict]:
 @router.post("/v1/activations", response_model=ActivationsResponse,
              summary="Activations at TransformerLens hook points (internals tier), metered in bytes")
 async def activations(body: ActivationsRequest, metered: MeteredCall = Depends(get_metered_call)) -> ActivationsResponse:
-    metered.require_tier("activations")
-    name, engine = await metered.model(body.model)
+    name, engine = await metered.model(body.model, "activations")
     dims = engine.dimensions()
     names = hooks.check(body.hooks, dims["n_layer"])
     ids = await tokenise(engine, body.prompt, score=body.prepend_bos)

@@ -138,6 +138,8 @@ class ListedModel(BaseModel):
     base_model: str | None = None
     own: bool = Field(default=False, description="The project's own model (a fine-tune), served to it alone.")
     default: bool = Field(default=False, description="What a call without `model` gets.")
+    tier: str | None = Field(default=None, description="The project's tier for this model (its grant's, unless the "
+                                                      "grant names another for this model).")
 
 
 class ModelList(BaseModel):

@@ -43,19 +43,23 @@ def allows(tier: str, endpoint: str) -> bool:
     return rank(tier) >= rank(ENDPOINT_TIERS[endpoint])
 
 
-def require(tier: str, endpoint: str, project: str) -> None:
-    """Refuse `endpoint` unless `tier` includes it, saying which tier would."""
+def require(tier: str, endpoint: str, project: str, model: str | None = None) -> None:
+    """Refuse `endpoint` unless `tier` (the project's, for `model`) includes it, saying which tier would."""
     if not allows(tier, endpoint):
         needed = ENDPOINT_TIERS[endpoint]
-        raise TierRequired(f"/v1/{endpoint} needs the {needed!r} tier; project {project!r} has the {tier!r} tier "
-                           f"(tiers, least first: {', '.join(TIERS)}). An operator can raise it: "
-                           f"enclave grant set {project} --tier {needed}", needed=needed)
+        per_model = f" for model {model!r}" if model else ""
+        raise TierRequired(f"/v1/{endpoint} needs the {needed!r} tier; project {project!r} has the {tier!r} tier"
+                           f"{per_model} (tiers, least first: {', '.join(TIERS)}). An operator can raise it: "
+                           f"enclave grant set {project} --tier {needed}"
+                           + (f" (or for this model alone: --model {model} --tier {needed})" if model else ""),
+                           needed=needed)
 
 
-def extraction_bound(grant, d_model: int, d_mlp: int, vocab: int, context: int) -> dict:
+def extraction_bound(grant, d_model: int, d_mlp: int, vocab: int, context: int, tier: str | None = None) -> dict:
     """The most model-dependent numbers the grant's caps let a project obtain per UTC day, at its
-    tier and at each tier, and what that means for weight recovery. Upper bounds from the caps
-    alone, whatever the prompts."""
+    tier (`tier`: its tier for the model in question, default the grant's) and at each tier, and
+    what that means for weight recovery. Upper bounds from the caps alone, whatever the prompts."""
+    tier = tier or grant.tier
     sampled = grant.tokens_per_day  # each generated token is one draw from the model's distribution
     # Score returns one rounded log-probability per token of the text (within the daily tokens);
     # next-token at most 5 probabilities per call, and both count against the probability-call cap.
@@ -83,15 +87,15 @@ def extraction_bound(grant, d_model: int, d_mlp: int, vocab: int, context: int) 
         "matrices_per_day": round(pairs_per_day / pairs_needed, 3),
         "days_per_matrix": None if pairs_per_day == 0 else round(pairs_needed / pairs_per_day, 4),
     }
-    reads_internals = allows(grant.tier, "activations")
+    reads_internals = allows(tier, "activations")
     return {
-        "tier": grant.tier,
-        "numbers_per_day": per_tier[grant.tier]["numbers_per_day"],
+        "tier": tier,
+        "numbers_per_day": per_tier[tier]["numbers_per_day"],
         "per_tier": per_tier,
         "mlp_regression": mlp if reads_internals else {**mlp, "pairs_per_day": 0, "matrices_per_day": 0,
                                                         "days_per_matrix": None},
         "meaning": (f"Recovering one {d_mlp} x {d_model} MLP matrix by regression needs {pairs_needed} activation "
                     f"pairs ({mlp['bytes_needed']} bytes); "
                     + (f"this grant allows {pairs_per_day} pairs per day."
-                       if reads_internals else f"the {grant.tier!r} tier returns no activations.")),
+                       if reads_internals else f"the {tier!r} tier returns no activations.")),
     }

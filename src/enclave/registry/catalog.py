@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from enclave.errors import BadInput, Conflict, NotFound, Refused
 from enclave.registry import audit, model_card
 from enclave.registry.clock import iso, utcnow
-from enclave.registry.grants import TIERS
+from enclave.registry.grants import TIERS, model_tiers, tier_for
 from enclave.registry.lifecycle import require_live
 from enclave.registry.models import (
     Grant, ModelEntry, ModelIncident, ModelPromotion, ModelStageStep, Project,
@@ -169,18 +169,21 @@ def _project(session: Session, project: Project | str) -> Project:
     return project if isinstance(project, Project) else get_project(session, project)
 
 
-def _tier(session: Session, project: Project) -> str | None:
+def _tier(session: Session, project: Project, model: str) -> str | None:
+    """The project's tier for `model` (its grant's, unless the grant says otherwise for that model)."""
     grant = session.get(Grant, project.id)
-    return grant.tier if grant is not None else None
+    return tier_for(session, grant, model) if grant is not None else None
 
 
 def visible_models(session: Session, project: Project | str) -> list[ModelEntry]:
-    """The models `project` may use now: catalog models at a stage its tier allows, and its own."""
+    """The models `project` may use now: catalog models at a stage its tier for them allows, and its own."""
     project = _project(session, project)
-    tier = _tier(session, project)
+    grant = session.get(Grant, project.id)
+    exceptions = model_tiers(session, project.id) if grant is not None else {}
     return [e for e in list_models(session)
             if e.owner_project_id == project.id
-            or (e.owner_project_id is None and tier is not None and stage_visible(e.stage, tier))]
+            or (e.owner_project_id is None and grant is not None
+                and stage_visible(e.stage, exceptions.get(e.name, grant.tier)))]
 
 
 def require_visible(session: Session, project: Project | str, name: str) -> ModelEntry:
@@ -194,14 +197,14 @@ def require_visible(session: Session, project: Project | str, name: str) -> Mode
                            f"(GET /v1/models)")
     if entry.owner_project_id is not None:
         return entry
-    tier = _tier(session, project)
+    tier = _tier(session, project, entry.name)
     if tier is None:
         raise ModelNotReleased(f"project {project.slug!r} has no grant, so no model is released to it")
     if not stage_visible(entry.stage, tier):
         needed = STAGE_TIERS[entry.stage]
         raise ModelNotReleased(
             f"model {name!r} is at the {entry.stage!r} release stage, which needs the {needed!r} tier; project "
-            f"{project.slug!r} has the {tier!r} tier (stages need: "
+            f"{project.slug!r} has the {tier!r} tier for it (stages need: "
             + ", ".join(f"{s} {STAGE_TIERS[s]}" for s in reversed(STAGES)) + ")")
     return entry
 

@@ -7,17 +7,18 @@ import math
 import re
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from enclave.registry import audit
 from enclave.registry.clock import iso, utcnow
 from enclave.errors import BadInput, NotFound
 from enclave.registry.lifecycle import require_live
-from enclave.registry.models import Grant
+from enclave.registry.models import Grant, GrantModelTier
 from enclave.registry.people import require_role
 from enclave.registry.projects import get_project
 
 GIB = 1024**3
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 MIB = 1024**2
 
 # The model API's tiers, least first; each allows what the ones before it allow: sample
@@ -155,3 +156,57 @@ def grant_json(grant: Grant) -> dict[str, Any]:
             "view_per_day": format_size(grant.view_bytes_per_day), "work": format_size(grant.work_bytes),
             "activations_per_day": format_size(grant.activation_bytes_per_day),
             "updated_at": iso(grant.updated_at), "updated_by": grant.updated_by}
+
+
+# --- tiers per model ------------------------------------------------------------------------------
+# A grant's tier applies to every model; a project may have a different tier for one model (a row
+# of GrantModelTier), e.g. internals on a small model and sample on a large one. "inherit" removes
+# the exception.
+INHERIT = "inherit"
+
+
+def model_tiers(session: Session, project_id: int) -> dict[str, str]:
+    """The project's per-model exceptions: model name -> tier."""
+    rows = session.exec(select(GrantModelTier).where(GrantModelTier.project_id == project_id)).all()
+    return {row.model: row.tier for row in rows}
+
+
+def tier_for(session: Session, grant: Grant, model: str | None) -> str:
+    """The project's tier for `model` (None: the grant's own tier)."""
+    if model is None:
+        return grant.tier
+    row = session.exec(select(GrantModelTier).where(GrantModelTier.project_id == grant.project_id,
+                                                    GrantModelTier.model == model)).first()
+    return row.tier if row is not None else grant.tier
+
+
+def set_model_tier(session: Session, actor: str, slug: str, model: str, tier: str) -> str:
+    """Give project `slug` tier `tier` for `model` (INHERIT: the grant's tier again); returns the
+    tier that now applies. The model need not be in the catalog yet (the gateway's default model
+    may not be), but its name must be a plausible one."""
+    require_role(session, actor)
+    project = get_project(session, slug)
+    require_live(project, "change its grant")
+    grant = get_grant(session, slug)
+    model = (model or "").strip()
+    if not MODEL_NAME_RE.match(model):
+        raise BadInput(f"bad model name {model!r}: 1-200 letters, digits, '.', '_', '-' or '/'")
+    if tier != INHERIT:
+        tier = validate_tier(tier)
+    row = session.exec(select(GrantModelTier).where(GrantModelTier.project_id == project.id,
+                                                    GrantModelTier.model == model)).first()
+    before = row.tier if row is not None else None
+    if tier == INHERIT:
+        if row is not None:
+            session.delete(row)
+    elif row is None:
+        session.add(GrantModelTier(project_id=project.id, model=model, tier=tier, set_by=actor))
+    else:
+        row.tier, row.set_by, row.set_at = tier, actor, utcnow()
+        session.add(row)
+    after = None if tier == INHERIT else tier
+    if before != after:
+        session.flush()
+        audit.append(session, actor=actor, action="grant.model_tier", subject=f"project:{slug}",
+                     details={"model": model, "from": before, "to": after, "grant_tier": grant.tier})
+    return after or grant.tier

@@ -24,7 +24,7 @@ from enclave.registry.models.catalog import (
     CATALOG_APPEND_ONLY_TABLES, ModelEntry, ModelIncident, ModelPromotion, ModelStageStep,
 )
 from enclave.registry.models.core import (
-    ApiKey, AuditEvent, Credential, Dataset, DatasetAccess, Grant, Membership, Person, Project, ProjectStatus, Role,
+    ApiKey, AuditEvent, Credential, Dataset, DatasetAccess, Grant, GrantModelTier, Membership, Person, Project, ProjectStatus, Role,
     Sensitivity,
 )
 from enclave.registry.models.exports import (
@@ -45,7 +45,7 @@ __all__ = [
     "APPEND_ONLY_TABLES", "ApiKey", "AuditEvent", "Credential", "Dataset", "DatasetAccess", "Decision", "EgressDay",
     "ExportComment",
     "ExportFile", "ExportFinding", "ExportRelease", "ExportRequest", "ExportReview", "ExportState", "GatewayInstance",
-    "Grant",
+    "Grant", "GrantModelTier",
     "Membership", "ModelCall", "NotebookSession", "Person", "PRIVACY_APPEND_ONLY_TABLES", "PrivacyAccount", "PrivacySpend",
     "Project", "ProjectStatus", "RateWindow", "Registration", "Reservation", "Role",
     "Sensitivity", "UsageDay", "UsageTotal", "Visibility", "WorkVolume", "WorkVolumeState",

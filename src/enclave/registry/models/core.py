@@ -158,6 +158,22 @@ class Grant(SQLModel, table=True):
     updated_by: str
 
 
+
+class GrantModelTier(SQLModel, table=True):
+    """A project's tier for one model, where it differs from its grant's tier (which applies to
+    every other model): e.g. `internals` on a small model, `sample` on a large one. Changed only
+    through `grants.set_model_tier`."""
+
+    __tablename__ = "grant_model_tier"
+    __table_args__ = (UniqueConstraint("project_id", "model"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    model: str = Field(sa_column=Column(String(200), nullable=False))
+    tier: str = Field(sa_column=Column(String(16), nullable=False))
+    set_by: str
+    set_at: dt.datetime = Field(default_factory=utcnow)
+
 class ApiKey(SQLModel, table=True):
     """A bearer key for the model API. Only a SHA-256 of the secret is kept (keys are 256-bit
     random, so a slow hash buys nothing); the plaintext is shown once at issue."""
