@@ -344,6 +344,17 @@ def test_compose_stack_walk(docker_client, stack):
             break
     assert released, out
 
+    # What alice's server sent her browser was counted in the hub's namespace and charged by the
+    # warden to her session on the registry (the lock-down's metering is real here too).
+    deadline = time.monotonic() + 60
+    while True:
+        live = json.loads(stack.ops("enclave session list --live --user alice --json"))
+        assert len(live) == 1 and live[0]["project"] == PROJECT_SLUG, live
+        if live[0]["egress_bytes"] >= len(page.content):
+            break
+        assert time.monotonic() < deadline, f"no egress charged: {live}\n{stack.logs()}"
+        time.sleep(2)
+
     # The approved file is in the release store's volume, with its manifest.
     volume = docker_client.volumes.get(f"{stack.name}_releases")
     store = Path(volume.attrs["Mountpoint"])
