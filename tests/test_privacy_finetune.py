@@ -109,9 +109,23 @@ def test_bad_input_is_refused_and_charges_nothing(lab, demo_dir, bad, error, mat
 
 def test_unknown_base_model_is_refused(lab, demo_dir):  # noqa: F811
     params = finetune.FinetuneParams(epsilon=1.0, delta=1e-4, **QUICK)
-    with pytest.raises(NotFound, match="no model 'gpt-nothing'"):
+    with pytest.raises(catalog.UnknownModel, match="no model 'gpt-nothing' for project 'lab'"):
         jobs.submit(lab, lambda s: finetunes.operator_access(s, OPERATOR, LAB), via="cli", dataset="people",
                     epsilon=1.0, delta=1e-4, base="gpt-nothing", params=params, default_dir=demo_dir.model_dir)
+    _nothing_recorded(lab)
+
+
+def test_another_projects_model_cannot_be_the_base(lab, demo_dir):  # noqa: F811
+    """Another project's fine-tune is answered like a model that does not exist: it cannot be
+    fine-tuned into a model this project is then served."""
+    with session_scope(lab) as s:
+        catalog.register_finetune(s, name="others-model", directory=str(demo_dir.model_dir), base_model="default",
+                                  project_slug=OTHER, epsilon=1.0, delta=1e-5, non_private=False, actor=OPERATOR,
+                                  report={})
+    params = finetune.FinetuneParams(epsilon=1.0, delta=1e-4, **QUICK)
+    with pytest.raises(catalog.UnknownModel, match="no model 'others-model' for project 'lab'"):
+        jobs.submit(lab, lambda s: finetunes.operator_access(s, OPERATOR, LAB), via="cli", dataset="people",
+                    epsilon=1.0, delta=1e-4, base="others-model", params=params, default_dir=demo_dir.model_dir)
     _nothing_recorded(lab)
 
 

@@ -3,7 +3,8 @@
 A grant names a tier (`enclave.registry.grants.TIERS`, least first): `sample` may generate;
 `score` may also score texts and ask for the top next tokens (under the per-day cap on
 probability-bearing calls); `internals` may also read activations (under a per-day byte budget);
-`finetune` is reserved for DP fine-tuning. An endpoint above the project's tier is refused with
+`finetune` may also DP-fine-tune the model (the privacy service; the result is served to the
+project alone and never leaves). An endpoint above the project's tier is refused with
 403 and a message naming the tier it needs: no opaque walls.
 
 `extraction_bound` turns a grant's caps into the published bound on model-dependent numbers a
@@ -78,7 +79,7 @@ def extraction_bound(grant, d_model: int, d_mlp: int, vocab: int, context: int, 
                       "kind": "as score, plus float16 activations",
                       "activation_numbers_per_day": activation_numbers},
     }
-    per_tier["finetune"] = {**per_tier["internals"], "kind": "as internals (fine-tuning is not served yet)"}
+    per_tier["finetune"] = {**per_tier["internals"], "kind": "as internals; DP fine-tunes (the privacy service) return no numbers, only a model served to the project"}
     mlp = {
         "matrix": f"blocks.{{i}}.mlp W_out ({d_mlp} x {d_model})",
         "pairs_needed": pairs_needed,

@@ -52,11 +52,16 @@ def default_model_dir(home: Path) -> Path:
     return Path(env_str("ENCLAVE_MODEL_DIR") or Path(home) / "demo" / "model")
 
 
-def base_model_dir(session, base: str, default_dir: Path) -> Path:
-    """A catalog model's directory, or for `default` the gateway's default model."""
+def base_model_dir(session, project, base: str, default_dir: Path) -> Path:
+    """The directory of the model `project` fine-tunes: a catalog model it may use now (its stage
+    and the project's tier for it, or the project's own fine-tune: never another project's), or
+    for `default` the gateway's default model (under the same rule when it is in the catalog)."""
     if base == DEFAULT_BASE:
+        entry = catalog.find_by_directory(session, default_dir)
+        if entry is not None:
+            catalog.require_visible(session, project, entry.name)
         return Path(default_dir)
-    return Path(catalog.get_model(session, base).directory)
+    return Path(catalog.require_visible(session, project, base).directory)
 
 
 def model_name(job_id: str, slug: str) -> str:
@@ -78,7 +83,7 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
     def decide(s):
         granted = granted_in(s)
         data = ledger.usable_dataset(s, granted.project, dataset)
-        return data.path, base_model_dir(s, base, default_dir)
+        return data.path, base_model_dir(s, granted.project, base, default_dir)
 
     path, base_dir = _transaction(engine, decide)
     if not (Path(base_dir) / "config.json").is_file():
@@ -110,8 +115,9 @@ def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
         job = finetunes.get(s, job_id)
         slug = finetunes.get_project_by_id(s, job.project_id).slug
         started = finetunes.start(s, job_id, worker=worker, model_name=model_name(job_id, slug))
-        data = ledger.usable_dataset(s, finetunes.get_project_by_id(s, started.project_id), started.dataset)
-        return (started.model_name, data.path, str(base_model_dir(s, started.base_model, default_dir)),
+        project = finetunes.get_project_by_id(s, started.project_id)
+        data = ledger.usable_dataset(s, project, started.dataset)
+        return (started.model_name, data.path, str(base_model_dir(s, project, started.base_model, default_dir)),
                 finetune.FinetuneParams.from_json(json.loads(started.params)))
 
     try:

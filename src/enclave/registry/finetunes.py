@@ -35,7 +35,7 @@ from enclave.registry import audit, catalog
 from enclave.registry import privacy as ledger
 from enclave.registry.access import Access, resolve
 from enclave.registry.clock import iso, utcnow
-from enclave.registry.grants import TIERS
+from enclave.registry.grants import TIERS, tier_for
 from enclave.registry.lifecycle import status_of
 from enclave.registry.models import (
     Dataset, FinetuneJob, FinetuneStatus, Grant, Project, ProjectStatus, Role,
@@ -54,14 +54,15 @@ class TierRequired(Refused):
     code = "tier_required"
 
 
-def require_tier(granted: Access) -> None:
-    """Refuse a project whose grant's tier is below `finetune`, naming the tier needed."""
-    tier = granted.grant.tier
+def require_tier(session: Session, granted: Access, base_model: str) -> None:
+    """Refuse a project whose tier for `base_model` (its grant's, unless the grant names another for
+    that model) is below `finetune`, naming the tier needed."""
+    tier = tier_for(session, granted.grant, base_model)
     if TIERS.index(tier) < TIERS.index(TIER):
         slug = granted.project.slug
-        raise TierRequired(f"fine-tuning needs the {TIER!r} tier; project {slug!r} has the {tier!r} tier "
-                           f"(tiers, least first: {', '.join(TIERS)}). An operator can raise it: "
-                           f"enclave grant set {slug} --tier {TIER}")
+        raise TierRequired(f"fine-tuning {base_model!r} needs the {TIER!r} tier; project {slug!r} has the {tier!r} "
+                           f"tier for it (tiers, least first: {', '.join(TIERS)}). An operator can raise it: "
+                           f"enclave grant set {slug} --tier {TIER} (or --model {base_model} --tier {TIER})")
 
 
 def _subject(job: FinetuneJob) -> str:
@@ -92,7 +93,7 @@ def create(session: Session, granted: Access, *, via: str, dataset: str, base_mo
         raise BadInput(f"unknown origin {via!r}")
     now = now or utcnow()
     project = granted.project
-    require_tier(granted)
+    require_tier(session, granted, base_model)
     data: Dataset = ledger.usable_dataset(session, project, dataset)
     if non_private:
         if via != "cli":
@@ -158,7 +159,7 @@ def start(session: Session, job_id: str, *, worker: str, model_name: str,
         raise Conflict(f"fine-tune job {job_id!r} is not queued")
     job = get(session, job_id)
     granted = _access_at_start(session, job)
-    require_tier(granted)  # lowered while the job waited: it does not start
+    require_tier(session, granted, job.base_model)  # lowered while the job waited: it does not start
     dataset = ledger.usable_dataset(session, granted.project, job.dataset)
     if not job.non_private:
         spend = ledger.charge(session, granted, dataset, mechanism=MECHANISM,
