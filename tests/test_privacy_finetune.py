@@ -208,6 +208,12 @@ def test_cli_finetune_registers_a_model_with_its_exposure_report(sqlite_cli, tmp
     cli.fails("finetune", "--project", LAB, "--dataset", "people", "--epsilon", "0", "--delta", "1e-4",
               match="epsilon must be a positive number")
     cli.fails("finetune", "--project", LAB, "--dataset", "people", "--non-private", match="--override-by")
+    # Naming an operator is not their decision: the override needs their own password.
+    cli.fails("finetune", "--project", LAB, "--dataset", "people", "--non-private", "--override-by", OPERATOR,
+              match=f"needs {OPERATOR}'s own password")
+    with session_scope(cli.engine) as s:
+        assert [e.action for e in audit.iter_events(s)][-1] == "finetune.override_login_failed"
+        assert len(finetunes.jobs(s)) == 1  # the DP job above; no non-private one
 
 
 @pytest.mark.timeout(1800)

@@ -4,10 +4,12 @@ the foreground with a progress bar; `enclave finetune list|show ID` for the jobs
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from enclave.cli import login
 from enclave.cli.output import AsJson, AsUser, print_json, print_rows
 from enclave.cli.session import engine, registry
 from enclave.envsettings import enclave_home
@@ -19,6 +21,7 @@ from enclave.registry import finetunes
 app = typer.Typer(help="DP fine-tuning of GPT-2 on a project's dataset (Opacus), its canary and membership audits.",
                   invoke_without_command=True)
 _DEFAULTS = finetune.FinetuneParams(epsilon=1.0, delta=0.0)
+OVERRIDE_PASSWORD_ENV = "ENCLAVE_OVERRIDE_PASSWORD"
 
 
 @app.callback()
@@ -44,7 +47,8 @@ def finetune_run(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     non_private: Annotated[bool, typer.Option("--non-private", help="Train without DP (needs --override-by).")] = False,
-    override_by: Annotated[Optional[str], typer.Option("--override-by", metavar="OPERATOR", help="The operator who allows a non-private fine-tune (recorded).")] = None,
+    override_by: Annotated[Optional[str], typer.Option("--override-by", metavar="OPERATOR", help="The operator who allows a non-private fine-tune (recorded; their own password is asked).")] = None,
+    override_password_file: Annotated[Optional[Path], typer.Option("--override-password-file", metavar="FILE", dir_okay=False, help=f"The overriding operator's password file (mode 0600). Without it: ${OVERRIDE_PASSWORD_ENV}, else a prompt.")] = None,
     as_json: AsJson = False,
     as_: AsUser = None,
 ) -> None:
@@ -72,6 +76,12 @@ def finetune_run(
         device=device)
     home = enclave_home()
     with engine() as db:
+        if non_private and override_by:
+            # A fine-tune without a guarantee is the operator's decision, not a name typed after it.
+            login.require_password(db, override_by, override_password_file,
+                                   f"overriding DP for a fine-tune of project {project!r}",
+                                   env_name=OVERRIDE_PASSWORD_ENV, option="--override-password-file",
+                                   failed_action="finetune.override_login_failed")
         job_id = jobs.submit(db, lambda s: finetunes.operator_access(s, as_, project), via="cli", dataset=dataset,
                              epsilon=epsilon, delta=delta, base=base, params=params,
                              default_dir=jobs.default_model_dir(home),

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from enclave.envsettings import env_str
-from enclave.errors import BadInput
+from enclave.errors import BadInput, Forbidden, Unauthenticated
 
 
 def read_password_file(path: Path, option: str = "--password-file") -> str:
@@ -55,3 +55,27 @@ def os_user() -> str:
         return f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
     except (ImportError, KeyError):
         return f"uid {getattr(os, 'getuid', lambda: '?')()}"
+
+
+def require_password(eng, actor: str | None, password_file: Path | None, doing: str, *, env_name: str,
+                     option: str = "--password-file", failed_action: str) -> tuple[str, str]:
+    """(actor, how they authenticated), once `actor`'s own registry password checks out; otherwise
+    Unauthenticated, and the attempt recorded as `failed_action` on its own (committed even though
+    nothing else happens)."""
+    from enclave.registry import audit, credentials
+    from enclave.registry.db import session_scope
+    from enclave.registry.people import SYSTEM_ACTOR
+
+    if not actor:
+        raise Forbidden("who is acting? pass --as USER or set ENCLAVE_OPERATOR")
+    given = password(actor, password_file, env_name, option)
+    via = f"password, cli, os user {os_user()}"
+    with session_scope(eng) as s:
+        ok = bool(given) and credentials.check_password(s, actor, given)
+    if ok:
+        return actor, via
+    with session_scope(eng) as s:
+        audit.append(s, actor=SYSTEM_ACTOR, action=failed_action, subject=f"person:{actor}",
+                     details={"doing": doing, "via": via, "password_given": bool(given)})
+    raise Unauthenticated(f"{doing} needs {actor}'s own password (the one their hub login takes): type it when "
+                          f"asked on a terminal, or give {option} or ${env_name}; nothing was done")

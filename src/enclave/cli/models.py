@@ -22,10 +22,9 @@ from enclave.cli.output import AsJson, AsUser, print_json, print_rows
 from enclave.cli.session import engine, registry
 from enclave.demo.model import DemoPaths, build_demo
 from enclave.envsettings import enclave_home
-from enclave.errors import BadInput, Forbidden, Unauthenticated
-from enclave.registry import audit, catalog, model_card
+from enclave.errors import BadInput
+from enclave.registry import catalog, model_card
 from enclave.registry.db import session_scope
-from enclave.registry.people import SYSTEM_ACTOR
 
 app = typer.Typer(help="Models: the catalog (onboard, lint, promote, sign, demote, incidents) and the demo GPT-2.",
                   no_args_is_help=True)
@@ -65,23 +64,8 @@ def model_build_demo(
 
 def _operator_login(eng, actor: str | None, password_file: Path | None, doing: str,
                     env_name: str = PASSWORD_ENV, option: str = "--password-file") -> tuple[str, str]:
-    """(actor, how they authenticated), once `actor`'s own password checks out; otherwise refused,
-    and the attempt recorded on its own (committed even though nothing else happens)."""
-    from enclave.registry import credentials
-
-    if not actor:
-        raise Forbidden("who is acting? pass --as USER or set ENCLAVE_OPERATOR")
-    password = login.password(actor, password_file, env_name, option)
-    via = f"password, cli, os user {login.os_user()}"
-    with session_scope(eng) as s:
-        ok = bool(password) and credentials.check_password(s, actor, password)
-    if ok:
-        return actor, via
-    with session_scope(eng) as s:
-        audit.append(s, actor=SYSTEM_ACTOR, action="model.login_failed", subject=f"person:{actor}",
-                     details={"doing": doing, "via": via, "password_given": bool(password)})
-    raise Unauthenticated(f"{doing} needs {actor}'s own password (the one their hub login takes): type it when "
-                          f"asked on a terminal, or give {option} or ${env_name}; nothing was done")
+    return login.require_password(eng, actor, password_file, doing, env_name=env_name, option=option,
+                                  failed_action="model.login_failed")
 
 
 def _read(path: Path, what: str) -> bytes:
