@@ -139,6 +139,19 @@ def test_a_projects_fine_tune_is_served_to_it_alone_without_a_restart(engine, ti
             assert hidden.json()["message"].replace("lab-ft", "X") == unknown.json()["message"].replace("no-such-model", "X")
             assert "lab-ft" not in hidden.json()["message"].replace("'lab-ft'", "")
 
+            # Withdrawn (say its canary audit came back bad): refused from the next call, listed to
+            # no one; restored, served again.
+            with gw.registry() as s:
+                catalog.withdraw(s, actor=OPERATOR, name="lab-ft", reason="16-times canaries exposed")
+            refused = _generate(lab, "lab-ft")
+            assert refused.status_code == 403 and "withdrawn from service" in refused.json()["message"]
+            assert "16-times canaries exposed" in refused.json()["message"]
+            assert not [m for m in lab.get("/v1/models").json()["models"] if m["own"]]
+            with gw.registry() as s:
+                catalog.restore(s, actor=OPERATOR, name="lab-ft", reason="retrained at epsilon 2")
+                assert [h["event"] for h in catalog.history(s, "lab-ft")] == ["onboard", "withdraw", "restore"]
+            assert _generate(lab, "lab-ft").status_code == 200
+
 
 def test_weights_changed_since_onboarding_are_not_served(engine, tiny_model_dir, wide_model_dir, tmp_path):
     copied = shutil.copytree(wide_model_dir, tmp_path / "copied")

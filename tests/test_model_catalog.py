@@ -313,6 +313,11 @@ def test_cli_lint_onboard_promote_sign_demote_history(cli, model_dir, tmp_path):
         assert words in history, history
     assert [e["event"] for e in cli.json("model", "history", "m1")] == ["onboard", "proposed", "promote", "incident",
                                                                         "demote"]
+    assert "m1 is withdrawn" in cli("model", "withdraw", "m1", "--reason", "leak", "--as", SECOND).stdout
+    assert cli.json("model", "show", "m1")["withdrawn"]["reason"] == "leak"
+    cli.fails("model", "withdraw", "m1", "--reason", "again", "--as", SECOND, match="withdrawn already")
+    assert "back in service" in cli("model", "restore", "m1", "--reason", "fixed", "--as", OPERATOR,
+                                    "--password-file", op_pw).stdout
     failed = _events(cli_engine(cli), "model.login_failed")
     assert len(failed) == 4 and {e["password_given"] for e in failed} == {True, False}  # one a cosigner
 

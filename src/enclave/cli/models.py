@@ -297,6 +297,35 @@ def model_demote(
     typer.echo(f"{name} is now at stage {stage}")
 
 
+@app.command("withdraw")
+def model_withdraw(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the history and the audit log).")],
+    as_: AsUser = None,
+) -> None:
+    """Take any model out of service at once, for every project (a project's own fine-tune too, e.g.
+    after a high canary exposure); the gateway refuses it from its next call."""
+    with registry() as s:
+        catalog.withdraw(s, actor=as_ or "", name=name, reason=reason)
+    typer.echo(f"{name} is withdrawn: no project is served it until `enclave model restore {name}`")
+
+
+@app.command("restore")
+def model_restore(
+    name: Name,
+    reason: Annotated[str, typer.Option("--reason", help="Why it may be served again (recorded).")],
+    as_: AsUser = None,
+    password_file: PasswordFile = None,
+) -> None:
+    """Put a withdrawn model back in service at its stage (needs your own password)."""
+    with engine() as eng:
+        actor, _ = _operator_login(eng, as_, password_file, f"restoring model {name!r}")
+        with session_scope(eng) as s:
+            entry = catalog.restore(s, actor=actor, name=name, reason=reason)
+            stage = entry.stage
+    typer.echo(f"{name} is back in service at stage {stage}")
+
+
 @app.command("incident")
 def model_incident(
     name: Name,

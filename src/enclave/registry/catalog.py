@@ -180,10 +180,10 @@ def visible_models(session: Session, project: Project | str) -> list[ModelEntry]
     project = _project(session, project)
     grant = session.get(Grant, project.id)
     exceptions = model_tiers(session, project.id) if grant is not None else {}
-    return [e for e in list_models(session)
-            if e.owner_project_id == project.id
+    return [e for e in list_models(session) if e.withdrawn_at is None and (
+            e.owner_project_id == project.id
             or (e.owner_project_id is None and grant is not None
-                and stage_visible(e.stage, exceptions.get(e.name, grant.tier)))]
+                and stage_visible(e.stage, exceptions.get(e.name, grant.tier))))]
 
 
 def require_visible(session: Session, project: Project | str, name: str) -> ModelEntry:
@@ -195,6 +195,9 @@ def require_visible(session: Session, project: Project | str, name: str) -> Mode
         names = ", ".join(e.name for e in visible_models(session, project)) or "no catalog model"
         raise UnknownModel(f"no model {name!r} for project {project.slug!r}: the enclave serves it {names} "
                            f"(GET /v1/models)")
+    if entry.withdrawn_at is not None:
+        raise ModelNotReleased(f"model {name!r} was withdrawn from service by {entry.withdrawn_by} on "
+                               f"{iso(entry.withdrawn_at)}: {entry.withdrawn_reason}")
     if entry.owner_project_id is not None:
         return entry
     tier = _tier(session, project, entry.name)
@@ -457,6 +460,47 @@ def demote(session: Session, *, actor: str, name: str, to_stage: str, reason: st
     return entry
 
 
+def withdraw(session: Session, *, actor: str, name: str, reason: str, now: dt.datetime | None = None) -> ModelEntry:
+    """Take a model out of service at once, for every project: a catalog model (beyond demotion)
+    or a project's own fine-tune (whose stage no project's tier governs), e.g. after its audit
+    showed high canary exposure. The gateway refuses it from the next call."""
+    require_role(session, actor)
+    now = now or utcnow()
+    entry = get_model(session, name)
+    if not reason.strip():
+        raise BadInput("say why the model is withdrawn (--reason)")
+    if entry.withdrawn_at is not None:
+        raise Conflict(f"model {name!r} was withdrawn already, by {entry.withdrawn_by} on {iso(entry.withdrawn_at)}")
+    pending = pending_promotion(session, entry)
+    if pending is not None:
+        _cancel(session, pending, actor, "the model was withdrawn")
+    entry.withdrawn_at, entry.withdrawn_by, entry.withdrawn_reason = now, actor, reason.strip()
+    session.add(entry)
+    session.add(ModelStageStep(model_id=entry.id, kind="withdraw", from_stage=entry.stage, to_stage=entry.stage,
+                               actor=actor, reason=reason.strip(), at=now))
+    audit.append(session, actor=actor, action="model.withdrawn", subject=f"model:{name}",
+                 details={"stage": entry.stage, "reason": reason.strip(), "own_model": entry.owner_project_id is not None})
+    return entry
+
+
+def restore(session: Session, *, actor: str, name: str, reason: str, now: dt.datetime | None = None) -> ModelEntry:
+    """Put a withdrawn model back in service, at the stage it had (one operator, with a reason)."""
+    require_role(session, actor)
+    now = now or utcnow()
+    entry = get_model(session, name)
+    if entry.withdrawn_at is None:
+        raise Conflict(f"model {name!r} is in service; nothing to restore")
+    if not reason.strip():
+        raise BadInput("say why the model is restored (--reason)")
+    entry.withdrawn_at = entry.withdrawn_by = entry.withdrawn_reason = None
+    session.add(entry)
+    session.add(ModelStageStep(model_id=entry.id, kind="restore", from_stage=entry.stage, to_stage=entry.stage,
+                               actor=actor, reason=reason.strip(), at=now))
+    audit.append(session, actor=actor, action="model.restored", subject=f"model:{name}",
+                 details={"stage": entry.stage, "reason": reason.strip()})
+    return entry
+
+
 def record_incident(session: Session, *, actor: str, name: str, note: str,
                     now: dt.datetime | None = None) -> ModelIncident:
     """Something that went wrong with the model at its current stage: evidence for the next promotion."""
@@ -503,6 +547,8 @@ def model_json(entry: ModelEntry, *, full: bool = False, owner: str | None = Non
         "name": entry.name, "stage": entry.stage, "summary": entry.summary, "parameters": entry.parameters,
         "base_model": entry.base_model, "weights_sha256": entry.weights_sha256,
         "owner_project": owner, "stage_since": iso(entry.stage_since),
+        "withdrawn": None if entry.withdrawn_at is None else {
+            "at": iso(entry.withdrawn_at), "by": entry.withdrawn_by, "reason": entry.withdrawn_reason},
     }
     if entry.owner_project_id is not None:
         out.update(non_private=entry.non_private, dp_epsilon=entry.dp_epsilon, dp_delta=entry.dp_delta)

@@ -57,6 +57,11 @@ class ModelEntry(SQLModel, table=True):
     report: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     onboarded_by: str = Field(sa_column=Column(String(64), nullable=False))
     onboarded_at: dt.datetime = Field(default_factory=utcnow)
+    # Taken out of service by an operator (any model, a project's own fine-tune too): served to no
+    # one until restored. The steps are in the stage history and on the audit chain.
+    withdrawn_at: Optional[dt.datetime] = None
+    withdrawn_by: Optional[str] = Field(default=None, sa_column=Column(String(64), nullable=True))
+    withdrawn_reason: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class ModelStageStep(SQLModel, table=True):
@@ -67,7 +72,7 @@ class ModelStageStep(SQLModel, table=True):
 
     id: Optional[int] = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="model_entry.id", index=True)
-    kind: str = Field(sa_column=Column(String(16), nullable=False))  # onboard, promote, demote
+    kind: str = Field(sa_column=Column(String(16), nullable=False))  # onboard, promote, demote, withdraw, restore
     from_stage: Optional[str] = Field(default=None, sa_column=Column(String(16), nullable=True))
     to_stage: str = Field(sa_column=Column(String(16), nullable=False))
     actor: str = Field(sa_column=Column(String(64), nullable=False))

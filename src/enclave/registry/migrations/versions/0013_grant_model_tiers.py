@@ -1,11 +1,12 @@
-"""per-model tiers in grants
+"""per-model tiers in grants; withdrawn models
 
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-11-30
 
 A project's tier for one model where it differs from its grant's tier (issue 14: tiers per project
-and model). Grants without rows here keep one tier for every model, as before.
+and model). Grants without rows here keep one tier for every model, as before. And a model taken
+out of service by an operator (`enclave model withdraw`).
 """
 from alembic import op
 import sqlalchemy as sa
@@ -30,8 +31,15 @@ def upgrade() -> None:
     sa.UniqueConstraint('project_id', 'model')
     )
     op.create_index(op.f('ix_grant_model_tier_project_id'), 'grant_model_tier', ['project_id'], unique=False)
+    op.add_column('model_entry', sa.Column('withdrawn_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('model_entry', sa.Column('withdrawn_by', sa.String(length=64), nullable=True))
+    op.add_column('model_entry', sa.Column('withdrawn_reason', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('model_entry') as batch:
+        batch.drop_column('withdrawn_reason')
+        batch.drop_column('withdrawn_by')
+        batch.drop_column('withdrawn_at')
     op.drop_index(op.f('ix_grant_model_tier_project_id'), table_name='grant_model_tier')
     op.drop_table('grant_model_tier')
