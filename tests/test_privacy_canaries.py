@@ -44,7 +44,7 @@ def _fine_tune(demo, tmp_path, epsilon):
     records = finetune.dataset_records(demo.people_csv, max_records=60)
     params = finetune.FinetuneParams(epsilon=epsilon, delta=1e-3, epochs=3, batch_size=16, learning_rate=3e-3,
                                      max_length=32, canaries_per_repeat=2, canary_candidates=300, holdout=0.1,
-                                     device="cpu", seed=7)
+                                     device="cpu", seed=7, noise_seed=7)
     return finetune.run(demo.model_dir, records, params, tmp_path / f"model-{epsilon}")
 
 

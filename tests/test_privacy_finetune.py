@@ -295,3 +295,31 @@ def test_service_queues_a_notebook_job_and_runs_it(service, monkeypatch):
         ledger = privacy.ledger_json(s, LAB)
         assert ledger["spends"] == 1 and ledger["ledger"][0]["user"] == SCHOLAR
         assert catalog.get_model(s, polled["model"]).owner_project_id is not None
+
+
+def _trained_weights(demo, tmp_path, name, **kw):
+    """Train a tiny DP fine-tune (no canaries, no holdout) and return its saved block weights."""
+    from safetensors.torch import load_file
+
+    records = finetune.dataset_records(demo.people_csv, max_records=40)
+    params = finetune.FinetuneParams(epsilon=4.0, delta=1e-3, epochs=1, batch_size=16, max_length=24,
+                                     canaries_per_repeat=0, canary_candidates=10, holdout=0.0, device="cpu",
+                                     seed=3, **kw)
+    finetune.run(demo.model_dir, records, params, tmp_path / name)
+    return {k: v for k, v in load_file(str(tmp_path / name / "model.safetensors")).items() if ".h." in k}
+
+
+@pytest.mark.timeout(1800)
+def test_the_dp_noise_does_not_follow_the_seed_a_notebook_sets(demo_dir, tmp_path):  # noqa: F811
+    """`seed` decides the holdout split and the canaries only; the noise and the batch sampling
+    come from `secrets`: two runs with the same seed train different weights. The test-only
+    `noise_seed` makes a run repeat exactly."""
+    import torch
+
+    first = _trained_weights(demo_dir, tmp_path, "a")
+    second = _trained_weights(demo_dir, tmp_path, "b")
+    assert first.keys() == second.keys() and first
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    seeded = _trained_weights(demo_dir, tmp_path, "c", noise_seed=11)
+    again = _trained_weights(demo_dir, tmp_path, "d", noise_seed=11)
+    assert all(torch.equal(seeded[k], again[k]) for k in seeded)

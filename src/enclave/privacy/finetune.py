@@ -28,6 +28,21 @@ per-sample gradients are vocabulary x width per example (38.6M numbers per recor
 which dominate DP-SGD's memory, and noise in 50,257 embedding rows that a small dataset never uses
 only hurts. The transformer blocks and the final layer norm are trained.
 
+Randomness. The DP noise and the Poisson sampling of batches are drawn from two torch generators
+seeded from `secrets` at every run (`noise_generator=` for Opacus's optimizer, the DataLoader's
+own generator for its sampler), never from `seed`: `seed` (which a notebook may set) only
+decides the holdout split and the canaries, so knowing it tells nothing about the noise.
+`noise_seed` seeds both generators instead, for tests and benchmarks that must repeat a run; it
+is never accepted from notebooks and the service refuses a job that carries one.
+
+Opacus runs with `secure_mode=False`: its secure mode needs torchcsprng, which has no wheel for
+this torch. The noise therefore comes from torch's Mersenne-Twister-based Gaussian sampler, not a
+CSPRNG, and is open to the floating-point attacks on Gaussian samplers (Mironov 2012; Jin et al.
+2021, arXiv:2107.10138 / 2112.05307): an attacker who sees noised values exactly may recover
+information that the idealised Gaussian mechanism hides. Here the noise never leaves the
+process (only the trained weights do, after many noised steps), which makes such an attack far
+harder, but the guarantee is the one of an implementation without secure mode.
+
 torch, transformers and opacus are imported inside functions: the CLI imports this module on
 every start.
 """
@@ -38,6 +53,7 @@ import csv
 import dataclasses
 import math
 import random
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -73,8 +89,11 @@ class FinetuneParams:
     canary_repeats: tuple[int, ...] = canary_audit.REPEATS
     canaries_per_repeat: int = 3
     canary_candidates: int = 2000
-    seed: int = 0
+    seed: int = 0  # the holdout split and the canaries only, never the DP noise
     device: str = "auto"
+    # Tests and benchmarks only: seeds the DP noise and the batch sampling so a run repeats. Never
+    # from notebooks (not among the service's fields; `jobs.submit` refuses it from the service).
+    noise_seed: int | None = None
 
     @property
     def non_private(self) -> bool:
@@ -251,21 +270,36 @@ def prepare_trainable(model, params: FinetuneParams) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_private(model, optimizer, loader, params: FinetuneParams, *, epochs: int):
-    """Opacus's engine around the model, optimizer and loader: (engine, model, optimizer, criterion, loader)."""
+def generators(params: FinetuneParams, device: str):
+    """(sampling, noise): the batch sampler's generator (CPU) and the DP noise's (on `device`),
+    each seeded from `secrets` unless the test-only `noise_seed` is set."""
+    import torch
+
+    if params.noise_seed is not None:
+        seeds = (params.noise_seed, params.noise_seed + 1)
+    else:
+        seeds = (secrets.randbits(63), secrets.randbits(63))
+    sampling = torch.Generator().manual_seed(seeds[0])
+    noise = torch.Generator(device=torch.device(device)).manual_seed(seeds[1])
+    return sampling, noise
+
+
+def make_private(model, optimizer, loader, params: FinetuneParams, *, epochs: int, noise_generator=None):
+    """Opacus's engine around the model, optimizer and loader: (engine, model, optimizer, criterion, loader).
+    The Poisson sampler keeps the loader's generator; the noise comes from `noise_generator`."""
     import warnings
 
     from opacus import PrivacyEngine
 
-    # secure_mode (a cryptographically secure noise generator) needs torchcsprng, which has no wheel
-    # for this torch; the noise comes from torch's default generator, as in Opacus's own examples.
+    # secure_mode needs torchcsprng, which has no wheel for this torch (see the module's note).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=params.accountant, secure_mode=False)
     criterion = SequenceLoss()
     common = dict(module=model, optimizer=optimizer, data_loader=loader, target_epsilon=params.epsilon,
                   target_delta=params.delta, epochs=epochs, max_grad_norm=params.max_grad_norm,
-                  grad_sample_mode=params.grad_sample_mode, poisson_sampling=True)
+                  grad_sample_mode=params.grad_sample_mode, poisson_sampling=True,
+                  noise_generator=noise_generator)
     with warnings.catch_warnings():
         # The PRV accountant sizes its numerical domain with an RDP bound, whose warning about the
         # largest order concerns only that domain; the epsilon calibrated to is PRV's (an upper bound
@@ -324,7 +358,9 @@ def run(base_dir: str | Path, records: Sequence[str], params: FinetuneParams, ou
     rng = random.Random(params.seed + 1)
     planted = canary_audit.plant(rng, params.canary_repeats, params.canaries_per_repeat)
     texts = list(train_records) + canary_audit.planted_texts(planted)
-    torch.manual_seed(params.seed)
+    sampling, noise_generator = generators(params, device)
+    # The global generator draws only dropout's masks; seeded like the others, never from `seed`.
+    torch.manual_seed(params.noise_seed if params.noise_seed is not None else secrets.randbits(63))
 
     untie = params.grad_sample_mode == "ghost" and params.epsilon is not None
     model, tokenizer = load_model(base_dir, untie=untie)
@@ -333,14 +369,14 @@ def run(base_dir: str | Path, records: Sequence[str], params: FinetuneParams, ou
     ids, mask, labels = encode(tokenizer, texts, params.max_length)
     dataset = torch.utils.data.TensorDataset(ids, mask, labels)
     batch_size = min(params.batch_size, len(texts))
-    generator = torch.Generator().manual_seed(params.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=sampling)
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=0.0)
     engine = None
     criterion = SequenceLoss()
     if params.epsilon is not None:
         engine, model, optimizer, criterion, loader = make_private(model, optimizer, loader, params,
-                                                                   epochs=params.epochs)
+                                                                   epochs=params.epochs,
+                                                                   noise_generator=noise_generator)
     total = params.epochs * len(loader)
     every = max(1, total // 20)
     step, loss_value, epsilon_spent = 0, None, None

@@ -78,6 +78,8 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
            override_by: str | None = None) -> str:
     """Check and queue a fine-tune; the job's id. `granted_in(session)` is the caller's access."""
     params.validate()
+    if via == "service" and params.noise_seed is not None:  # a seeded noise is for tests and benchmarks
+        raise BadInput("noise_seed is not accepted from notebooks")
     base = base or DEFAULT_BASE
 
     def decide(s):
@@ -87,7 +89,8 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
 
     path, base_dir = _transaction(engine, decide)
     if not (Path(base_dir) / "config.json").is_file():
-        raise BadInput(f"the base model {base!r} has no model directory at {base_dir}")
+        where = f" at {base_dir}" if via == "cli" else ""  # a notebook is not told the enclave's paths
+        raise BadInput(f"the base model {base!r} has no model directory{where}; an operator must look at it")
     records = finetune.dataset_records(path, max_records=params.max_records)
     examples = finetune.training_examples(records, params)
 
