@@ -285,8 +285,9 @@ def test_service_queues_a_notebook_job_and_runs_it(service, monkeypatch):
     polled = job.wait(poll_seconds=0.5, timeout=900, progress=False)
     assert polled["status"] == "done", polled["message"]
     assert polled["progress"]["step"] == polled["progress"]["total"] and polled["progress"]["epsilon_spent"] <= 3.0001
-    assert polled["exposure"]["table"] and polled["membership"]["tool"] == "sacroml"
+    assert polled["exposure"]["table"] and "membership" not in polled and "loss" not in polled["progress"]
     assert [j["id"] for j in finetune_jobs(config)] == [job.id] and "model_dir" not in polled
+    assert "canaries" not in polled["exposure"] and "/" not in json.dumps(polled["message"])
     # Another project's member cannot see it.
     other = service.get(f"{P}/api/finetune/{job.id}", headers={"Authorization": "token tok-bob",
                                                                    "X-Enclave-Project": OTHER})
@@ -323,3 +324,51 @@ def test_the_dp_noise_does_not_follow_the_seed_a_notebook_sets(demo_dir, tmp_pat
     seeded = _trained_weights(demo_dir, tmp_path, "c", noise_seed=11)
     again = _trained_weights(demo_dir, tmp_path, "d", noise_seed=11)
     assert all(torch.equal(seeded[k], again[k]) for k in seeded)
+
+
+@pytest.fixture
+def quiet_service(lab, tmp_path, demo_dir):  # noqa: F811
+    """The privacy service without its worker: jobs stay as the test records them."""
+    settings = PrivacySettings.for_home(tmp_path / "svc", lab.url.render_as_string(hide_password=False),
+                                        model_dir=demo_dir.model_dir, finetune_worker=False)
+    with TestClient(create_app(settings, identity=FakeIdentity()), raise_server_exceptions=False) as client:
+        client.engine = lab
+        yield client
+
+
+def test_a_notebook_sees_no_loss_membership_report_path_or_failure_detail(quiet_service, demo_dir, tmp_path):  # noqa: F811
+    """What notebooks are answered about a job: status, progress without the (unnoised) loss, the
+    model's name and the canary table; not the membership report (queries on private and held-out
+    records), not paths, not why it failed. The operator's view keeps everything."""
+    engine = quiet_service.engine
+    done_id, failed_id = _submit(engine, demo_dir), _submit(engine, demo_dir)
+    model_dir = str(tmp_path / "weights-on-the-enclave-disk")
+    exposure = {"format": "my ssn is DDD-DD-DDDD", "candidates": 60, "max_rank_exposure_bits": 5.9,
+                "max_exposure_bits": 29.9, "table": [{"repeats": 1, "canaries": 1, "exposure_rank_max": 1.0,
+                                                      "exposure_skewnorm_max": 1.2}],
+                "canaries": [{"secret": "123-45-6789", "repeats": 1}]}
+    membership = {"tool": "sacroml", "worst_case": {"auc_mean": 0.61},
+                  "loss_threshold": {"metrics": {"AUC": 0.58}, "member_mean_loss": 2.1, "non_member_mean_loss": 2.4}}
+    with session_scope(engine) as s:
+        for job_id in (done_id, failed_id):
+            finetunes.start(s, job_id, worker="test:1", model_name=jobs.model_name(job_id, LAB))
+        finetunes.record_progress(s, done_id, step=3, total=3, loss=2.25, epsilon_spent=1.9)
+        finetunes.finish(s, done_id, model_dir=model_dir, steps=3, loss=2.25, epsilon_spent=1.9, exposure=exposure,
+                         membership=membership, message=f"trained 3 steps, saved to {model_dir}")
+        finetunes.fail(s, failed_id, f"failed: OSError: cannot read {tmp_path}/people.csv")
+    headers = {"Authorization": "token tok-sofia", "X-Enclave-Project": LAB}
+    done = quiet_service.get(f"{P}/api/finetune/{done_id}", headers=headers).json()
+    failed = quiet_service.get(f"{P}/api/finetune/{failed_id}", headers=headers).json()
+    listed = quiet_service.get(f"{P}/api/finetune", headers=headers).json()
+    for answer in (done, failed, *listed):
+        text = json.dumps(answer)
+        assert str(tmp_path) not in text and "loss" not in text and "membership" not in text and "auc" not in text
+        assert "model_dir" not in answer and "examples" not in answer
+    assert done["status"] == "done" and done["progress"] == {"step": 3, "total": 3, "epsilon_spent": 1.9}
+    assert done["model"] == jobs.model_name(done_id, LAB) and done["exposure"]["table"] == exposure["table"]
+    assert "canaries" not in done["exposure"]
+    assert failed["message"] == (f"failed; an operator can see why: enclave finetune show {failed_id} "
+                                 "(its privacy charge stays on the ledger)")
+    with session_scope(engine) as s:  # the operator's view (`enclave finetune show`) keeps it all
+        full = finetunes.job_json(s, finetunes.get(s, done_id))
+    assert full["progress"]["loss"] == 2.25 and full["membership"] == membership and full["model_dir"] == model_dir

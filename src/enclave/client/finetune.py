@@ -2,7 +2,7 @@
 
     from enclave.client.finetune import finetune, finetune_jobs
     job = finetune("patients", epsilon=4.0, delta=1e-6, epochs=3)   # queued; checked, not yet charged
-    job.status()["progress"]        # {"step", "total", "loss", "epsilon_spent"}
+    job.status()["progress"]        # {"step", "total", "epsilon_spent"}
     done = job.wait()               # polls until done or failed, printing progress; the final job
     done["model"]                   # the new model's name: call it through the gateway (this project only)
     done["exposure"]["table"]       # the canary audit: exposure per repetition count
@@ -13,7 +13,9 @@ delta < 1/n for its n records, the budget can pay) and queues the job; its worke
 a time, charging epsilon and delta to the project's ledger when the job starts (a job that then
 fails keeps its charge). The weights never leave the enclave: the model is served by the gateway
 to this project and cannot be exported. A non-private fine-tune is not available from notebooks:
-it needs an operator.
+it needs an operator. A notebook sees a job's status, progress, model and canary exposure table;
+the training loss, the membership-inference report and why a job failed are for operators
+(`enclave finetune show ID`): they are computed on the private records.
 
 Configuration: JUPYTERHUB_API_TOKEN, ENCLAVE_PRIVACY_URL (and ENCLAVE_PROJECT), which the hub
 gives every notebook. HTTP only; no torch.
@@ -60,7 +62,7 @@ class FinetuneJob:
         return f"FinetuneJob({self.id!r}, status={self.record.get('status')!r})"
 
     def status(self) -> dict:
-        """The job now: status, progress (step, total, loss, epsilon spent), model, reports."""
+        """The job now: status, progress (step, total, epsilon spent), model, canary exposure table."""
         self.record = _call("GET", f"/api/finetune/{self.id}", self._config)
         return self.record
 
@@ -72,8 +74,7 @@ class FinetuneJob:
             record = self.status()
             p = record["progress"]
             line = (f"{record['status']}: step {p['step']}/{p['total']}"
-                    + (f", loss {p['loss']:.3f}" if p["loss"] is not None else "")
-                    + (f", epsilon spent {p['epsilon_spent']:.3f}" if p["epsilon_spent"] is not None else ""))
+                    + (f", epsilon spent {p['epsilon_spent']:.3f}" if p.get("epsilon_spent") is not None else ""))
             if progress and line != last:
                 print(line, file=sys.stderr, flush=True)
                 last = line

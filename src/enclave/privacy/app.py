@@ -8,7 +8,7 @@
                                                            "delta", "base", "epochs", ...} -> 202 {"job"}
     GET  /api/finetune                                      the caller's project's fine-tune jobs
     GET  /api/finetune/{job}                                one job: status, progress (step, total,
-                                                           loss, epsilon spent), model, audit reports
+                                                           epsilon spent), model, canary exposure table
 
 A query runs in three steps, each its own short transaction or none: (1) decide — who is calling
 (a hub token with `access:services!service=privacy`), which project (a notebook session acts for
@@ -20,7 +20,9 @@ signed and answered: a query refused or failed at any step charges nothing and r
 
 A fine-tune is checked when it is submitted (dataset, epsilon, delta < 1/n, budget) and queued;
 the service's worker thread (`privacy.jobs.Worker`) runs queued jobs one at a time, charging each
-when it starts (`enclave.registry.finetunes`). A notebook polls the job's progress.
+when it starts (`enclave.registry.finetunes`). A notebook polls the job's progress, and sees of a
+job only what `_for_notebook` lets through (no training loss, no membership report, no paths, no
+failure details: operators read those with `enclave finetune show ID`).
 """
 
 from __future__ import annotations
@@ -220,10 +222,36 @@ async def finetune_submit(request: Request) -> dict:
     return await state.run(lambda s: _for_notebook(finetunes.job_json(s, finetunes.get(s, job_id), reports=False)))
 
 
+# What a notebook sees of a job (`_for_notebook`): a whitelist, so a field added for operators
+# stays theirs until someone decides a notebook may see it.
+_NOTEBOOK_FIELDS = ("id", "project", "dataset", "base_model", "epsilon", "delta", "non_private", "status", "spend",
+                    "model", "requested_by", "via", "created_at", "started_at", "finished_at")
+_NOTEBOOK_EXPOSURE = ("format", "candidates", "max_rank_exposure_bits", "max_exposure_bits", "table")
+
+
 def _for_notebook(record: dict) -> dict:
-    """A job as a notebook sees it: not where the weights lie on the enclave's disks."""
-    record.pop("model_dir", None)
-    return record
+    """A job as a notebook sees it. Left out: the training loss (unnoised, computed on the private
+    records at every step), the membership report (its losses and AUCs are queries on training and
+    held-out records), paths on the enclave's disks, and why a job failed (an exception's text may
+    quote data or paths: the operator reads it with `enclave finetune show ID`). The canary
+    exposure summary stays: it is computed on synthetic secrets only."""
+    out = {k: record.get(k) for k in _NOTEBOOK_FIELDS}
+    out["params"] = {k: v for k, v in (record.get("params") or {}).items()
+                     if k in FINETUNE_FIELDS}
+    progress = record.get("progress") or {}
+    out["progress"] = {k: progress.get(k) for k in ("step", "total", "epsilon_spent")}
+    status = record.get("status")
+    if status == "failed":
+        out["message"] = f"failed; an operator can see why: enclave finetune show {record['id']}" + (
+            " (its privacy charge stays on the ledger)" if record.get("spend") else "")
+    elif status == "done":
+        out["message"] = f"done: model {record.get('model')} is served to this project"
+    else:
+        out["message"] = status
+    exposure = record.get("exposure")
+    if exposure:
+        out["exposure"] = {k: exposure.get(k) for k in _NOTEBOOK_EXPOSURE}
+    return out
 
 
 def _own_job(s, caller: Caller, job_id: str):
@@ -246,7 +274,7 @@ async def finetune_list(request: Request) -> list:
     return await state.run(work)
 
 
-@router.get("/api/finetune/{job_id}", summary="One fine-tune job: status, progress, model and audit reports")
+@router.get("/api/finetune/{job_id}", summary="One fine-tune job: status, progress, model, canary exposure table")
 async def finetune_show(job_id: str, request: Request) -> dict:
     state: PrivacyState = request.app.state.privacy
     caller = _caller(request, state)
