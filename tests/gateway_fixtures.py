@@ -52,8 +52,8 @@ def long_model_dir(tmp_path_factory):
 
 
 class RunningGateway:
-    def __init__(self, url: str, key: str, db, engine):
-        self.url, self.key, self.db, self.engine = url, key, db, engine
+    def __init__(self, url: str, key: str, db, engine, app=None):
+        self.url, self.key, self.db, self.engine, self.app = url, key, db, engine, app
 
     def client(self, key: str | None = "default", **headers) -> httpx.Client:
         auth = {"Authorization": f"token {self.key if key == 'default' else key}"} if key else {}
@@ -86,8 +86,8 @@ def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_q
                                hub_api_url=hub_api_url,
                                **({"sampling_secret_file": sampling_secret_file} if sampling_secret_file else {}))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = create_app(settings, engine=engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -96,7 +96,7 @@ def serve(db, model_dir, *, grant: dict | None = None, max_batch: int = 8, max_q
             raise RuntimeError("the gateway did not start")
         time.sleep(0.05)
     try:
-        yield RunningGateway(f"http://127.0.0.1:{port}", key, db, engine)
+        yield RunningGateway(f"http://127.0.0.1:{port}", key, db, engine, app)
     finally:
         server.should_exit = True
         thread.join(30)

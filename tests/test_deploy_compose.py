@@ -66,8 +66,7 @@ def images(docker_client, tmp_path_factory):
     started = time.monotonic()
     again = build_images(sources, progress=lambda line: None)
     _report("build again (cached by content hash)", time.monotonic() - started)
-    assert again.built == [] and again.as_env() == first.as_env()
-    assert time.monotonic() - started < 30
+    assert again.built == [] and again.as_env() == first.as_env()  # nothing rebuilt: the cache held
     return first
 
 

@@ -192,11 +192,11 @@ def test_the_notebook_client_names_models(engine, tiny_model_dir, wide_model_dir
 
 def test_a_tier_for_one_model_differs_from_the_grants(engine, tiny_model_dir, wide_model_dir):
     """Tiers are per project and model: internals on one model, sample on another, the grant's
-    tier for the rest; each refusal names the model and the tier it needs."""
+    tier for the rest; each refusal names the model and the tier it needs. A model's own tier
+    decides its endpoints, never its release: a partner-stage model stays out of sight."""
     _onboard(engine, "small", tiny_model_dir, "general")
-    _onboard(engine, "wide", wide_model_dir, "partner")
+    _onboard(engine, "wide", wide_model_dir, "general")
     with serve(engine, tiny_model_dir, grant={"tier": "score"}) as gw, gw.client() as lab:
-        assert [m["name"] for m in lab.get("/v1/models").json()["models"]] == ["small"]
         with gw.registry() as s:
             assert grants.set_model_tier(s, OPERATOR, PROJECT, "wide", "internals") == "internals"
             assert grants.set_model_tier(s, OPERATOR, PROJECT, "small", "sample") == "sample"
@@ -217,7 +217,41 @@ def test_a_tier_for_one_model_differs_from_the_grants(engine, tiny_model_dir, wi
         with gw.registry() as s:
             grants.set_model_tier(s, OPERATOR, PROJECT, "wide", grants.INHERIT)
             events = s.exec(select(AuditEvent).where(AuditEvent.action == "grant.model_tier")).all()
-        assert [(json.loads(e.details)["model"], json.loads(e.details)["to"]) for e in events] == [
-            ("wide", "internals"), ("small", "sample"), ("wide", None)]
-        refused = _generate(lab, "wide")  # back to the grant's score tier: partner is out of sight
+            details = [(json.loads(e.details)["model"], json.loads(e.details)["to"]) for e in events]
+            # A partner-stage model: the project's grant tier (score) does not reach that stage,
+            # and a tier for that model alone does not open it.
+            catalog.demote(s, actor=OPERATOR, name="wide", to_stage="partner", reason="staging again")
+            grants.set_model_tier(s, OPERATOR, PROJECT, "wide", "finetune")
+        assert details == [("wide", "internals"), ("small", "sample"), ("wide", None)]
+        refused = _generate(lab, "wide")
         assert refused.status_code == 403 and refused.json()["error"] == "model_not_released"
+        assert "wide" not in [m["name"] for m in lab.get("/v1/models").json()["models"]]
+
+
+def test_describing_a_model_does_not_load_it_and_changed_weights_are_hashed_once(engine, tiny_model_dir,
+                                                                                wide_model_dir, tmp_path):
+    """/v1/hooks and /v1/usage are not metered, so they read a model's config and never load it;
+    a refused model (weights changed since onboarding) is not re-hashed on every call."""
+    from enclave.gateway import pool as pool_module
+
+    copied = shutil.copytree(wide_model_dir, tmp_path / "copied")
+    _onboard(engine, "wide", wide_model_dir, "general")
+    _onboard(engine, "copied", copied, "general")
+    with serve(engine, tiny_model_dir) as gw, gw.client() as lab:
+        models = gw.app.state.gateway.models
+        assert lab.get("/v1/hooks", params={"model": "wide"}).json()["d_model"] == WIDE
+        assert lab.get("/v1/usage", params={"model": "wide"}).status_code == 200
+        assert str(wide_model_dir.resolve()) not in models.loaded()
+        weights = copied / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
+        hashed = []
+        real = pool_module.catalog.fingerprint
+        pool_module.catalog.fingerprint = lambda d: hashed.append(d) or real(d)
+        try:
+            for _ in range(3):
+                assert _generate(lab, "copied").status_code == 503
+        finally:
+            pool_module.catalog.fingerprint = real
+        assert len(hashed) == 1

@@ -189,6 +189,29 @@ def test_promotion_needs_evidence_time_at_stage_and_two_different_operators(regi
     assert [e["evidence_sha256"] for e in _events(registry, "model.promotion_proposed")][0] == signed["evidence_sha256"]
 
 
+def test_the_signer_checks_the_time_at_stage_and_incidents_since_the_proposal(registry, model_dir):
+    _onboard(registry, model_dir, "m1", now=utcnow() - dt.timedelta(days=20))
+    with session_scope(registry) as s:
+        catalog.propose_promotion(s, actor=OPERATOR, name="m1", to_stage="partner", evidence_name="e.md",
+                                  evidence=b"fine", min_days=0)
+    with session_scope(registry) as s, pytest.raises(Refused, match="needs 30 days at a stage"):
+        catalog.sign_promotion(s, actor=SECOND, name="m1", min_days=30)
+    with session_scope(registry) as s:
+        catalog.record_incident(s, actor=SECOND, name="m1", note="a name leaked")
+    with session_scope(registry) as s, pytest.raises(Conflict, match="1 incident"):
+        catalog.sign_promotion(s, actor=SECOND, name="m1")
+    with session_scope(registry) as s:
+        assert catalog.get_model(s, "m1").stage == "internal"
+        catalog.propose_promotion(s, actor=OPERATOR, name="m1", to_stage="partner", evidence_name="e.md",
+                                  evidence=b"fine", min_days=0)
+    with session_scope(registry) as s:
+        assert catalog.sign_promotion(s, actor=SECOND, name="m1").stage == "partner"
+        catalog.withdraw(s, actor=SECOND, name="m1", reason="pause")
+    with session_scope(registry) as s, pytest.raises(Conflict, match="withdrawn from service"):
+        catalog.propose_promotion(s, actor=OPERATOR, name="m1", to_stage="gated", evidence_name="e.md",
+                                  evidence=b"fine", min_days=0)
+
+
 def test_demotion_is_immediate_cancels_a_pending_promotion_and_history_tells_it_all(registry, model_dir):
     start = utcnow() - dt.timedelta(days=20)
     _onboard(registry, model_dir, "m1", stage="gated", now=start)
@@ -304,7 +327,10 @@ def test_cli_lint_onboard_promote_sign_demote_history(cli, model_dir, tmp_path):
     assert "another operator must sign" in out
     cli.fails("model", "sign", "m1", "--as", OPERATOR, "--password-file", op_pw, match="cannot also sign")
     cli.fails("model", "sign", "m1", "--as", SECOND, "--password-file", op_pw, match="needs olga's own password")
-    assert "now at stage partner" in cli("model", "sign", "m1", "--as", SECOND, "--password-file", olga_pw).stdout
+    # The signer's own policy counts too: the proposer's 0 days does not bind her.
+    cli.fails("model", "sign", "m1", "--as", SECOND, "--password-file", olga_pw, match="needs 14 days at a stage")
+    assert "now at stage partner" in cli("model", "sign", "m1", "--as", SECOND, "--password-file", olga_pw,
+                                         "--policy", str(policy)).stdout
     cli("model", "incident", "m1", "--note", "odd output reported", "--as", SECOND)
     assert "now at stage internal" in cli("model", "demote", "m1", "--to", "internal", "--reason", "pause",
                                           "--as", SECOND).stdout

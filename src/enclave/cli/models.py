@@ -273,12 +273,14 @@ def model_promote(
 
 
 @app.command("sign")
-def model_sign(name: Name, as_: AsUser = None, password_file: PasswordFile = None) -> None:
-    """Sign the pending promotion (a different operator from the one who proposed it): the stage changes now."""
+def model_sign(name: Name, as_: AsUser = None, password_file: PasswordFile = None, policy: PolicyFile = None) -> None:
+    """Sign the pending promotion (a different operator from the one who proposed it): the stage
+    changes now. Your policy's minimum time at the stage is checked again."""
+    days = min_days_at_stage(policy)
     with engine() as eng:
         actor, via = _operator_login(eng, as_, password_file, f"signing the promotion of {name!r}")
         with session_scope(eng) as s:
-            entry = catalog.sign_promotion(s, actor=actor, name=name, via=via)
+            entry = catalog.sign_promotion(s, actor=actor, name=name, via=via, min_days=days)
             stage = entry.stage
     typer.echo(f"{name} is now at stage {stage}")
 
@@ -319,9 +321,9 @@ def model_restore(
 ) -> None:
     """Put a withdrawn model back in service at its stage (needs your own password)."""
     with engine() as eng:
-        actor, _ = _operator_login(eng, as_, password_file, f"restoring model {name!r}")
+        actor, via = _operator_login(eng, as_, password_file, f"restoring model {name!r}")
         with session_scope(eng) as s:
-            entry = catalog.restore(s, actor=actor, name=name, reason=reason)
+            entry = catalog.restore(s, actor=actor, name=name, reason=reason, via=via)
             stage = entry.stage
     typer.echo(f"{name} is back in service at stage {stage}")
 

@@ -95,20 +95,22 @@ async def models(granted: Access = Depends(get_access), state: GatewayState = De
     return ModelList(project=granted.project.slug, tier=granted.grant.tier, models=found)
 
 
-async def _described(state: GatewayState, granted: Access, model: str | None) -> tuple[str, Engine]:
-    """The model whose shape a read-only endpoint describes: a named one if the project may use it,
-    else the default (its hook names and sizes are public for any GPT-2, whatever its stage)."""
-    if model is None:
-        return state.engine.model_info()["name"], state.engine
-    choice, engine = await state.served(granted, model)
-    return choice.name, engine
+async def _described(state: GatewayState, granted: Access, model: str | None) -> tuple[str, dict]:
+    """The name and sizes of the model a read-only endpoint describes: a named one if the project
+    may use it (read from its config, never loaded: these calls are not metered), else the default
+    (its hook names and sizes are public for any GPT-2, whatever its stage)."""
+    if model is None or state.models is None:
+        if model is not None:  # a gateway without a pool serves one model: refuse any other name
+            await state.run(lambda session: state.choose(session, granted, model))
+        return state.engine.model_info()["name"], state.engine.dimensions()
+    choice = await state.run(lambda session: state.choose(session, granted, model))
+    return choice.name, state.models.dimensions(choice)
 
 
 @router.get("/v1/hooks", response_model=HookPoints, summary="The hook points /v1/activations serves")
 async def hook_points(model: str | None = None, granted: Access = Depends(get_access),
                       state: GatewayState = Depends(get_state)) -> HookPoints:
-    name, engine = await _described(state, granted, model)
-    dims = engine.dimensions()
+    name, dims = await _described(state, granted, model)
     return HookPoints(model=name, n_layer=dims["n_layer"], d_model=dims["d_model"],
                       n_head=dims["n_head"], d_mlp=dims["d_mlp"], hooks=hooks.names(dims["n_layer"]))
 
@@ -116,8 +118,7 @@ async def hook_points(model: str | None = None, granted: Access = Depends(get_ac
 @router.get("/v1/usage", summary="The caller's remaining allowance, tier and extraction bound")
 async def usage(model: str | None = None, granted: Access = Depends(get_access),
                 state: GatewayState = Depends(get_state)) -> dict:
-    name, engine = await _described(state, granted, model)
-    dims = engine.dimensions()
+    name, dims = await _described(state, granted, model)
 
     def report(session) -> dict:
         tier = grants.tier_for(session, granted.grant, name)

@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from enclave.errors import BadInput, Conflict, NotFound, Refused
 from enclave.registry import audit, model_card
 from enclave.registry.clock import iso, utcnow
-from enclave.registry.grants import TIERS, model_tiers, tier_for
+from enclave.registry.grants import TIERS
 from enclave.registry.lifecycle import require_live
 from enclave.registry.models import (
     Grant, ModelEntry, ModelIncident, ModelPromotion, ModelStageStep, Project,
@@ -137,8 +137,13 @@ def find_model(session: Session, name: str) -> ModelEntry | None:
     return session.exec(select(ModelEntry).where(ModelEntry.name == name)).first()
 
 
-def get_model(session: Session, name: str) -> ModelEntry:
-    entry = find_model(session, name)
+def get_model(session: Session, name: str, *, lock: bool = False) -> ModelEntry:
+    """The model `name`; with `lock`, its row locked for this transaction (PostgreSQL's FOR UPDATE;
+    SQLite's write lock is the whole database), so two operators' stage changes cannot interleave."""
+    query = select(ModelEntry).where(ModelEntry.name == name)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    entry = session.exec(query).first()
     if entry is None:
         raise NotFound(f"no model {name!r} in the catalog (see `enclave model list`)")
     return entry
@@ -169,46 +174,40 @@ def _project(session: Session, project: Project | str) -> Project:
     return project if isinstance(project, Project) else get_project(session, project)
 
 
-def _tier(session: Session, project: Project, model: str) -> str | None:
-    """The project's tier for `model` (its grant's, unless the grant says otherwise for that model)."""
-    grant = session.get(Grant, project.id)
-    return tier_for(session, grant, model) if grant is not None else None
-
-
 def visible_models(session: Session, project: Project | str) -> list[ModelEntry]:
-    """The models `project` may use now: catalog models at a stage its tier for them allows, and its own."""
+    """The models `project` may use now: catalog models at a stage its grant's tier allows, and its
+    own. (A tier for one model, `grants.set_model_tier`, decides that model's endpoints; it does not
+    open a stage the grant's tier does not: releasing a model further is a promotion's business.)"""
     project = _project(session, project)
     grant = session.get(Grant, project.id)
-    exceptions = model_tiers(session, project.id) if grant is not None else {}
     return [e for e in list_models(session) if e.withdrawn_at is None and (
             e.owner_project_id == project.id
-            or (e.owner_project_id is None and grant is not None
-                and stage_visible(e.stage, exceptions.get(e.name, grant.tier))))]
+            or (e.owner_project_id is None and grant is not None and stage_visible(e.stage, grant.tier)))]
 
 
 def require_visible(session: Session, project: Project | str, name: str) -> ModelEntry:
     """The model `name`, if `project` may use it now; otherwise a refusal that says why. Another
-    project's own model is answered exactly like a model that does not exist."""
+    project's own model is answered exactly like a model that does not exist, and why a model was
+    withdrawn is told only to projects that could otherwise use it."""
     project = _project(session, project)
     entry = find_model(session, name)
     if entry is None or (entry.owner_project_id is not None and entry.owner_project_id != project.id):
         names = ", ".join(e.name for e in visible_models(session, project)) or "no catalog model"
         raise UnknownModel(f"no model {name!r} for project {project.slug!r}: the enclave serves it {names} "
                            f"(GET /v1/models)")
+    if entry.owner_project_id is None:
+        grant = session.get(Grant, project.id)
+        if grant is None:
+            raise ModelNotReleased(f"project {project.slug!r} has no grant, so no model is released to it")
+        if not stage_visible(entry.stage, grant.tier):
+            needed = STAGE_TIERS[entry.stage]
+            raise ModelNotReleased(
+                f"model {name!r} is at the {entry.stage!r} release stage, which needs the {needed!r} tier; project "
+                f"{project.slug!r} has the {grant.tier!r} tier (stages need: "
+                + ", ".join(f"{s} {STAGE_TIERS[s]}" for s in reversed(STAGES)) + ")")
     if entry.withdrawn_at is not None:
         raise ModelNotReleased(f"model {name!r} was withdrawn from service by {entry.withdrawn_by} on "
                                f"{iso(entry.withdrawn_at)}: {entry.withdrawn_reason}")
-    if entry.owner_project_id is not None:
-        return entry
-    tier = _tier(session, project, entry.name)
-    if tier is None:
-        raise ModelNotReleased(f"project {project.slug!r} has no grant, so no model is released to it")
-    if not stage_visible(entry.stage, tier):
-        needed = STAGE_TIERS[entry.stage]
-        raise ModelNotReleased(
-            f"model {name!r} is at the {entry.stage!r} release stage, which needs the {needed!r} tier; project "
-            f"{project.slug!r} has the {tier!r} tier for it (stages need: "
-            + ", ".join(f"{s} {STAGE_TIERS[s]}" for s in reversed(STAGES)) + ")")
     return entry
 
 
@@ -327,9 +326,11 @@ def register_finetune(session: Session, *, name: str, directory: str, base_model
 # --- stages ---------------------------------------------------------------------------------------
 
 def _catalog_model(session: Session, name: str, doing: str) -> ModelEntry:
-    entry = get_model(session, name)
+    entry = get_model(session, name, lock=True)
     if entry.owner_project_id is not None:
         raise Conflict(f"cannot {doing} {name!r}: it is a project's own model, not released in stages")
+    if entry.withdrawn_at is not None and doing == "promote":
+        raise Conflict(f"cannot promote {name!r}: it is withdrawn from service (`enclave model restore` first)")
     return entry
 
 
@@ -405,8 +406,11 @@ def propose_promotion(session: Session, *, actor: str, name: str, to_stage: str,
 
 
 def sign_promotion(session: Session, *, actor: str, name: str, via: str = "",
-                   now: dt.datetime | None = None) -> ModelEntry:
-    """The second operator's half: the stage changes now. The proposer cannot sign their own."""
+                   min_days: float = DEFAULT_MIN_DAYS_AT_STAGE, now: dt.datetime | None = None) -> ModelEntry:
+    """The second operator's half: the stage changes now. The proposer cannot sign their own; the
+    signer's own policy's minimum time at the stage is checked again (the proposer's policy file is
+    theirs to choose), and an incident recorded since the proposal refuses the signature until the
+    promotion is proposed again with that evidence attached."""
     require_role(session, actor)
     now = now or utcnow()
     entry = _catalog_model(session, name, "promote")
@@ -420,6 +424,15 @@ def sign_promotion(session: Session, *, actor: str, name: str, via: str = "",
         _cancel(session, promotion, actor, f"the model moved to {entry.stage!r} since")
         raise Conflict(f"the pending promotion of {name!r} was from {promotion.from_stage!r}, but the model is at "
                        f"{entry.stage!r} now: it was cancelled; propose again")
+    days = days_at_stage(entry, now)
+    if days < min_days:
+        raise Refused(f"model {name!r} has been at {entry.stage!r} for {days:.1f} days; the release policy needs "
+                      f"{min_days:g} days at a stage before promotion: not signed")
+    attached = {i["id"] for i in json.loads(promotion.incidents)}
+    newer = [i for i in incidents_at_stage(session, entry) if i.id not in attached]
+    if newer:
+        raise Conflict(f"{len(newer)} incident(s) were recorded for {name!r} since the promotion was proposed: not "
+                       "signed; propose again (the new proposal replaces this one, with them attached)")
     promotion.state, promotion.signed_by, promotion.signed_at = "signed", actor, now
     before = entry.stage
     entry.stage, entry.stage_since = promotion.to_stage, now
@@ -466,7 +479,7 @@ def withdraw(session: Session, *, actor: str, name: str, reason: str, now: dt.da
     showed high canary exposure. The gateway refuses it from the next call."""
     require_role(session, actor)
     now = now or utcnow()
-    entry = get_model(session, name)
+    entry = get_model(session, name, lock=True)
     if not reason.strip():
         raise BadInput("say why the model is withdrawn (--reason)")
     if entry.withdrawn_at is not None:
@@ -483,11 +496,13 @@ def withdraw(session: Session, *, actor: str, name: str, reason: str, now: dt.da
     return entry
 
 
-def restore(session: Session, *, actor: str, name: str, reason: str, now: dt.datetime | None = None) -> ModelEntry:
-    """Put a withdrawn model back in service, at the stage it had (one operator, with a reason)."""
+def restore(session: Session, *, actor: str, name: str, reason: str, via: str = "",
+            now: dt.datetime | None = None) -> ModelEntry:
+    """Put a withdrawn model back in service, at the stage it had (one operator, with a reason;
+    `via` says how they authenticated)."""
     require_role(session, actor)
     now = now or utcnow()
-    entry = get_model(session, name)
+    entry = get_model(session, name, lock=True)
     if entry.withdrawn_at is None:
         raise Conflict(f"model {name!r} is in service; nothing to restore")
     if not reason.strip():
@@ -497,7 +512,7 @@ def restore(session: Session, *, actor: str, name: str, reason: str, now: dt.dat
     session.add(ModelStageStep(model_id=entry.id, kind="restore", from_stage=entry.stage, to_stage=entry.stage,
                                actor=actor, reason=reason.strip(), at=now))
     audit.append(session, actor=actor, action="model.restored", subject=f"model:{name}",
-                 details={"stage": entry.stage, "reason": reason.strip()})
+                 details={"stage": entry.stage, "reason": reason.strip(), **({"auth": via} if via else {})})
     return entry
 
 
