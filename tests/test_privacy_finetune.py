@@ -6,6 +6,7 @@ privacy service queues a notebook's job and its worker runs it, with progress to
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +16,7 @@ from enclave.errors import AccessDenied, BadInput, Conflict, Forbidden, NotFound
 from enclave.privacy import finetune, jobs
 from enclave.privacy.app import create_app
 from enclave.privacy.settings import PrivacySettings
-from enclave.registry import audit, catalog, datasets, finetunes, grants, people, privacy
+from enclave.registry import access, audit, catalog, datasets, finetunes, grants, people, privacy
 from enclave.registry.db import make_engine, session_scope, upgrade
 from enclave.registry.models import FinetuneJob
 from enclave.registry.privacy import BudgetExhausted
@@ -105,6 +106,43 @@ def test_bad_input_is_refused_and_charges_nothing(lab, demo_dir, bad, error, mat
     with pytest.raises(error, match=match):
         _submit(lab, demo_dir, **bad)
     _nothing_recorded(lab)
+
+
+def _submit_params(engine, demo, *, via="cli", **change):
+    params = finetune.FinetuneParams(epsilon=2.0, delta=1e-4, **{**QUICK, **change})
+    if via == "cli":
+        granted = lambda s: finetunes.operator_access(s, OPERATOR, LAB)  # noqa: E731
+    else:
+        granted = lambda s: access.resolve(s, SCHOLAR, LAB)  # noqa: E731
+    return jobs.submit(engine, granted, via=via, dataset="people", epsilon=params.epsilon, delta=params.delta,
+                       base=None, params=params, default_dir=demo.model_dir)
+
+
+@pytest.mark.parametrize("via, change, match", [
+    ("cli", dict(epochs=2.0), "epochs must be an integer"),
+    ("cli", dict(batch_size=True), "batch_size must be an integer"),
+    ("cli", dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
+    ("cli", dict(max_length=100_000), "max length at most 4096"),
+    ("cli", dict(max_length=300), "max length 300 is more than the base model's 256 positions"),
+    ("cli", dict(canary_candidates=1_000_000), "canary candidates must be between 10 and 100,000"),
+    ("cli", dict(canaries_per_repeat=11), "between 0 and 10"),
+    ("cli", dict(epsilon=1e-7), "epsilon 1e-07 cannot be reached"),
+    ("service", dict(canaries_per_repeat=0), "at least 1 canary per repetition count"),
+    ("service", dict(holdout=0.1), "keeps 6 of 60 records out"),
+    ("service", dict(noise_seed=5), "noise_seed is not accepted from notebooks"),
+])
+def test_settings_that_cannot_run_or_would_skip_the_audits_are_refused_uncharged(lab, demo_dir, via, change,  # noqa: F811
+                                                                                  match):
+    with pytest.raises(BadInput, match=match):
+        _submit_params(lab, demo_dir, via=via, **change)
+    _nothing_recorded(lab)
+
+
+def test_a_notebooks_job_with_its_audits_on_is_queued(lab, demo_dir):  # noqa: F811
+    job_id = _submit_params(lab, demo_dir, via="service")  # QUICK: 1 canary per count, 12 of 60 held out
+    with session_scope(lab) as s:
+        job = finetunes.get(s, job_id)
+        assert job.status == "queued" and job.via == "service" and job.requested_by == SCHOLAR
 
 
 def test_unknown_base_model_is_refused(lab, demo_dir):  # noqa: F811
@@ -251,13 +289,20 @@ def _post(web, token="tok-sofia", project=LAB, **body):
 @pytest.mark.timeout(1800)
 def test_service_queues_a_notebook_job_and_runs_it(service, monkeypatch):
     assert TOKENS["tok-sofia"] == SCHOLAR
-    bad = [(dict(dataset="people", epsilon=0, delta=1e-4), 400, "epsilon must be a positive"),
-           (dict(dataset="people", epsilon=1, delta=0.5), 400, "delta must be below 1/n"),
+    h = 0.2  # 70 records: 14 held out, the membership audit's minimum of 10 for a notebook's job
+    bad = [(dict(dataset="people", epsilon=0, delta=1e-4, holdout=h), 400, "epsilon must be a positive"),
+           (dict(dataset="people", epsilon=1, delta=0.5, holdout=h), 400, "delta must be below 1/n"),
            (dict(dataset="nope", epsilon=1, delta=1e-4), 404, "unknown dataset"),
            (dict(dataset="secret", epsilon=1, delta=1e-4), 403, "may not use dataset"),
-           (dict(dataset="people", epsilon=50, delta=1e-4), 402, "privacy budget exhausted"),
+           (dict(dataset="people", epsilon=50, delta=1e-4, holdout=h), 402, "privacy budget exhausted"),
            (dict(dataset="people", delta=1e-4), 400, "non-private fine-tunes are for operators"),
-           (dict(dataset="people", epsilon=1, delta=1e-4, device="cuda"), 400, "unknown field")]
+           (dict(dataset="people", epsilon=1, delta=1e-4, device="cuda"), 400, "unknown field"),
+           (dict(dataset="people", epsilon=1, delta=1e-4, noise_seed=1), 400, "unknown field"),
+           (dict(dataset="people", epsilon=True, delta=1e-4), 400, "epsilon must be a number"),
+           (dict(dataset="people", epsilon=1, delta=1e-4, epochs=2.0), 400, "epochs must be an integer"),
+           (dict(dataset="people", epsilon=1, delta=1e-4, holdout=0.1), 400, "holds out at least 10 records"),
+           (dict(dataset="people", epsilon=1, delta=1e-4, holdout=h, canaries_per_repeat=0), 400,
+            "at least 1 canary")]
     refused = service.post(f"{P}/api/finetune", json=dict(dataset="secret", epsilon=1, delta=1e-4),
                            headers={"Authorization": "token tok-bob", "X-Enclave-Project": OTHER})
     assert refused.status_code == 403 and refused.json()["error"] == "tier_required", refused.text
@@ -343,6 +388,7 @@ def test_a_notebook_sees_no_loss_membership_report_path_or_failure_detail(quiet_
     engine = quiet_service.engine
     done_id, failed_id = _submit(engine, demo_dir), _submit(engine, demo_dir)
     model_dir = str(tmp_path / "weights-on-the-enclave-disk")
+    shutil.copytree(demo_dir.model_dir, model_dir)
     exposure = {"format": "my ssn is DDD-DD-DDDD", "candidates": 60, "max_rank_exposure_bits": 5.9,
                 "max_exposure_bits": 29.9, "table": [{"repeats": 1, "canaries": 1, "exposure_rank_max": 1.0,
                                                       "exposure_skewnorm_max": 1.2}],

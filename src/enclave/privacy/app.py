@@ -188,6 +188,9 @@ def parse_finetune(body: Any, max_epochs: int) -> tuple[str, Any, Any, str | Non
         raise BadInput("name the dataset to fine-tune on")
     if body.get("epsilon") is None or body.get("delta") is None:
         raise BadInput("a fine-tune needs epsilon and delta (non-private fine-tunes are for operators only)")
+    for key in ("epsilon", "delta"):
+        if isinstance(body[key], bool) or not isinstance(body[key], (int, float)):
+            raise BadInput(f"{key} must be a number")
     base = body.get("base")
     if base is not None and not isinstance(base, str):
         raise BadInput("base must be a model name")

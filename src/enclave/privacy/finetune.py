@@ -100,6 +100,8 @@ class FinetuneParams:
         return self.epsilon is None
 
     def validate(self) -> None:
+        """Refuse settings that cannot run (BadInput), before anything is recorded or charged."""
+        _check_types(self)
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise BadInput("epochs and batch size must be at least 1, max length at least 8")
         if not (0 < self.learning_rate < 10) or not (self.max_grad_norm > 0):
@@ -110,8 +112,16 @@ class FinetuneParams:
             raise BadInput(f"grad sample mode must be one of {', '.join(GRAD_SAMPLE_MODES)}")
         if not 0 <= self.holdout < 0.9:
             raise BadInput("holdout must be in [0, 0.9)")
-        if self.canary_candidates < 10 or self.canaries_per_repeat < 0:
-            raise BadInput("at least 10 canary candidates, and a non-negative number of canaries")
+        if self.batch_size > MAX_BATCH_SIZE or self.max_length > MAX_LENGTH:
+            raise BadInput(f"batch size at most {MAX_BATCH_SIZE}, max length at most {MAX_LENGTH} tokens")
+        if not MIN_CANDIDATES <= self.canary_candidates <= MAX_CANDIDATES:
+            raise BadInput(f"canary candidates must be between {MIN_CANDIDATES} and {MAX_CANDIDATES:,}")
+        if not 0 <= self.canaries_per_repeat <= MAX_CANARIES_PER_REPEAT:
+            raise BadInput(f"canaries per repetition count must be between 0 and {MAX_CANARIES_PER_REPEAT}")
+        if not self.canary_repeats or any(r < 1 or r > 100 for r in self.canary_repeats):
+            raise BadInput("canary repetition counts must be between 1 and 100")
+        if self.max_records is not None and self.max_records < 1:
+            raise BadInput("max records must be at least 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BadInput(f"device must be auto, cpu or cuda[:N], not {self.device!r}")
 
@@ -125,6 +135,106 @@ class FinetuneParams:
         if "canary_repeats" in values:
             values["canary_repeats"] = tuple(values["canary_repeats"])
         return cls(**values)
+
+
+# Upper bounds: what the enclave's machines can do in reasonable time (a job runs alone on the
+# service's worker), and what the audits need.
+MAX_BATCH_SIZE = 4096
+MAX_LENGTH = 4096  # also bounded by the base model's n_positions (`check_base`)
+MIN_CANDIDATES, MAX_CANDIDATES = 10, 100_000
+MAX_CANARIES_PER_REPEAT = 10
+_INTS = ("epochs", "batch_size", "max_length", "canaries_per_repeat", "canary_candidates", "seed")
+_OPTIONAL_INTS = ("max_records", "noise_seed")
+_NUMBERS = ("delta", "learning_rate", "max_grad_norm", "holdout")
+_STRINGS = ("accountant", "grad_sample_mode", "device")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_types(params: "FinetuneParams") -> None:
+    """JSON gives floats for integers (3.0), booleans for numbers: each field must be of its type."""
+    for name in _INTS:
+        if not _is_int(getattr(params, name)):
+            raise BadInput(f"{name} must be an integer, not {getattr(params, name)!r}")
+    for name in _OPTIONAL_INTS:
+        value = getattr(params, name)
+        if value is not None and not _is_int(value):
+            raise BadInput(f"{name} must be an integer, not {value!r}")
+    for name in _NUMBERS:
+        if not _is_number(getattr(params, name)):
+            raise BadInput(f"{name} must be a finite number, not {getattr(params, name)!r}")
+    if params.epsilon is not None and not _is_number(params.epsilon):
+        raise BadInput(f"epsilon must be a finite number, not {params.epsilon!r}")
+    for name in _STRINGS:
+        if not isinstance(getattr(params, name), str):
+            raise BadInput(f"{name} must be a string")
+    if not isinstance(params.train_embeddings, bool):
+        raise BadInput("train_embeddings must be true or false")
+    if not isinstance(params.canary_repeats, tuple) or not all(_is_int(r) for r in params.canary_repeats):
+        raise BadInput("canary_repeats must be a list of integers")
+
+
+def base_positions(base_dir: str | Path) -> int:
+    """The base model's context length (GPT-2's `n_positions`), from its config.json."""
+    import json
+
+    try:
+        config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise BadInput("the base model's config.json is not readable; an operator must look at it") from None
+    positions = config.get("n_positions", config.get("max_position_embeddings"))
+    if not _is_int(positions) or positions < 8:
+        raise BadInput("the base model's config.json gives no context length (n_positions)")
+    return positions
+
+
+def check_base(base_dir: str | Path, params: "FinetuneParams") -> None:
+    positions = base_positions(base_dir)
+    if params.max_length > positions:
+        raise BadInput(f"max length {params.max_length} is more than the base model's {positions} positions")
+
+
+def planted_count(params: "FinetuneParams") -> int:
+    """How many training examples the canaries add (each canary as often as it is repeated)."""
+    return params.canaries_per_repeat * sum(params.canary_repeats)
+
+
+def sample_rate(params: "FinetuneParams", examples: int) -> float:
+    """The Poisson sampling rate Opacus will use for `examples` training records: it takes
+    1 / len(data_loader), the loader's batches over the records plus the planted canaries."""
+    texts = examples + planted_count(params)
+    batch_size = min(params.batch_size, texts)
+    return 1 / math.ceil(texts / batch_size)
+
+
+def noise_multiplier(params: "FinetuneParams", examples: int) -> float:
+    """The noise multiplier Opacus will calibrate to (epsilon, delta) for this run, computed as
+    `make_private_with_epsilon` does; BadInput when no noise reaches that epsilon (too small for
+    the number of steps). Called at submission, so an impossible target is refused before any
+    job is recorded or charged."""
+    import warnings
+
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if params.epsilon is None:
+        raise BadInput("a non-private run has no noise multiplier")
+    with warnings.catch_warnings():
+        if params.accountant == "prv":  # see `make_private`
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        try:
+            return float(get_noise_multiplier(target_epsilon=params.epsilon, target_delta=params.delta,
+                                              sample_rate=sample_rate(params, examples), epochs=params.epochs,
+                                              accountant=params.accountant))
+        except ValueError as exc:
+            raise BadInput(f"epsilon {params.epsilon:g} cannot be reached with delta {params.delta:g} over "
+                           f"{params.epochs} epochs of {examples} records at batch size {params.batch_size} "
+                           f"({exc}); ask for a larger epsilon, fewer epochs or a smaller batch") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +460,7 @@ def run(base_dir: str | Path, records: Sequence[str], params: FinetuneParams, ou
 
     hf_logging.disable_progress_bar()  # our own progress (the CLI's bar, the job row) is the one to show
     params.validate()
+    check_base(base_dir, params)
     started = time.monotonic()
     device = resolve_device(params.device)
     train_records, held_out = split_records(records, params)

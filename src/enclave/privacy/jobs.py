@@ -91,8 +91,17 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
     if not (Path(base_dir) / "config.json").is_file():
         where = f" at {base_dir}" if via == "cli" else ""  # a notebook is not told the enclave's paths
         raise BadInput(f"the base model {base!r} has no model directory{where}; an operator must look at it")
+    finetune.check_base(base_dir, params)
     records = finetune.dataset_records(path, max_records=params.max_records)
     examples = finetune.training_examples(records, params)
+    if via == "service":
+        require_audits(params, held_out=len(records) - examples, records=len(records))
+    if not non_private:
+        # The checks `finetunes.create` makes again, here first so that Opacus's calibration can
+        # refuse an epsilon no noise reaches before the job is recorded.
+        eps, dlt = ledger.check_cost(epsilon, delta, examples)
+        params = dataclasses.replace(params, epsilon=eps, delta=dlt)
+        finetune.noise_multiplier(params, examples)
 
     def record(s):
         granted = granted_in(s)
@@ -102,6 +111,20 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
         return job.id
 
     return _transaction(engine, record)
+
+
+MIN_NON_MEMBERS = 10  # membership.attack runs on at least 10 held-out records
+
+
+def require_audits(params: finetune.FinetuneParams, *, held_out: int, records: int) -> None:
+    """A notebook's job cannot switch its audits off: canaries are planted, and enough records are
+    held out for the membership-inference attack (which skips below 10 non-members)."""
+    if params.canaries_per_repeat < 1:
+        raise BadInput("a notebook's fine-tune plants at least 1 canary per repetition count (canaries_per_repeat)")
+    if held_out < MIN_NON_MEMBERS or records - held_out < MIN_NON_MEMBERS:
+        raise BadInput(f"a notebook's fine-tune holds out at least {MIN_NON_MEMBERS} records for the membership "
+                       f"audit; a holdout of {params.holdout:g} keeps {held_out} of {records} records out: "
+                       f"raise holdout (or use more records)")
 
 
 def worker_name() -> str:
