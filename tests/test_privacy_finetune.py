@@ -418,3 +418,63 @@ def test_a_notebook_sees_no_loss_membership_report_path_or_failure_detail(quiet_
     with session_scope(engine) as s:  # the operator's view (`enclave finetune show`) keeps it all
         full = finetunes.job_json(s, finetunes.get(s, done_id))
     assert full["progress"]["loss"] == 2.25 and full["membership"] == membership and full["model_dir"] == model_dir
+
+
+def test_execute_leaves_a_job_another_worker_started_alone(lab, demo_dir, tmp_path):  # noqa: F811
+    job_id = _submit(lab, demo_dir)
+    with session_scope(lab) as s:
+        finetunes.start(s, job_id, worker="elsewhere:4242", model_name=jobs.model_name(job_id, LAB))
+    out = jobs.execute(lab, job_id, home=tmp_path / "home", default_dir=demo_dir.model_dir)
+    assert out["status"] == "running" and out["message"] == "" and out["spend"]
+    with session_scope(lab) as s:
+        assert finetunes.get(s, job_id).worker == "elsewhere:4242"
+        assert privacy.ledger_json(s, LAB)["spends"] == 1
+        assert [e.action for e in audit.iter_events(s) if e.subject == f"finetune:{job_id}"] == [
+            "finetune.create", "finetune.start"]
+
+
+def test_service_start_fails_only_the_jobs_of_dead_processes_on_its_host(lab, demo_dir, tmp_path):  # noqa: F811
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    workers = {"live": f"{host}:{live.pid}", "dead": f"{host}:{gone.pid}", "remote": f"elsewhere:{gone.pid}",
+               "reused": f"{host}:{os.getpid()}"}  # a restarted container's service may get its old pid back
+    ids = {name: _submit(lab, demo_dir) for name in workers}
+    try:
+        with session_scope(lab) as s:
+            for name, job_id in ids.items():
+                finetunes.start(s, job_id, worker=workers[name], model_name=jobs.model_name(job_id, LAB))
+        worker = jobs.Worker(lab, tmp_path / "home", demo_dir.model_dir)
+        worker.start()
+        worker.stop()
+        with session_scope(lab) as s:
+            status = {name: finetunes.get(s, job_id).status for name, job_id in ids.items()}
+            message = finetunes.get(s, ids["dead"]).message
+    finally:
+        live.kill()
+        live.wait()
+    assert status == {"live": "running", "dead": "failed", "remote": "running", "reused": "failed"}
+    assert f"({workers['dead']}) stopped while it ran" in message and "stays on the ledger" in message
+
+
+def test_an_operator_fails_a_job_left_running(sqlite_cli, demo_dir):  # noqa: F811
+    cli = sqlite_cli
+    job_id = _submit(cli.engine, demo_dir)
+    with session_scope(cli.engine) as s:
+        finetunes.start(s, job_id, worker="laptop:99", model_name=jobs.model_name(job_id, LAB))
+    cli.fails("finetune", "fail", job_id, "--reason", " ", match="say why")
+    out = cli("finetune", "fail", job_id, "--reason", "the CLI was killed").stdout
+    assert f"job {job_id} failed: failed by operator {OPERATOR}: the CLI was killed" in out
+    cli.fails("finetune", "fail", job_id, "--reason", "again", match="is failed already")
+    with session_scope(cli.engine) as s:
+        job = finetunes.get(s, job_id)
+        assert job.status == "failed" and "stays on the ledger" in job.message
+        assert privacy.ledger_json(s, LAB)["spends"] == 1  # the charge stays
+        event = [e for e in audit.iter_events(s) if e.subject == f"finetune:{job_id}"][-1]
+        assert event.action == "finetune.fail" and event.actor == OPERATOR

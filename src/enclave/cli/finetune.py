@@ -1,6 +1,8 @@
 """`enclave finetune ...`: DP fine-tuning of a project's GPT-2 on one of its datasets (Opacus), in
 the foreground with a progress bar; `enclave finetune list|show ID` for the jobs on the record
-(the CLI's and the ones notebooks queued through the privacy service)."""
+(the CLI's and the ones notebooks queued through the privacy service), with everything an
+operator needs (loss, membership report, paths, why a job failed); `enclave finetune fail ID
+--reason ...` closes a job no process will finish."""
 
 from __future__ import annotations
 
@@ -180,3 +182,17 @@ def finetune_show(
         print_json(out)
     else:
         _print_job(out)
+
+
+@app.command("fail")
+def finetune_fail(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the job and in the audit log).")],
+    as_: AsUser = None,
+) -> None:
+    """End a queued or running job that no process will finish (e.g. left running by a killed
+    `enclave finetune`). Its privacy charge, if it started, stays on the ledger."""
+    with registry() as s:
+        job = finetunes.operator_fail(s, as_, job_id, reason)
+        message = job.message
+    typer.echo(f"job {job_id} failed: {message}")

@@ -13,7 +13,10 @@ Each step is its own short transaction; training runs outside any transaction:
    `registry.finetunes`).
 
 The CLI calls both in its own process; the privacy service queues jobs from notebooks and runs them
-one at a time on a worker thread (`Worker`).
+one at a time on a worker thread (`Worker`). A job records its worker as "host:pid": when the
+service starts it fails the running jobs of dead processes on its own host (`fail_orphans`); a
+job left running elsewhere (a killed `enclave finetune` on another machine) is closed by an
+operator with `enclave finetune fail ID --reason ...`.
 """
 
 from __future__ import annotations
@@ -128,7 +131,24 @@ def require_audits(params: finetune.FinetuneParams, *, held_out: int, records: i
 
 
 def worker_name() -> str:
+    """"host:pid", recorded on a job when it starts: how `fail_orphans` tells a live worker's job
+    from an orphan."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (signal 0 checks without sending anything). A
+    pid this process has is its own: a job recorded under it is from an earlier process (a
+    restarted container reuses pids), so the caller treats it as not alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
@@ -148,6 +168,9 @@ def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
 
     try:
         name, data_path, base_dir, params = _transaction(engine, start)
+    except finetunes.NotQueued:  # another worker started it (or it ended): theirs, not ours to touch
+        log.info("fine-tune job %s was not queued any more; left to whoever has it", job_id)
+        return _transaction(engine, lambda s: finetunes.job_json(s, finetunes.get(s, job_id)))
     except UserError as exc:
         reason = f"not started: {exc.message}"
         _transaction(engine, lambda s: finetunes.fail(s, job_id, reason))
@@ -161,8 +184,11 @@ def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
         now = time.monotonic()
         if now - last_write[0] >= 1.0 or p.step == p.total:
             last_write[0] = now
-            _transaction(engine, lambda s: finetunes.record_progress(
-                s, job_id, step=p.step, total=p.total, loss=p.loss, epsilon_spent=p.epsilon))
+            try:  # progress is for watching; a database hiccup must not end the training
+                _transaction(engine, lambda s: finetunes.record_progress(
+                    s, job_id, step=p.step, total=p.total, loss=p.loss, epsilon_spent=p.epsilon))
+            except Exception:
+                log.warning("fine-tune job %s: progress at step %d not recorded", job_id, p.step, exc_info=True)
 
     try:
         records = finetune.dataset_records(data_path, max_records=params.max_records)
@@ -205,9 +231,10 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        failed = _transaction(self.engine, lambda s: finetunes.fail_orphans(s))
+        failed = _transaction(self.engine, lambda s: finetunes.fail_orphans(
+            s, host=socket.gethostname(), alive=lambda pid: pid != os.getpid() and pid_alive(pid)))
         if failed:
-            log.warning("fine-tune jobs left running by a stopped service, now failed: %s", ", ".join(failed))
+            log.warning("fine-tune jobs left running by a process that stopped, now failed: %s", ", ".join(failed))
         self._thread = threading.Thread(target=self._loop, name="finetune-worker", daemon=True)
         self._thread.start()
 

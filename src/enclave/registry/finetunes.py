@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import update
@@ -46,6 +47,10 @@ from enclave.registry.projects import get_project
 MECHANISM = "dp-sgd"
 VIA = ("cli", "service")
 TIER = "finetune"  # the grant tier that includes DP fine-tuning (DESIGN §2a)
+
+
+class NotQueued(Conflict):
+    """`start` found the job no longer queued: another worker (or an operator) got to it first."""
 
 
 class TierRequired(Refused):
@@ -156,7 +161,7 @@ def start(session: Session, job_id: str, *, worker: str, model_name: str,
                               .values(status=FinetuneStatus.running.value, worker=worker, started_at=now,
                                       updated_at=now, model_name=model_name))
     if claimed.rowcount != 1:
-        raise Conflict(f"fine-tune job {job_id!r} is not queued")
+        raise NotQueued(f"fine-tune job {job_id!r} is not queued")
     job = get(session, job_id)
     granted = _access_at_start(session, job)
     require_tier(session, granted, job.base_model)  # lowered while the job waited: it does not start
@@ -235,8 +240,10 @@ def report_summary(job: FinetuneJob, exposure: dict[str, Any], membership: dict[
                            "loss_threshold_auc": threshold.get("AUC"), "skipped": membership.get("skipped")}}
 
 
-def fail(session: Session, job_id: str, message: str, now: dt.datetime | None = None) -> FinetuneJob:
-    """End a queued or running job as failed; a charge already made stays, and the message says so."""
+def fail(session: Session, job_id: str, message: str, now: dt.datetime | None = None, *,
+         actor: str | None = None) -> FinetuneJob:
+    """End a queued or running job as failed; a charge already made stays, and the message says so.
+    The audit event names `actor` (an operator closing it), else the job's requester."""
     now = now or utcnow()
     job = get(session, job_id)
     if job.status in (FinetuneStatus.done.value, FinetuneStatus.failed.value):
@@ -248,19 +255,45 @@ def fail(session: Session, job_id: str, message: str, now: dt.datetime | None = 
     job.updated_at = job.finished_at = now
     session.add(job)
     session.flush()
-    audit.append(session, actor=job.requested_by, action="finetune.fail", subject=_subject(job),
-                 details={"message": job.message, "spend": job.spend_id})
+    audit.append(session, actor=actor or job.requested_by, action="finetune.fail", subject=_subject(job),
+                 details={"message": job.message, "spend": job.spend_id, "by_operator": actor is not None})
     return job
 
 
-def fail_orphans(session: Session, *, via: str = "service", now: dt.datetime | None = None) -> list[str]:
-    """Fail the running jobs of `via` that no process runs any more (called when the service
-    starts: it runs one job at a time, in its own process, so any it finds running is an orphan)."""
-    ids = session.exec(select(FinetuneJob.id).where(FinetuneJob.status == FinetuneStatus.running.value,
-                                                    FinetuneJob.via == via)).all()
-    for job_id in ids:
-        fail(session, job_id, "the privacy service stopped while this job ran", now=now)
-    return list(ids)
+def operator_fail(session: Session, operator: str | None, job_id: str, reason: str,
+                  now: dt.datetime | None = None) -> FinetuneJob:
+    """An operator closes a job that no process will finish (e.g. left running by a killed
+    `enclave finetune`, on another host than the service's). Audited; a charge made stays."""
+    require_role(session, operator)
+    if not reason.strip():
+        raise BadInput("say why the job is failed (--reason)")
+    job = get(session, job_id)
+    if job.status not in (FinetuneStatus.queued.value, FinetuneStatus.running.value):
+        raise Conflict(f"fine-tune job {job_id!r} is {job.status} already")
+    return fail(session, job_id, f"failed by operator {operator}: {reason.strip()}", now=now, actor=operator)
+
+
+def parse_worker(worker: str | None) -> tuple[str, int] | None:
+    """("host", pid) of a job's `worker` column ("host:pid"), None if it is not of that form."""
+    host, _, pid = (worker or "").rpartition(":")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def fail_orphans(session: Session, *, host: str, alive: Callable[[int], bool],
+                 now: dt.datetime | None = None) -> list[str]:
+    """Fail the running jobs whose worker was a process on `host` that is no longer `alive` (called
+    when the service starts). A job run by a live process, or on another host (another service
+    replica, an operator's `enclave finetune` elsewhere), is left alone: what cannot be checked
+    here is closed by an operator (`operator_fail`)."""
+    running = session.exec(select(FinetuneJob).where(FinetuneJob.status == FinetuneStatus.running.value)).all()
+    failed = []
+    for job in running:
+        where = parse_worker(job.worker)
+        if where is None or where[0] != host or alive(where[1]):
+            continue
+        fail(session, job.id, f"the process that ran it ({job.worker}) stopped while it ran", now=now)
+        failed.append(job.id)
+    return failed
 
 
 def jobs(session: Session, slug: str | None = None) -> list[FinetuneJob]:
