@@ -197,13 +197,24 @@ def record_progress(session: Session, job_id: str, *, step: int, total: int, los
                             updated_at=now or utcnow()))
 
 
+# The accountant's epsilon may exceed the target it was calibrated to by its numerical error
+# (Opacus's PRV accountant: eps_error 0.01 by default, far below this); beyond it, refuse.
+EPSILON_SLACK = 1.001
+
+
 def finish(session: Session, job_id: str, *, model_dir: str, steps: int, loss: float | None,
            epsilon_spent: float | None, exposure: dict[str, Any], membership: dict[str, Any],
            message: str = "", now: dt.datetime | None = None) -> FinetuneJob:
+    """Record a trained job as done and register its model. A private job whose accountant
+    counted more than the epsilon charged (beyond `EPSILON_SLACK`) is refused: its model is not
+    registered, and the caller fails the job."""
     now = now or utcnow()
     job = get(session, job_id)
     if job.status != FinetuneStatus.running.value:
         raise Conflict(f"fine-tune job {job_id!r} is {job.status}, not running")
+    if not job.non_private and (epsilon_spent is None or epsilon_spent > job.epsilon * EPSILON_SLACK):
+        raise Refused(f"the accountant counted epsilon {epsilon_spent} for job {job_id!r}, more than the "
+                      f"{job.epsilon:g} charged: its model is not registered")
     job.status = FinetuneStatus.done.value
     job.step, job.total_steps = steps, max(job.total_steps, steps)
     job.loss, job.epsilon_spent = loss, epsilon_spent
