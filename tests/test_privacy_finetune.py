@@ -478,3 +478,66 @@ def test_an_operator_fails_a_job_left_running(sqlite_cli, demo_dir):  # noqa: F8
         assert privacy.ledger_json(s, LAB)["spends"] == 1  # the charge stays
         event = [e for e in audit.iter_events(s) if e.subject == f"finetune:{job_id}"][-1]
         assert event.action == "finetune.fail" and event.actor == OPERATOR
+
+
+def test_a_job_trains_at_the_epsilon_it_was_charged_and_registers_only_within_it(lab, demo_dir, tmp_path):  # noqa: F811
+    job_id = _submit(lab, demo_dir, epsilon=2.0, delta=1e-4)
+    with session_scope(lab) as s:
+        job = finetunes.get(s, job_id)
+        assert json.loads(job.params)["epsilon"] == 2.0 and json.loads(job.params)["delta"] == 1e-4
+        # Whatever the params JSON says, the job's checked (and charged) columns decide.
+        job.params = json.dumps({**json.loads(job.params), "epsilon": 9.0, "delta": 0.01})
+        s.add(job)
+        s.flush()
+        params = jobs.job_params(job)
+        assert (params.epsilon, params.delta, params.non_private) == (2.0, 1e-4, False)
+        finetunes.start(s, job_id, worker="test:1", model_name=jobs.model_name(job_id, LAB))
+    model_dir = str(tmp_path / "weights")
+    shutil.copytree(demo_dir.model_dir, model_dir)
+    done = dict(model_dir=model_dir, steps=3, loss=2.0, exposure={}, membership={})
+    for spent in (None, 2.5, 2.0 * 1.0011):
+        with session_scope(lab) as s, pytest.raises(Refused, match="more than the 2 charged"):
+            finetunes.finish(s, job_id, epsilon_spent=spent, **done)
+    with session_scope(lab) as s:
+        assert finetunes.get(s, job_id).status == "running" and catalog.visible_models(s, LAB) == []
+        assert finetunes.finish(s, job_id, epsilon_spent=2.0015, **done).status == "done"  # within PRV's error
+
+
+def test_a_job_whose_epsilon_and_non_private_mark_disagree_fails_uncharged(lab, demo_dir, tmp_path):  # noqa: F811
+    job_id = _submit(lab, demo_dir, epsilon=2.0, delta=1e-4)
+    with session_scope(lab) as s:
+        job = finetunes.get(s, job_id)
+        job.non_private = True
+        s.add(job)
+    out = jobs.execute(lab, job_id, home=tmp_path / "home", default_dir=demo_dir.model_dir)
+    assert out["status"] == "failed" and "disagree" in out["message"] and out["spend"] is None
+    with session_scope(lab) as s:
+        assert privacy.ledger_json(s, LAB)["spends"] == 0
+
+
+def test_the_dataset_file_is_checked_at_submission_and_again_before_the_charge(lab, demo_dir, tmp_path):  # noqa: F811
+    from enclave.errors import TooLarge, Unavailable
+
+    with pytest.raises(TooLarge, match="larger than the 100 bytes"):
+        jobs.submit(lab, lambda s: finetunes.operator_access(s, OPERATOR, LAB), via="cli", dataset="people",
+                    epsilon=2.0, delta=1e-4, base=None, params=finetune.FinetuneParams(epsilon=2.0, delta=1e-4, **QUICK),
+                    default_dir=demo_dir.model_dir, max_bytes=100)
+    _nothing_recorded(lab)
+    recounted = _submit(lab, demo_dir)
+    with session_scope(lab) as s:
+        job = finetunes.get(s, recounted)
+        job.examples += 1  # the records no longer give the n that delta < 1/n was checked for
+        s.add(job)
+    out = jobs.execute(lab, recounted, home=tmp_path / "home", default_dir=demo_dir.model_dir)
+    assert out["status"] == "failed" and "training examples now" in out["message"] and out["spend"] is None
+
+    queued = _submit(lab, demo_dir)
+    people_csv = tmp_path / "people.csv"  # the registered file (setup_lab)
+    people_csv.write_text(people_csv.read_text(encoding="utf-8") + "Eve Extra,1990-01-01,F,12345,nurse,1\n",
+                          encoding="utf-8")
+    out = jobs.execute(lab, queued, home=tmp_path / "home", default_dir=demo_dir.model_dir)
+    assert out["status"] == "failed" and "changed since it was registered" in out["message"] and out["spend"] is None
+    with pytest.raises(Unavailable, match="changed since it was registered"):
+        _submit(lab, demo_dir)
+    with session_scope(lab) as s:
+        assert privacy.ledger_json(s, LAB)["spends"] == 0

@@ -219,7 +219,8 @@ async def finetune_submit(request: Request) -> dict:
     dataset, epsilon, delta, base, params = parse_finetune(parsed, state.settings.finetune_max_epochs)
     job_id = await run_in_threadpool(
         jobs.submit, state.engine, caller.access, via="service", dataset=dataset, epsilon=epsilon, delta=delta,
-        base=base, params=params, default_dir=state.settings.default_model_dir)
+        base=base, params=params, default_dir=state.settings.default_model_dir,
+        max_bytes=state.settings.max_dataset_bytes)
     if state.worker is not None:
         state.worker.wake()
     return await state.run(lambda s: _for_notebook(finetunes.job_json(s, finetunes.get(s, job_id), reports=False)))
@@ -317,7 +318,8 @@ def create_app(settings: PrivacySettings, *, identity: Identity | None = None) -
             who = HubIdentity(settings.hub_api_url, settings.service_name, cache_seconds=60)
         worker = None
         if settings.finetune_worker:
-            worker = jobs.Worker(engine, settings.home, settings.default_model_dir)
+            worker = jobs.Worker(engine, settings.home, settings.default_model_dir,
+                                 max_bytes=settings.max_dataset_bytes)
             worker.start()
         app.state.privacy = PrivacyState(settings=settings, engine=engine, identity=who,
                                          key=receipts.load_or_create_key(settings.receipt_key_file), worker=worker)

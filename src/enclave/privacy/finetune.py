@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import random
 import secrets
@@ -63,6 +64,7 @@ from typing import Any
 from enclave.errors import BadInput
 from enclave.privacy import canaries as canary_audit
 from enclave.privacy import membership
+from enclave.privacy.datafiles import read_registered
 
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
@@ -275,21 +277,23 @@ def _render_row(row: dict[str, str]) -> str:
     return " ".join(f"{k}: {v}." for k, v in row.items() if k)
 
 
-def dataset_records(path: str | Path, *, max_records: int | None = None) -> list[str]:
-    """The dataset's records as training text: a CSV/TSV row each, or a non-empty line of a text file."""
+DEFAULT_MAX_DATASET_BYTES = 512 * 1024**2  # PrivacySettings.max_dataset_bytes's default
+
+
+def dataset_records(path: str | Path, *, max_records: int | None = None, sha256: str | None = None,
+                    max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> list[str]:
+    """The dataset's records as training text: a CSV/TSV row each, or a non-empty line of a text
+    file. With `sha256` (the registered one), a file that changed since is refused, as is one
+    larger than `max_bytes` (`datafiles.read_registered`, the DP statistics' checks)."""
     path = Path(path)
     if path.is_dir():
         raise BadInput(f"dataset {path.name!r} is a folder; fine-tuning needs a CSV or text file")
-    try:
-        if path.suffix.lower() in (".csv", ".tsv"):
-            with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-                reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-                records = [_render_row(row) for row in reader]
-        else:
-            records = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-                       if line.strip()]
-    except OSError as exc:
-        raise BadInput(f"dataset {path.name!r} is not readable: {exc.strerror}") from None
+    text = read_registered(path, max_bytes, sha256).decode("utf-8", errors="replace")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        records = [_render_row(row) for row in reader]
+    else:
+        records = [line.strip() for line in text.splitlines() if line.strip()]
     return records[:max_records] if max_records else records
 
 

@@ -34,8 +34,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from enclave.envsettings import env_str
-from enclave.errors import BadInput, UserError
+from enclave.envsettings import env_int, env_str
+from enclave.errors import BadInput, Conflict, UserError
 from enclave.privacy import finetune
 from enclave.registry import catalog, finetunes
 from enclave.registry import privacy as ledger
@@ -44,6 +44,12 @@ from enclave.registry.db import session_scope
 
 log = logging.getLogger("enclave.privacy.jobs")
 DEFAULT_BASE = "default"
+
+
+def max_dataset_bytes() -> int:
+    """The largest dataset file a fine-tune reads: $ENCLAVE_PRIVACY_MAX_DATASET_BYTES, as for the
+    privacy service's statistics (the service passes its settings' value)."""
+    return env_int("ENCLAVE_PRIVACY_MAX_DATASET_BYTES", finetune.DEFAULT_MAX_DATASET_BYTES)
 
 
 def finetunes_dir(home: Path) -> Path:
@@ -78,7 +84,7 @@ def _transaction(engine: Engine, work: Callable[[Any], Any]) -> Any:
 
 def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dataset: str, epsilon: Any, delta: Any,
            base: str | None, params: finetune.FinetuneParams, default_dir: Path, non_private: bool = False,
-           override_by: str | None = None) -> str:
+           override_by: str | None = None, max_bytes: int | None = None) -> str:
     """Check and queue a fine-tune; the job's id. `granted_in(session)` is the caller's access."""
     params.validate()
     if via == "service" and params.noise_seed is not None:  # a seeded noise is for tests and benchmarks
@@ -88,14 +94,15 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
     def decide(s):
         granted = granted_in(s)
         data = ledger.usable_dataset(s, granted.project, dataset)
-        return data.path, base_model_dir(s, granted.project, base, default_dir)
+        return data.path, data.sha256, base_model_dir(s, granted.project, base, default_dir)
 
-    path, base_dir = _transaction(engine, decide)
+    path, sha256, base_dir = _transaction(engine, decide)
     if not (Path(base_dir) / "config.json").is_file():
         where = f" at {base_dir}" if via == "cli" else ""  # a notebook is not told the enclave's paths
         raise BadInput(f"the base model {base!r} has no model directory{where}; an operator must look at it")
     finetune.check_base(base_dir, params)
-    records = finetune.dataset_records(path, max_records=params.max_records)
+    records = finetune.dataset_records(path, max_records=params.max_records, sha256=sha256,
+                                       max_bytes=max_bytes or max_dataset_bytes())
     examples = finetune.training_examples(records, params)
     if via == "service":
         require_audits(params, held_out=len(records) - examples, records=len(records))
@@ -151,23 +158,58 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def job_params(job) -> finetune.FinetuneParams:
+    """The job's training settings, trained at the (epsilon, delta) the job was checked and charged
+    for (its columns), whatever its params JSON says."""
+    params = dataclasses.replace(finetune.FinetuneParams.from_json(json.loads(job.params)),
+                                 epsilon=job.epsilon, delta=job.delta)
+    if params.non_private != (job.epsilon is None) or job.non_private != params.non_private:
+        # Raised inside `start`'s transaction: the job is failed, uncharged, rather than trained.
+        raise Conflict(f"fine-tune job {job.id}: its epsilon and its non-private mark disagree")
+    return params
+
+
 def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
-            on_progress: Callable[[finetune.Progress], None] | None = None) -> dict[str, Any]:
+            on_progress: Callable[[finetune.Progress], None] | None = None,
+            max_bytes: int | None = None) -> dict[str, Any]:
     """Run one queued job to its end; the job's JSON afterwards (done or failed). UserErrors that
-    stop it before training (access, budget) fail the job uncharged; they are not raised."""
+    stop it before training (access, budget, a dataset file that changed) fail the job uncharged;
+    they are not raised. The dataset is read (and checked against its registered SHA-256 and the
+    job's count of examples) before the charge, and those very records are what trains."""
     worker = worker_name()
+
+    def read(s):
+        job = finetunes.get(s, job_id)
+        data = ledger.usable_dataset(s, finetunes.get_project_by_id(s, job.project_id), job.dataset)
+        return data.path, data.sha256, job_params(job)
+
+    # Before the charge: any refusal here is raised again once the job is ours (in `start`).
+    early: UserError | None = None
+    records: list[str] = []
+    try:
+        path, sha256, params = _transaction(engine, read)
+        records = finetune.dataset_records(path, max_records=params.max_records, sha256=sha256,
+                                           max_bytes=max_bytes or max_dataset_bytes())
+    except UserError as exc:
+        early = exc
 
     def start(s):
         job = finetunes.get(s, job_id)
         slug = finetunes.get_project_by_id(s, job.project_id).slug
         started = finetunes.start(s, job_id, worker=worker, model_name=model_name(job_id, slug))
+        if early is not None:  # rolls the start and its charge back: the job is failed uncharged
+            raise early
+        params = job_params(started)
+        examples = finetune.training_examples(records, params)
+        if examples != started.examples:
+            raise Conflict(f"the dataset gives {examples} training examples now, not the {started.examples} the "
+                           f"job was checked for (delta < 1/n); submit it again")
         project = finetunes.get_project_by_id(s, started.project_id)
-        data = ledger.usable_dataset(s, project, started.dataset)
-        return (started.model_name, data.path, str(base_model_dir(s, project, started.base_model, default_dir)),
-                finetune.FinetuneParams.from_json(json.loads(started.params)))
+        ledger.usable_dataset(s, project, started.dataset)
+        return started.model_name, str(base_model_dir(s, project, started.base_model, default_dir)), params
 
     try:
-        name, data_path, base_dir, params = _transaction(engine, start)
+        name, base_dir, params = _transaction(engine, start)
     except finetunes.NotQueued:  # another worker started it (or it ended): theirs, not ours to touch
         log.info("fine-tune job %s was not queued any more; left to whoever has it", job_id)
         return _transaction(engine, lambda s: finetunes.job_json(s, finetunes.get(s, job_id)))
@@ -191,7 +233,6 @@ def execute(engine: Engine, job_id: str, *, home: Path, default_dir: Path,
                 log.warning("fine-tune job %s: progress at step %d not recorded", job_id, p.step, exc_info=True)
 
     try:
-        records = finetune.dataset_records(data_path, max_records=params.max_records)
         out_dir = finetunes_dir(home) / name
         result = finetune.run(base_dir, records, params, out_dir, on_progress=progress)
         _transaction(engine, lambda s: finetunes.finish(
@@ -224,6 +265,7 @@ class Worker:
     home: Path
     default_dir: Path
     poll_seconds: float = 2.0
+    max_bytes: int | None = None  # the largest dataset file read (None: `max_dataset_bytes()`)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -257,7 +299,7 @@ class Worker:
                 job_id = _transaction(self.engine, finetunes.next_queued)
                 if job_id:
                     execute(self.engine, job_id, home=self.home, default_dir=self.default_dir,
-                            on_progress=self._check_stop)
+                            on_progress=self._check_stop, max_bytes=self.max_bytes)
                     continue
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("fine-tune worker")
