@@ -535,7 +535,8 @@ def run(base_dir: str | Path, records: Sequence[str], params: FinetuneParams, ou
     attack_members = list(train_records)
     if len(attack_members) > len(held_out) and held_out:
         attack_members = random.Random(params.seed + 3).sample(attack_members, len(held_out))
-    mia = membership.attack(saved, saved_tokenizer, attack_members, held_out, device=device, seed=params.seed)
+    mia = membership.attack(saved, saved_tokenizer, attack_members, held_out, device=device, seed=params.seed,
+                            max_length=params.max_length)
     return FinetuneResult(model_dir=out_dir, steps=step, final_loss=loss_value, epsilon_spent=epsilon_spent,
                           noise_multiplier=noise, training_examples=len(texts), records=len(train_records),
                           exposure=exposure, membership=mia, seconds=round(time.monotonic() - started, 1),

@@ -88,17 +88,19 @@ def _summary(metrics: dict) -> dict[str, float]:
 
 
 def attack(model, tokenizer, members: Sequence[str], non_members: Sequence[str], *, device: str = "cpu",
-           seed: int = 0, n_reps: int = 5) -> dict[str, Any]:
+           seed: int = 0, n_reps: int = 5, max_length: int = 128) -> dict[str, Any]:
     """sacroml's worst-case attack and the loss-threshold attack on `members` (training records)
-    against `non_members` (records of the same dataset held out of training)."""
+    against `non_members` (records of the same dataset held out of training), each cut to
+    `max_length` tokens as training cut it (the fine-tune's own `max_length`): the tokens past it
+    were never trained on, and would only dilute the attack."""
     import numpy as np
 
     metrics, Target, WorstCaseAttack = _sacroml()
 
     if len(members) < 10 or len(non_members) < 10:
         return {"skipped": f"too few records for an attack ({len(members)} members, {len(non_members)} held out)"}
-    member_p = token_probabilities(model, tokenizer, members, device=device)
-    other_p = token_probabilities(model, tokenizer, non_members, device=device)
+    member_p = token_probabilities(model, tokenizer, members, device=device, max_length=max_length)
+    other_p = token_probabilities(model, tokenizer, non_members, device=device, max_length=max_length)
     width = min(MAX_FEATURES, min(map(len, member_p + other_p)))
 
     # The loss-threshold attack: score = the geometric-mean token probability = exp(-mean loss).
