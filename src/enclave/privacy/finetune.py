@@ -36,8 +36,8 @@ decides the holdout split and the canaries, so knowing it tells nothing about th
 is never accepted from notebooks and the service refuses a job that carries one.
 
 Opacus runs with `secure_mode=False`: its secure mode needs torchcsprng, which has no wheel for
-this torch. The noise therefore comes from torch's Mersenne-Twister-based Gaussian sampler, not a
-CSPRNG, and is open to the floating-point attacks on Gaussian samplers (Mironov 2012; Jin et al.
+this torch. The noise therefore comes from torch's pseudo-random generators (Mersenne Twister on
+CPU, Philox on CUDA) through its floating-point Gaussian sampler, not a CSPRNG, and is open to the floating-point attacks on Gaussian samplers (Mironov 2012; Jin et al.
 2021, arXiv:2107.10138 / 2112.05307): an attacker who sees noised values exactly may recover
 information that the idealised Gaussian mechanism hides. Here the noise never leaves the
 process (only the trained weights do, after many noised steps), which makes such an attack far
@@ -210,7 +210,7 @@ def planted_count(params: "FinetuneParams") -> int:
 def sample_rate(params: "FinetuneParams", examples: int) -> float:
     """The Poisson sampling rate Opacus will use for `examples` training records: it takes
     1 / len(data_loader), the loader's batches over the records plus the planted canaries."""
-    texts = examples + planted_count(params)
+    texts = max(1, examples + planted_count(params))
     batch_size = min(params.batch_size, texts)
     return 1 / math.ceil(texts / batch_size)
 

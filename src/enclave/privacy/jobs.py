@@ -104,6 +104,8 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
     records = finetune.dataset_records(path, max_records=params.max_records, sha256=sha256,
                                        max_bytes=max_bytes or max_dataset_bytes())
     examples = finetune.training_examples(records, params)
+    if examples < 2:
+        raise BadInput(f"the dataset has {len(records)} usable records; fine-tuning needs more")
     if via == "service":
         require_audits(params, held_out=len(records) - examples, records=len(records))
     if not non_private:
