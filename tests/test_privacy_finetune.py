@@ -109,7 +109,7 @@ def test_bad_input_is_refused_and_charges_nothing(lab, demo_dir, bad, error, mat
 
 
 def _submit_params(engine, demo, *, via="cli", **change):
-    params = finetune.FinetuneParams(epsilon=2.0, delta=1e-4, **{**QUICK, **change})
+    params = finetune.FinetuneParams(**{"epsilon": 2.0, "delta": 1e-4, **QUICK, **change})
     if via == "cli":
         granted = lambda s: finetunes.operator_access(s, OPERATOR, LAB)  # noqa: E731
     else:
