@@ -169,6 +169,8 @@ def _check_types(params: "FinetuneParams") -> None:
         if value is not None and not _is_int(value):
             raise BadInput(f"{name} must be an integer, not {value!r}")
     for name in _NUMBERS:
+        if name == "delta" and params.epsilon is None and params.delta is None:  # non-private: no delta
+            continue
         if not _is_number(getattr(params, name)):
             raise BadInput(f"{name} must be a finite number, not {getattr(params, name)!r}")
     if params.epsilon is not None and not _is_number(params.epsilon):

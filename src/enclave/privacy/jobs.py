@@ -93,6 +93,7 @@ def submit(engine: Engine, granted_in: Callable[[Any], Access], *, via: str, dat
 
     def decide(s):
         granted = granted_in(s)
+        finetunes.require_tier(s, granted, base)  # checked again when recorded; first, as the 403 it is
         data = ledger.usable_dataset(s, granted.project, dataset)
         return data.path, data.sha256, base_model_dir(s, granted.project, base, default_dir)
 
