@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import math
 import warnings
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from enclave.errors import BadInput, NotFound, TooLarge, Unavailable
+from enclave.errors import BadInput, NotFound
+from enclave.privacy.datafiles import read_registered
 
 STATISTICS = ("count", "sum", "mean", "var", "histogram", "quantile")
 NEEDS_BOUNDS = frozenset({"sum", "mean", "var", "histogram", "quantile"})
@@ -168,12 +168,7 @@ def read_table(path: str | Path, max_bytes: int, expected_sha256: str | None = N
     path = Path(path)
     if path.suffix.lower() not in {".csv", ".tsv"} or not path.is_file():
         raise BadInput("DP statistics work on a registered CSV or TSV file; this dataset is not one")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise TooLarge(f"this dataset ({size} bytes) is larger than the {max_bytes} bytes the privacy service reads")
-    data = path.read_bytes()
-    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise Unavailable("this dataset's file changed since it was registered; an operator must look at it")
+    data = read_registered(path, max_bytes, expected_sha256)
     text = data.decode("utf-8", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     header = [c.strip() for c in next(reader, [])]
