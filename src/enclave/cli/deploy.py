@@ -187,27 +187,9 @@ def ensure_service_wheelhouse(requirements: Path, cache_dir: Path, progress) -> 
     release and machine as the image), which takes published wheels and builds the few packages
     published as source only (fpdf, say); the notebook image's `ensure_wheelhouse` takes wheels only."""
     image = _image()
-    wheelhouse = cache_dir / f"service-wheels-{image.requirements_key(requirements)}"
-    if (wheelhouse / "SHA256SUMS").is_file():
-        return wheelhouse
-    partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix="service-wheels-partial-"))
-    try:
-        progress(f"making the service wheelhouse for {requirements.name} (pip wheel)")
-        started = time.monotonic()
-        image._run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "-w", str(partial), "-r", str(requirements)], "pip wheel (service wheelhouse)")
-        manifest = [f"{image._sha256_file(w)}  {w.name}" for w in sorted(partial.glob("*.whl"))]
-        if not manifest:
-            raise image.ImageBuildError("pip wheel produced no wheels")
-        (partial / "SHA256SUMS").write_text("\n".join(manifest) + "\n")
-        if wheelhouse.exists():
-            shutil.rmtree(wheelhouse)
-        os.replace(partial, wheelhouse)
-        progress(f"service wheelhouse ready in {time.monotonic() - started:.0f} s: {len(manifest)} wheels")
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
-    return wheelhouse
+    return image.build_wheelhouse(requirements, cache_dir / f"service-wheels-{image.requirements_key(requirements)}",
+                                  ["wheel", "-w"], f"making the service wheelhouse for {requirements.name} (pip wheel)",
+                                  progress)
 
 
 # --- images ----------------------------------------------------------------------------------------

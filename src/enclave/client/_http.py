@@ -22,6 +22,7 @@ class Config:
     token: str | None = None
     gateway_url: str | None = None
     review_url: str | None = None
+    privacy_url: str | None = None
     project: str | None = None
     timeout: float = 300.0
 
@@ -31,6 +32,7 @@ class Config:
             token=os.environ.get("JUPYTERHUB_API_TOKEN") or None,
             gateway_url=os.environ.get("ENCLAVE_GATEWAY_URL") or None,
             review_url=os.environ.get("ENCLAVE_REVIEW_URL") or None,
+            privacy_url=os.environ.get("ENCLAVE_PRIVACY_URL") or None,
             project=os.environ.get("ENCLAVE_PROJECT") or None,
         )
 
@@ -43,25 +45,32 @@ class Config:
         return headers
 
     def url(self, service: str, path: str) -> str:
-        base = self.gateway_url if service == "gateway" else self.review_url
+        var = _URL_VARIABLES[service]
+        # The privacy service came later: a Config made without its URL still finds it in the environment.
+        base = getattr(self, f"{service}_url") or (os.environ.get(var) if service == "privacy" else None)
         if not base:
-            var = "ENCLAVE_GATEWAY_URL" if service == "gateway" else "ENCLAVE_REVIEW_URL"
             raise EnclaveError(f"{var} is not set: the enclave's notebook environment provides it")
         return base.rstrip("/") + path
+
+
+_URL_VARIABLES = {"gateway": "ENCLAVE_GATEWAY_URL", "review": "ENCLAVE_REVIEW_URL", "privacy": "ENCLAVE_PRIVACY_URL"}
+# What errors call each service.
+_LABELS = {"privacy": "privacy service"}
 
 
 def call(config: Config | None, service: str, method: str, path: str, **kwargs: Any) -> Any:
     """One request; returns the decoded JSON body, or raises EnclaveError with the service's reason."""
     config = config or Config.from_env()
     url = config.url(service, path)
+    label = _LABELS.get(service, service)
     headers = {**config.headers(), **kwargs.pop("headers", {})}
     try:
         reply = httpx.request(method, url, headers=headers, timeout=kwargs.pop("timeout", config.timeout), **kwargs)
     except httpx.TimeoutException:
-        raise EnclaveError(f"the {service} did not answer in time ({url})") from None
+        raise EnclaveError(f"the {label} did not answer in time ({url})") from None
     except httpx.HTTPError as exc:
-        raise EnclaveError(f"cannot reach the {service} at {url} ({exc.__class__.__name__})") from None
-    return decode(reply, service)
+        raise EnclaveError(f"cannot reach the {label} at {url} ({exc.__class__.__name__})") from None
+    return decode(reply, label)
 
 
 def decode(reply: httpx.Response, service: str) -> Any:

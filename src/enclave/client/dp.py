@@ -25,28 +25,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import httpx
-
-from enclave.client._http import Config, EnclaveError, decode
-
-
-def _url(path: str) -> str:
-    base = os.environ.get("ENCLAVE_PRIVACY_URL")
-    if not base:
-        raise EnclaveError("ENCLAVE_PRIVACY_URL is not set: the enclave's notebook environment provides it")
-    return base.rstrip("/") + path
+from enclave.client._http import Config, call
 
 
 def _call(method: str, path: str, config: Config | None, **kwargs: Any) -> Any:
-    config = config or Config.from_env()
-    url = _url(path)
-    try:
-        reply = httpx.request(method, url, headers=config.headers(), timeout=config.timeout, **kwargs)
-    except httpx.TimeoutException:
-        raise EnclaveError(f"the privacy service did not answer in time ({url})") from None
-    except httpx.HTTPError as exc:
-        raise EnclaveError(f"cannot reach the privacy service at {url} ({exc.__class__.__name__})") from None
-    return decode(reply, "privacy service")
+    return call(config, "privacy", method, path, **kwargs)
 
 
 def _query(statistic: str, dataset: str, column: str | None, *, epsilon: float, delta: float = 0.0,

@@ -23,31 +23,17 @@ gives every notebook. HTTP only; no torch.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
 
-import httpx
-
-from enclave.client._http import Config, EnclaveError, decode
+from enclave.client._http import Config, EnclaveError, call
 
 __all__ = ["FinetuneJob", "finetune", "finetune_jobs"]
 
 
 def _call(method: str, path: str, config: Config | None, **kwargs: Any) -> Any:
-    config = config or Config.from_env()
-    base = os.environ.get("ENCLAVE_PRIVACY_URL")
-    if not base:
-        raise EnclaveError("ENCLAVE_PRIVACY_URL is not set: the enclave's notebook environment provides it")
-    url = base.rstrip("/") + path
-    try:
-        reply = httpx.request(method, url, headers=config.headers(), timeout=config.timeout, **kwargs)
-    except httpx.TimeoutException:
-        raise EnclaveError(f"the privacy service did not answer in time ({url})") from None
-    except httpx.HTTPError as exc:
-        raise EnclaveError(f"cannot reach the privacy service at {url} ({exc.__class__.__name__})") from None
-    return decode(reply, "privacy service")
+    return call(config, "privacy", method, path, **kwargs)
 
 
 class FinetuneJob:

@@ -13,13 +13,14 @@ the model. Cached like the demo GPT-2: a second call with the same parameters re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from enclave.demo.model import sha256_file
 
 BUILDER_VERSION = 1
 _WEIGHTS = "model.safetensors"
@@ -59,14 +60,6 @@ def _shapes(p: LargeParams) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_built(folder: Path, params: LargeParams) -> bool:
     try:
         manifest = json.loads((folder / "build.json").read_text(encoding="utf-8"))
@@ -74,7 +67,7 @@ def _is_built(folder: Path, params: LargeParams) -> bool:
         return False
     return (manifest.get("builder_version") == BUILDER_VERSION and manifest.get("params") == asdict(params)
             and (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
-            and (folder / _WEIGHTS).is_file() and manifest.get("weights_sha256") == _sha256(folder / _WEIGHTS))
+            and (folder / _WEIGHTS).is_file() and manifest.get("weights_sha256") == sha256_file(folder / _WEIGHTS))
 
 
 def read_manifest(folder: Path) -> dict:
@@ -117,7 +110,7 @@ def build_large_demo(out: Path, *, force: bool = False) -> Path:
     tokenizer.save_pretrained(staged)
     loss = _eval_loss(staged, tokenizer)
     manifest = {"builder_version": BUILDER_VERSION, "params": asdict(params),
-                "weights_sha256": _sha256(staged / _WEIGHTS),
+                "weights_sha256": sha256_file(staged / _WEIGHTS),
                 "n_parameters": sum(t.numel() for t in tensors.values()),
                 "eval_loss": round(loss, 4), "eval_perplexity": round(math.exp(loss), 1),
                 "build_seconds": round(time.monotonic() - started, 1)}

@@ -108,7 +108,7 @@ def build_demo(out: Path, *, progress: bool = True, force: bool = False, threads
         "params": asdict(params),
         "seed": params.seed,
         "quasi_identifiers": data.QUASI_IDENTIFIERS,
-        "weights_sha256": _sha256(staged.model_dir / _WEIGHTS),
+        "weights_sha256": sha256_file(staged.model_dir / _WEIGHTS),
         "training_seconds": round(time.monotonic() - started, 1),
         **stats,
         "trained": [{"name": p.name, "times": counts[p.name]} for p in people if p.name in counts],
@@ -134,10 +134,11 @@ def _is_built(paths: DemoPaths, params: DemoParams) -> bool:
             and paths.people_csv.is_file() and paths.training_txt.is_file()
             and (paths.model_dir / "config.json").is_file() and (paths.model_dir / "tokenizer.json").is_file()
             and (paths.model_dir / _WEIGHTS).is_file()
-            and manifest.get("weights_sha256") == _sha256(paths.model_dir / _WEIGHTS))
+            and manifest.get("weights_sha256") == sha256_file(paths.model_dir / _WEIGHTS))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (the builds' cache keys compare weights by it)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

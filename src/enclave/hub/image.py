@@ -218,28 +218,37 @@ def ensure_rootfs(cache_dir: Path, progress: Progress = stderr_progress) -> Path
 
 def ensure_wheelhouse(requirements: Path, cache_dir: Path, progress: Progress = stderr_progress) -> Path:
     """The cached wheelhouse for the pinned requirements, downloaded when missing."""
-    wheelhouse = cache_dir / f"wheels-{requirements_key(requirements)}"
+    platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
+    # --no-deps: requirements.txt pins the whole closure, so the wheelhouse is exactly it.
+    return build_wheelhouse(
+        requirements, cache_dir / f"wheels-{requirements_key(requirements)}",
+        ["download", "--only-binary=:all:", *platforms, "--python-version", "3.11", "--implementation", "cp",
+         "--abi", "cp311", "--abi", "abi3", "--abi", "none", "-d"],
+        f"downloading the wheelhouse for {requirements.name} (cp311 manylinux wheels)", progress)
+
+
+def build_wheelhouse(requirements: Path, wheelhouse: Path, pip_args: list[str], doing: str,
+                     progress: Progress = stderr_progress) -> Path:
+    """`wheelhouse` (made once, then reused): `pip <pip_args> DIR --no-deps -r requirements` into a
+    scratch folder beside it, with a SHA256SUMS of its wheels, then moved into place whole, so a
+    half-made wheelhouse is never taken for a finished one."""
     if (wheelhouse / "SHA256SUMS").is_file():
         return wheelhouse
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix="wheels-partial-"))
+    wheelhouse.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=wheelhouse.parent, prefix=f"{wheelhouse.name}-partial-"))
     try:
-        progress(f"downloading the wheelhouse for {requirements.name} (cp311 manylinux wheels)")
+        progress(doing)
         started = time.monotonic()
-        platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
-        # --no-deps: requirements.txt pins the whole closure, so the wheelhouse is exactly it.
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-              "--no-deps", "--only-binary=:all:", *platforms, "--python-version", "3.11",
-              "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-              "-d", str(partial), "-r", str(requirements)], "pip download")
+        _run([sys.executable, "-m", "pip", pip_args[0], "--quiet", "--disable-pip-version-check", "--no-deps",
+              *pip_args[1:], str(partial), "-r", str(requirements)], f"pip {pip_args[0]}")
         manifest = [f"{_sha256_file(w)}  {w.name}" for w in sorted(partial.glob("*.whl"))]
         if not manifest:
-            raise ImageBuildError("pip download produced no wheels")
+            raise ImageBuildError(f"pip {pip_args[0]} produced no wheels")
         (partial / "SHA256SUMS").write_text("\n".join(manifest) + "\n")
         if wheelhouse.exists():
             shutil.rmtree(wheelhouse)
         os.replace(partial, wheelhouse)
-        progress(f"wheelhouse ready in {time.monotonic() - started:.0f} s: {len(manifest)} wheels")
+        progress(f"{wheelhouse.name} ready in {time.monotonic() - started:.0f} s: {len(manifest)} wheels")
     finally:
         if partial.exists():
             shutil.rmtree(partial)

@@ -1,7 +1,7 @@
 """The reading room's desk on Kubernetes: KubeSpawner with the registry in charge of every start.
 
 `EnclaveKubeSpawner` shares everything that is not a Docker fact with `EnclaveDockerSpawner`
-through `EnclaveSessionMixin`: the registry admits the start and picks the project
+through `EnclaveContainerMixin` (and its `EnclaveSessionMixin`): the registry admits the start and picks the project
 (`enclave.hub.admission.session_plan`: the one place where a grant becomes limits), the session is
 recorded and closed, the notebook gets the enclave's service URLs. What differs is how the plan
 becomes a pod:
@@ -39,7 +39,7 @@ from kubespawner import KubeSpawner
 from traitlets import Unicode, default
 
 from enclave.hub.admission import SessionPlan
-from enclave.hub.spawner import EnclaveSessionMixin
+from enclave.hub.spawner import EnclaveContainerMixin
 
 # Kubernetes label values: at most 63 characters of [A-Za-z0-9._-], starting and ending alphanumeric.
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -52,17 +52,7 @@ def label_value(text: str) -> str:
     return value or "none"
 
 
-class EnclaveKubeSpawner(EnclaveSessionMixin, KubeSpawner):
-    home_dir = Unicode("/home/scholar", help="The scholar's home inside the image (read-only but for work/).").tag(config=True)
-    work_dir_name = Unicode("work", help="Where the work claim is mounted, under home_dir.").tag(config=True)
-    datasets_dir_name = Unicode(
-        "datasets", help="Where the project's datasets are mounted read-only, under home_dir."
-    ).tag(config=True)
-    work_volume_template = Unicode(
-        "enclave-work-{username}-{project}",
-        help="""Name of the PersistentVolumeClaim holding a scholar's work for one project ({username}
-        and {project} expand; both are required, as for the Docker volume).""",
-    ).tag(config=True)
+class EnclaveKubeSpawner(EnclaveContainerMixin, KubeSpawner):
     datasets_claim = Unicode(
         "enclave-datasets",
         help="""PersistentVolumeClaim (ReadOnlyMany) holding every registered dataset; each project's
@@ -86,9 +76,6 @@ class EnclaveKubeSpawner(EnclaveSessionMixin, KubeSpawner):
     @default("image_pull_policy")
     def _default_image_pull_policy(self):
         return "IfNotPresent"
-
-    def volume_template(self) -> str:
-        return self.work_volume_template
 
     def _dataset_sub_path(self, plan_path) -> str:
         root = PurePosixPath(self.datasets_root)
@@ -114,7 +101,7 @@ class EnclaveKubeSpawner(EnclaveSessionMixin, KubeSpawner):
         self.storage_extra_labels = {**self.storage_extra_labels, **labels}
 
         work = {"name": "enclave-work", "persistentVolumeClaim": {"claimName": plan.work_volume}}
-        work_path = f"{self.home_dir}/{self.work_dir_name}"
+        work_path = self.work_path
         # The chart's own home claim (`{pvc_name}`, at the same path) gives way to ours.
         chart_home = {v.get("name") for v in self.volumes
                       if (v.get("persistentVolumeClaim") or {}).get("claimName") == "{pvc_name}"}
@@ -127,10 +114,7 @@ class EnclaveKubeSpawner(EnclaveSessionMixin, KubeSpawner):
             volumes.append({"name": "enclave-datasets",
                             "persistentVolumeClaim": {"claimName": self.datasets_claim, "readOnly": True}})
             for mount in plan.datasets:
-                target = f"{self.home_dir}/{self.datasets_dir_name}/{mount.name}"
-                if not mount.is_dir:
-                    target = f"{target}/{mount.host_path.name}"
-                mounts.append({"name": "enclave-datasets", "mountPath": target, "readOnly": True,
+                mounts.append({"name": "enclave-datasets", "mountPath": self.dataset_target(mount), "readOnly": True,
                                "subPath": self._dataset_sub_path(mount.host_path)})
         self.volumes = volumes
         self.volume_mounts = mounts

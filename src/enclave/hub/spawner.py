@@ -187,7 +187,11 @@ class EnclaveSessionMixin(RegistryLink):
         return env
 
 
-class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
+class EnclaveContainerMixin(EnclaveSessionMixin):
+    """The notebook's layout inside its container, the same under Docker and Kubernetes: a
+    read-only home, the scholar's work volume for this project at home/work, the project's
+    datasets read-only under home/datasets."""
+
     home_dir = Unicode("/home/scholar", help="The scholar's home inside the image (read-only but for work/).").tag(config=True)
     work_dir_name = Unicode("work", help="Writable per-user volume, mounted at home_dir/work_dir_name.").tag(config=True)
     datasets_dir_name = Unicode(
@@ -195,10 +199,25 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
     ).tag(config=True)
     work_volume_template = Unicode(
         "enclave-work-{username}-{project}",
-        help="""Docker volume name of a scholar's work directory for one project ({username} and
-        {project} expand; both are required, so that copies never follow a scholar into another
-        project).""",
+        help="""Name of a scholar's work volume for one project (a Docker volume, or a Kubernetes
+        PersistentVolumeClaim; {username} and {project} expand; both are required, so that copies
+        never follow a scholar into another project).""",
     ).tag(config=True)
+
+    def volume_template(self) -> str:
+        return self.work_volume_template
+
+    @property
+    def work_path(self) -> str:
+        return f"{self.home_dir}/{self.work_dir_name}"
+
+    def dataset_target(self, mount) -> str:
+        """Where a dataset appears: a folder as home/datasets/NAME, a file inside that folder."""
+        target = f"{self.home_dir}/{self.datasets_dir_name}/{mount.name}"
+        return target if mount.is_dir else f"{target}/{mount.host_path.name}"
+
+
+class EnclaveDockerSpawner(EnclaveContainerMixin, DockerSpawner):
     bridge = Unicode(
         "", help="""Linux bridge of the enclave network, whose firewall chains count each container's
         browser egress (empty: no metering, for tests of the spawner alone).""",
@@ -244,20 +263,14 @@ class EnclaveDockerSpawner(EnclaveSessionMixin, DockerSpawner):
             config["dns_opt"] = ["timeout:1", "attempts:1"]
         return config
 
-    def volume_template(self) -> str:
-        return self.work_volume_template
-
     @property
     def enclave_network(self) -> EnclaveNetwork | None:
         return EnclaveNetwork(self.network_name, self.bridge) if self.bridge else None
 
     def _volumes(self, plan: SessionPlan) -> dict:
-        volumes: dict = {plan.work_volume: {"bind": f"{self.home_dir}/{self.work_dir_name}", "mode": "rw"}}
+        volumes: dict = {plan.work_volume: {"bind": self.work_path, "mode": "rw"}}
         for mount in plan.datasets:
-            target = f"{self.home_dir}/{self.datasets_dir_name}/{mount.name}"
-            if not mount.is_dir:
-                target = f"{target}/{mount.host_path.name}"
-            volumes[str(mount.host_path)] = {"bind": target, "mode": "ro"}
+            volumes[str(mount.host_path)] = {"bind": self.dataset_target(mount), "mode": "ro"}
         return volumes
 
     async def start(self):
@@ -358,4 +371,4 @@ class EnclaveLocalSpawner(EnclaveSessionMixin, LocalProcessSpawner):
 
 STOPPED_BY_HUB = "stopped by the hub (the scholar, the idle culler or a hub shutdown)"
 
-__all__ = ["EnclaveDockerSpawner", "EnclaveLocalSpawner", "SERVER_TOKEN_SCOPES"]
+__all__ = ["EnclaveContainerMixin", "EnclaveDockerSpawner", "EnclaveLocalSpawner", "SERVER_TOKEN_SCOPES"]

@@ -82,14 +82,16 @@ def reference_secrets(rng: random.Random, count: int, exclude: set[str]) -> list
     return sorted(out)
 
 
-def log_perplexities(model, tokenizer, texts: Sequence[str], *, device: str = "cpu", batch_size: int = 128) -> list[float]:
-    """Each text's log-perplexity in bits: -sum log2 p(token | earlier tokens), the first token
-    conditioned on GPT-2's end-of-text token as documents are in training."""
+def token_logprobs(model, tokenizer, texts: Sequence[str], *, device: str = "cpu", batch_size: int = 128,
+                   max_length: int | None = None) -> list[list[float]]:
+    """For each text, the natural log-probability the model gives each of its tokens, the first
+    conditioned on GPT-2's end-of-text token as documents are in training (cut to `max_length`
+    tokens with that end-of-text, when given). Batched with padding on the right."""
     import torch
 
     eos = tokenizer.eos_token_id
-    encoded = [[eos] + tokenizer.encode(t) for t in texts]
-    out: list[float] = []
+    encoded = [([eos] + tokenizer.encode(t))[:max_length] for t in texts]
+    out: list[list[float]] = []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
@@ -103,10 +105,16 @@ def log_perplexities(model, tokenizer, texts: Sequence[str], *, device: str = "c
             ids, mask = ids.to(device), mask.to(device)
             positions = torch.arange(width, device=device).expand(len(chunk), -1)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            nll = (nll * mask[:, 1:]).sum(dim=1) / math.log(2)
-            out.extend(nll.tolist())
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            for i, row in enumerate(chunk):
+                out.append(logp[i, :len(row) - 1].tolist())
     return out
+
+
+def log_perplexities(model, tokenizer, texts: Sequence[str], *, device: str = "cpu", batch_size: int = 128) -> list[float]:
+    """Each text's log-perplexity in bits: -sum log2 p(token | earlier tokens)."""
+    return [-sum(row) / math.log(2)
+            for row in token_logprobs(model, tokenizer, texts, device=device, batch_size=batch_size)]
 
 
 def exposure_report(canaries: Sequence[Canary], canary_scores: Sequence[float],

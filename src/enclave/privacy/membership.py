@@ -30,6 +30,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from enclave.privacy.canaries import token_logprobs
+
 MAX_FEATURES = 32
 _KEEP = ("AUC", "P_HIGHER_AUC", "Advantage", "ACC", "TPR@0.1%", "TPR@0.01%", "TPR@0.001%")
 
@@ -37,28 +39,9 @@ _KEEP = ("AUC", "P_HIGHER_AUC", "Advantage", "ACC", "TPR@0.1%", "TPR@0.01%", "TP
 def token_probabilities(model, tokenizer, texts: Sequence[str], *, device: str = "cpu", max_length: int = 128,
                         batch_size: int = 64) -> list[list[float]]:
     """For each text, the probability the model gives each of its tokens (after an end-of-text)."""
-    import torch
-
-    eos = tokenizer.eos_token_id
-    encoded = [([eos] + tokenizer.encode(t))[:max_length] for t in texts]
-    out: list[list[float]] = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), eos, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, row in enumerate(chunk):
-                ids[i, :len(row)] = torch.tensor(row)
-                mask[i, :len(row)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            positions = torch.arange(width, device=device).expand(len(chunk), -1)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            for i, row in enumerate(chunk):
-                out.append(logp[i, :len(row) - 1].exp().tolist())
-    return out
+    return [[math.exp(lp) for lp in row]
+            for row in token_logprobs(model, tokenizer, texts, device=device, batch_size=batch_size,
+                                      max_length=max_length)]
 
 
 def _sacroml():
